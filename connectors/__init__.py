@@ -1,0 +1,1 @@
+"""I/O connectors: Kafka, feature stores, file sinks. They know nothing of models."""
