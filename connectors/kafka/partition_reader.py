@@ -1,0 +1,78 @@
+"""Reading one Kafka partition from an offset the caller owns (Flink keyed state, a Beam
+restriction, a loop variable), in micro-batches."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
+
+log = logging.getLogger(__name__)
+
+START_POSITIONS = {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END}
+
+
+@dataclass
+class RecordChunk:
+    """Raw records of one partition, in offset order."""
+
+    topic: str
+    partition: int
+    values: list[bytes | None]
+    offsets: list[int]
+
+    @property
+    def next_offset(self) -> int | None:
+        return self.offsets[-1] + 1 if self.offsets else None
+
+
+class PartitionReader:
+    """A consumer assigned to exactly one partition (no group membership, no auto-commit).
+
+    The caller passes the offset it wants to read from on every call; the reader seeks only when
+    that differs from where it stands, so the caller's state stays the single source of truth
+    (after a restore from a checkpoint, reading simply resumes at the restored offset).
+    """
+
+    def __init__(self, consumer_config: dict[str, Any], topic: str, partition: int,
+                 start: str = "earliest") -> None:
+        if start not in START_POSITIONS:
+            raise ValueError(f"start must be one of {sorted(START_POSITIONS)}, not {start!r}")
+        self.topic = topic
+        self.partition = partition
+        self._start = START_POSITIONS[start]
+        self._consumer = Consumer(consumer_config)
+        self._position: int | None = None   # offset of the next record the consumer will return
+
+    def _assign(self, offset: int) -> None:
+        if self._position is not None:
+            self._consumer.unassign()
+        self._consumer.assign([TopicPartition(self.topic, self.partition, offset)])
+        self._position = offset
+
+    def read(self, next_offset: int | None, max_records: int, timeout_s: float) -> RecordChunk:
+        """Up to ``max_records`` records from ``next_offset`` (None: the configured start),
+        waiting at most ``timeout_s`` when nothing is buffered yet."""
+        wanted = self._start if next_offset is None else next_offset
+        if self._position is None or (next_offset is not None and next_offset != self._position):
+            self._assign(wanted)
+        messages = self._consumer.consume(max_records, timeout_s)
+        values: list[bytes | None] = []
+        offsets: list[int] = []
+        for m in messages:
+            err = m.error()
+            if err is not None:
+                if err.fatal():
+                    raise RuntimeError(f"fatal Kafka error on {self.topic}/{self.partition}: {err}")
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("Kafka error on %s/%s (retrying): %s", self.topic, self.partition, err)
+                continue
+            values.append(m.value())
+            offsets.append(m.offset())
+        if offsets:
+            self._position = offsets[-1] + 1
+        return RecordChunk(self.topic, self.partition, values, offsets)
+
+    def close(self) -> None:
+        self._consumer.close()

@@ -1,0 +1,127 @@
+"""The job's one typed configuration: a YAML file plus ``section.key=value`` overrides."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from connectors.events import EventSchema
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    input_topic: str = "events"
+    output_topic: str = "predictions"
+    dead_letter_topic: str = "events-dlq"
+    group_id: str = "streamscore"
+    start_from: Literal["earliest", "latest"] = Field(
+        "earliest", description="where a partition with no checkpointed offset starts")
+    consumer: dict[str, Any] = Field(default_factory=dict, description="extra confluent-kafka consumer settings")
+    producer: dict[str, Any] = Field(default_factory=dict, description="extra confluent-kafka producer settings")
+
+
+class EventSettings(_Section):
+    format: Literal["json"] = "json"
+    fields: dict[str, str] = Field(default_factory=lambda: dict(EventSchema().fields))
+    id_field: str = "id"
+    key_field: str = "entity_id"
+    timestamp_field: str = "ts"
+    max_bytes: int = Field(1 << 20, description="larger record values are dead-lettered as oversized")
+
+    def schema(self) -> EventSchema:
+        return EventSchema(fields=dict(self.fields), id_field=self.id_field, key_field=self.key_field,
+                           timestamp_field=self.timestamp_field)
+
+
+class FeatureSettings(_Section):
+    store: str = Field("plasma:///tmp/streamscore/plasma.sock?name=features",
+                       description="feature store URI (plasma://, arrow-shm://, redis://, postgresql://)")
+    timeout_ms: int = Field(5000, description="async lookup timeout; timed-out batches are dead-lettered")
+    capacity: int = Field(16, description="micro-batches in flight in the async enrichment operator")
+
+
+class ModelSettings(_Section):
+    path: str = "models/demo.onnx"
+    intra_op_threads: int = 1
+
+
+class BatchSettings(_Section):
+    max_events: int = Field(2000, description="most events in one micro-batch")
+    poll_timeout_ms: int = Field(0, description="how long one poll waits when nothing is buffered")
+    heartbeat_per_s: int = Field(200, description="polls per second per partition when idle")
+
+
+class FlinkSettings(_Section):
+    parallelism: int = 1
+    checkpoint_interval_ms: int = 2000
+    checkpoint_dir: str = "file:///tmp/streamscore/checkpoints"
+    restore_from: str | None = Field(None, description="a checkpoint/savepoint path, or 'latest' in checkpoint_dir")
+    bundle_time_ms: int = 5
+    bundle_size: int = 10
+    restart_attempts: int = 10
+    conf: dict[str, Any] = Field(default_factory=dict, description="extra Flink configuration keys")
+
+    @field_validator("parallelism")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("parallelism must be >= 1")
+        return v
+
+
+class JobConfig(_Section):
+    job_name: str = "streamscore-score"
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    events: EventSettings = Field(default_factory=EventSettings)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    flink: FlinkSettings = Field(default_factory=FlinkSettings)
+
+    def to_yaml(self, path: Path) -> Path:
+        path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+        return path
+
+
+# Sections whose keys are free-form and may contain dots (Kafka client and Flink settings).
+_FREE_FORM = {"kafka.consumer", "kafka.producer", "flink.conf", "events.fields"}
+
+
+def _parse_scalar(text: str) -> Any:
+    return yaml.safe_load(text) if text else text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML scalars) to a config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form section.key=value")
+        dotted, raw = item.split("=", 1)
+        node = data
+        parts = dotted.strip().split(".")
+        for i, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {part!r} is not a section")
+            if ".".join(parts[: i + 1]) in _FREE_FORM:   # client settings keep their dotted keys
+                parts = parts[: i + 1] + [".".join(parts[i + 1:])]
+                break
+        node[parts[-1]] = _parse_scalar(raw)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:
+    """Read the YAML file (if any), apply overrides, validate. Errors name the bad key."""
+    data: dict = {}
+    if path:
+        text = Path(path).read_text()
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the config must be a YAML mapping")
+    return JobConfig.model_validate(apply_overrides(data, overrides or []))
