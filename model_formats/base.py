@@ -89,3 +89,138 @@ def feature_matrix(batch: pa.RecordBatch, names: Sequence[str], dtype=np.float32
     for j, name in enumerate(names):
         out[:, j] = batch.column(batch.schema.get_field_index(name)).to_numpy(zero_copy_only=False)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Shared implementation (every format subclasses ModelBase; validation lives in one place).
+# --------------------------------------------------------------------------------------------
+
+class ModelBase:
+    """Common behaviour of the concrete models: shared validation, metadata, context manager.
+
+    Subclasses set ``name``, ``version``, ``format``, ``schema``, ``path`` and ``metadata`` and
+    implement ``predict`` (and ``close`` when they hold a runtime).
+    """
+
+    name: str
+    version: str
+    format: str
+    schema: ModelSchema
+    path: str = ""
+    metadata: dict[str, str]
+    task: str = "classification"            # "classification" | "regression"
+    classes: tuple = ()                     # class labels, classifiers only
+
+    def validate(self, batch: Batch) -> ValidationResult:
+        from model_formats.validation import validate_batch
+
+        return validate_batch(self.schema, batch)
+
+    def score(self, batch: Batch) -> tuple[pa.RecordBatch, ValidationResult]:
+        """Validate then predict the valid rows: (outputs aligned with ``result.valid_index``, result)."""
+        result = self.validate(batch)
+        return self.predict(result.valid), result
+
+    @property
+    def input_names(self) -> list[str]:
+        return self.schema.input_names
+
+    @property
+    def output_names(self) -> list[str]:
+        return [f.name for f in self.schema.outputs]
+
+    def describe(self) -> dict:
+        """Everything ``streamscore models inspect`` prints, as plain data."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "format": self.format,
+            "task": self.task,
+            "path": self.path,
+            "classes": [c.item() if hasattr(c, "item") else c for c in self.classes],
+            "inputs": [_field_dict(f) for f in self.schema.inputs],
+            "outputs": [_field_dict(f) for f in self.schema.outputs],
+            "metadata": dict(self.metadata),
+        }
+
+    def close(self) -> None:  # pragma: no cover - overridden where a runtime is held
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} {self.name!r} v{self.version} format={self.format} "
+                f"inputs={len(self.schema.inputs)} task={self.task}>")
+
+
+def _field_dict(f: FieldSpec) -> dict:
+    d = {"name": f.name, "dtype": f.dtype, "required": f.required, "allow_nan": f.allow_nan}
+    if f.allowed_values is not None:
+        d["allowed_values"] = list(f.allowed_values)
+    return d
+
+
+def output_fields(task: str, classes: Sequence = (), label_dtype: str | None = None) -> tuple[FieldSpec, ...]:
+    """The output schema every format shares: score, label and one probability_<class> per class."""
+    if task == "regression":
+        return (FieldSpec(SCORE, "double"), FieldSpec(LABEL, "double"))
+    if label_dtype is None:
+        label_dtype = "string" if any(isinstance(c, str) for c in classes) else "integer"
+    fields = [FieldSpec(SCORE, "double"), FieldSpec(LABEL, label_dtype)]
+    fields += [FieldSpec(f"{PROBABILITY_PREFIX}{c}", "double") for c in classes]
+    return tuple(fields)
+
+
+def classifier_outputs(proba: np.ndarray, classes: Sequence, labels: np.ndarray | None = None) -> pa.RecordBatch:
+    """Build the output batch of a classifier from its (rows × classes) probability matrix.
+
+    ``labels``: the runtime's own predicted labels (kept as the runtime decided, so that label
+    flips between runtimes stay visible); when absent, the arg-max class.
+    """
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.ndim == 1:
+        proba = proba.reshape(-1, 1)
+    n = proba.shape[0]
+    classes_arr = np.asarray(list(classes))
+    if labels is None:
+        labels = classes_arr[np.argmax(proba, axis=1)] if n else classes_arr[:0]
+    labels = np.asarray(labels).reshape(-1)
+    if len(classes_arr) == 2:
+        score = proba[:, 1]
+    else:
+        score = proba.max(axis=1) if n else np.empty(0)
+    string_labels = classes_arr.dtype.kind in "OUS" or np.asarray(labels).dtype.kind in "OUS"
+    if string_labels:
+        label_col = pa.array([str(v) for v in labels], type=pa.string())
+    else:
+        label_col = pa.array(labels.astype(np.int64), type=pa.int64())
+    cols = [pa.array(score, type=pa.float64()), label_col]
+    names = [SCORE, LABEL]
+    for j, c in enumerate(classes_arr):
+        cols.append(pa.array(proba[:, j], type=pa.float64()))
+        names.append(f"{PROBABILITY_PREFIX}{c}")
+    return pa.RecordBatch.from_arrays(cols, names=names)
+
+
+def regressor_outputs(values: np.ndarray) -> pa.RecordBatch:
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    col = pa.array(values, type=pa.float64())
+    return pa.RecordBatch.from_arrays([col, col], names=[SCORE, LABEL])
+
+
+def empty_outputs(schema: ModelSchema) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist([], schema=pa.schema(
+        [(f.name, ARROW_TYPES[f.dtype]) for f in schema.outputs]))
+
+
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "float": pa.float32(),
+    "double": pa.float64(),
+    "integer": pa.int64(),
+    "string": pa.string(),
+    "boolean": pa.bool_(),
+}
