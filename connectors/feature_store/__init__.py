@@ -1,4 +1,83 @@
-"""Feature stores behind one interface (see `connectors.feature_store.base`)."""
+"""Feature stores behind one interface (see `connectors.feature_store.base`).
+
+``open_store(uri)`` returns a reader, ``load_table(uri, table, key)`` publishes a new version.
+Schemes: ``plasma://`` (default, shared memory), ``arrow-shm://`` (Arrow IPC file in /dev/shm),
+``redis://`` and ``postgresql://``. Backends import their client libraries lazily.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
 from connectors.feature_store.base import (  # noqa: F401
     FeatureStore, FeatureStoreError, FeatureStoreUnavailable,
 )
+from connectors.feature_store.options import (  # noqa: F401
+    REASON_MISSING, REASON_UNAVAILABLE, MissingPolicy, StoreOptions, UnavailablePolicy, parse_uri,
+)
+from connectors.feature_store.snapshot import Progress
+
+__all__ = [
+    "FeatureStore", "FeatureStoreError", "FeatureStoreUnavailable", "MissingPolicy",
+    "UnavailablePolicy", "StoreOptions", "REASON_MISSING", "REASON_UNAVAILABLE",
+    "open_store", "load_table", "read_table_file", "PlasmaServer",
+]
+
+
+def open_store(uri: str, **options: Any) -> FeatureStore:
+    """A reader for the store at ``uri``. ``options`` override the URI query (see StoreOptions):
+    e.g. ``missing="defaults", defaults={"f0": 0.0}, refresh_interval_s=0.5``."""
+    u = parse_uri(uri)
+    opts = StoreOptions.build(u.params, **options)
+    if u.scheme == "plasma":
+        from connectors.feature_store.plasma_store import PlasmaFeatureStore, socket_path
+        return PlasmaFeatureStore(socket_path(u), opts)
+    if u.scheme == "arrow-shm":
+        from connectors.feature_store.arrow_shm_store import ArrowShmFeatureStore, directory
+        return ArrowShmFeatureStore(directory(u), opts)
+    if u.scheme == "redis":
+        from connectors.feature_store.redis_store import RedisFeatureStore
+        return RedisFeatureStore(u, opts)
+    from connectors.feature_store.postgres_store import PostgresFeatureStore
+    return PostgresFeatureStore(u, opts)
+
+
+def load_table(uri: str, table: pa.Table, key: str, progress: Progress | None = None) -> str:
+    """Publish ``table`` (keyed by column ``key``) as a new version of the store at ``uri``.
+    Readers switch to it atomically within their refresh interval; returns the version."""
+    u = parse_uri(uri)
+    name = StoreOptions.build(u.params).name
+    if u.scheme == "plasma":
+        from connectors.feature_store import plasma_store
+        return plasma_store.publish(plasma_store.socket_path(u), name, table, key, progress)
+    if u.scheme == "arrow-shm":
+        from connectors.feature_store import arrow_shm_store
+        return arrow_shm_store.publish(arrow_shm_store.directory(u), table, key, progress)
+    if u.scheme == "redis":
+        from connectors.feature_store import redis_store
+        return redis_store.publish(u, name, table, key, progress)
+    from connectors.feature_store import postgres_store
+    return postgres_store.publish(u, name, table, key, progress)
+
+
+def read_table_file(path: str) -> pa.Table:
+    """A Parquet, Feather/Arrow or CSV file as an Arrow table."""
+    lower = path.lower()
+    if lower.endswith((".parquet", ".pq")):
+        import pyarrow.parquet as pq
+        return pq.read_table(path)
+    if lower.endswith((".arrow", ".feather", ".ipc")):
+        import pyarrow.feather as feather
+        return feather.read_table(path)
+    if lower.endswith((".csv", ".csv.gz")):
+        import pyarrow.csv as csv
+        return csv.read_csv(path)
+    raise FeatureStoreError(f"unsupported table file {path!r} (use .parquet, .arrow or .csv)")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PlasmaServer":
+        from connectors.feature_store.plasma_store import PlasmaServer
+        return PlasmaServer
+    raise AttributeError(name)

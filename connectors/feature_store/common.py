@@ -1,0 +1,143 @@
+"""What every backend shares: lookup entry points, the missing-key policy and the
+unavailability policy (retry with back-off, bounded by a timeout, never forever)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Awaitable, Callable, TypeVar
+
+import numpy as np
+import pyarrow as pa
+
+from connectors.feature_store.base import FeatureStoreUnavailable
+from connectors.feature_store.options import StoreOptions, UnavailablePolicy
+from connectors.feature_store.rows import RowCodec, check_defaults, dead_letter_mask
+
+log = logging.getLogger("streamscore.feature_store")
+T = TypeVar("T")
+Fetched = tuple[RowCodec, np.ndarray, np.ndarray]  # codec, records, found
+
+
+class Backoff:
+    """Exponential back-off delays: initial, 2x, 4x ... capped at ``maximum``."""
+
+    def __init__(self, initial: float, maximum: float):
+        self.initial, self.maximum = initial, maximum
+        self.current = initial
+
+    def next(self) -> float:
+        delay = self.current
+        self.current = min(self.maximum, self.current * 2)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.initial
+
+
+def _deadline(opts: StoreOptions) -> float:
+    wait = opts.wait_timeout_s if opts.unavailable is UnavailablePolicy.WAIT else 0.0
+    return time.monotonic() + wait
+
+
+def retry_sync(fn: Callable[[], T], opts: StoreOptions) -> T:
+    """Call ``fn``; on FeatureStoreUnavailable retry with back-off while the policy allows."""
+    try:
+        return fn()  # the hot path: no deadline bookkeeping
+    except FeatureStoreUnavailable:
+        if opts.unavailable is not UnavailablePolicy.WAIT:
+            raise
+    deadline, backoff = _deadline(opts), Backoff(opts.backoff_initial_s, opts.backoff_max_s)
+    while True:
+        try:
+            return fn()
+        except FeatureStoreUnavailable:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            time.sleep(min(backoff.next(), left))
+
+
+async def retry_async(fn: Callable[[], Awaitable[T]], opts: StoreOptions) -> T:
+    """`retry_sync` for coroutines: waits with ``asyncio.sleep``, never blocking the loop."""
+    try:
+        return await fn()
+    except FeatureStoreUnavailable:
+        if opts.unavailable is not UnavailablePolicy.WAIT:
+            raise
+    deadline, backoff = _deadline(opts), Backoff(opts.backoff_initial_s, opts.backoff_max_s)
+    while True:
+        try:
+            return await fn()
+        except FeatureStoreUnavailable:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            await asyncio.sleep(min(backoff.next(), left))
+
+
+class StoreBase:
+    """Implements the `FeatureStore` protocol on top of ``_fetch`` (records of keys)."""
+
+    scheme = "?"
+
+    def __init__(self, options: StoreOptions):
+        self.options = options
+
+    # backends implement these -----------------------------------------------------------------
+    def _fetch(self, keys: Any) -> Fetched:
+        raise NotImplementedError
+
+    async def _fetch_async(self, keys: Any) -> Fetched:
+        return self._fetch(keys)  # shared memory: microseconds, fine inline on the loop
+
+    @property
+    def schema(self) -> pa.Schema:
+        raise NotImplementedError
+
+    @property
+    def version(self) -> str:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    # public API -------------------------------------------------------------------------------
+    def _batch(self, fetched: Fetched) -> tuple[pa.RecordBatch, np.ndarray]:
+        codec, records, found = fetched
+        if self.options.defaults:
+            check_defaults(codec.schema, self.options.defaults)
+        return codec.to_batch(records, found, self.options.missing, self.options.defaults), found
+
+    def _matrix(self, fetched: Fetched) -> tuple[np.ndarray, np.ndarray]:
+        codec, records, found = fetched
+        return codec.to_matrix(records, found, self.options.missing, self.options.defaults), found
+
+    def lookup(self, keys: np.ndarray | pa.Array) -> tuple[pa.RecordBatch, np.ndarray]:
+        """Features of ``keys`` (row-aligned, duplicates allowed) and the found mask."""
+        return self._batch(retry_sync(lambda: self._fetch(keys), self.options))
+
+    async def lookup_async(self, keys: np.ndarray | pa.Array) -> tuple[pa.RecordBatch, np.ndarray]:
+        """`lookup` for asyncio callers."""
+        return self._batch(await retry_async(lambda: self._fetch_async(keys), self.options))
+
+    def lookup_numpy(self, keys: np.ndarray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """Features as an (n, features) matrix (all features must share one dtype): the fast
+        path for models that take a float matrix. Missing rows: NaN/0, or defaults (policy)."""
+        return self._matrix(retry_sync(lambda: self._fetch(keys), self.options))
+
+    async def lookup_numpy_async(self, keys: np.ndarray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        return self._matrix(await retry_async(lambda: self._fetch_async(keys), self.options))
+
+    def dead_letter_mask(self, found: np.ndarray) -> np.ndarray:
+        """Events to dead-letter with reason ``feature_missing`` under the missing-key policy."""
+        return dead_letter_mask(found, self.options.missing)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.options.name!r}>"

@@ -1,0 +1,140 @@
+"""Fixed-width packed feature rows, shared by every backend.
+
+A row is the features of one key packed as a numpy structured record (for 32 float32 features:
+128 bytes). The shared-memory stores keep one contiguous array of records; Redis and PostgreSQL
+keep each record as one binary value. The same codec turns selected records back into an Arrow
+RecordBatch (or a 2-D matrix when every feature has one dtype), so all backends answer alike.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from connectors.feature_store.base import FeatureStoreError
+from connectors.feature_store.options import MissingPolicy
+
+
+def _check_field(f: pa.Field) -> np.dtype:
+    t = f.type
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+        return np.dtype(t.to_pandas_dtype())
+    raise FeatureStoreError(f"feature {f.name!r} has type {t}: only fixed-width numeric and "
+                            "boolean features can be stored (encode others before loading)")
+
+
+class RowCodec:
+    """Packs/unpacks the rows of one feature schema."""
+
+    def __init__(self, schema: pa.Schema):
+        self.schema = schema
+        self.names = list(schema.names)
+        self.types = [f.type for f in schema]
+        self.dtype = np.dtype([(f.name, _check_field(f)) for f in schema])
+        self.itemsize = self.dtype.itemsize
+        kinds = {self.dtype.fields[n][0] for n in self.names}
+        # one common dtype (e.g. all float32): records are rows of a 2-D matrix
+        self.matrix_dtype: np.dtype | None = kinds.pop() if len(kinds) == 1 else None
+
+    # ---- packing (loaders) -------------------------------------------------------------------
+    def pack(self, table: pa.Table | pa.RecordBatch) -> np.ndarray:
+        """Structured array of the feature columns of ``table`` (nulls: NaN, or an error)."""
+        out = np.empty(table.num_rows, dtype=self.dtype)
+        for name in self.names:
+            col = table.column(name)
+            if isinstance(col, pa.ChunkedArray):
+                col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+            col = col.cast(self.schema.field(name).type)
+            if col.null_count:
+                if not np.issubdtype(self.dtype.fields[name][0], np.floating):
+                    raise FeatureStoreError(f"feature {name!r} has {col.null_count} nulls; only "
+                                            "float features may be null (stored as NaN)")
+                col = col.fill_null(float("nan"))
+            out[name] = col.to_numpy(zero_copy_only=False)
+        return out
+
+    def to_bytes_list(self, records: np.ndarray) -> list[bytes]:
+        """One ``bytes`` value per record (Redis, PostgreSQL)."""
+        raw = records.tobytes()
+        n = self.itemsize
+        return [raw[i:i + n] for i in range(0, len(raw), n)]
+
+    def from_bytes_list(self, values: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+        """Records and found mask from per-key values (``None`` = missing)."""
+        found = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
+        blank = b"\0" * self.itemsize
+        raw = b"".join(v if v is not None else blank for v in values)
+        if len(raw) != len(values) * self.itemsize:
+            raise FeatureStoreError("stored row has the wrong size for this schema "
+                                    "(written with another schema?)")
+        return np.frombuffer(raw, dtype=self.dtype), found
+
+    # ---- unpacking (lookups) -----------------------------------------------------------------
+    def to_batch(self, records: np.ndarray, found: np.ndarray, policy: MissingPolicy,
+                 defaults: dict[str, Any]) -> pa.RecordBatch:
+        """RecordBatch of ``records``; rows not ``found`` are null, or defaults (policy)."""
+        n = len(records)
+        all_found = bool(found.all())
+        use_defaults = policy is MissingPolicy.DEFAULTS and not all_found
+        validity = None
+        if not all_found and not use_defaults:
+            validity = pa.py_buffer(np.packbits(found, bitorder="little"))
+        if self.matrix_dtype is not None and self.matrix_dtype != np.bool_ and not use_defaults:
+            # one transpose, one buffer, each column a zero-copy slice of it
+            matrix = records.view(self.matrix_dtype).reshape(n, len(self.names))
+            buf = pa.py_buffer(np.ascontiguousarray(matrix.T))
+            if validity is not None:  # the offset applies to the bitmap too: tile it per column
+                validity = pa.py_buffer(np.packbits(np.tile(found, len(self.names)), bitorder="little"))
+            arrays = [pa.Array.from_buffers(t, n, [validity, buf], offset=i * n)
+                      for i, t in enumerate(self.types)]
+            return pa.RecordBatch.from_arrays(arrays, names=self.names)
+        arrays = []
+        for name, ftype in zip(self.names, self.types):
+            values = np.ascontiguousarray(records[name])
+            if use_defaults:
+                values = np.where(found, values, defaults.get(name, _null_value(values.dtype)))
+            if values.dtype == np.bool_:
+                arrays.append(pa.array(values, type=ftype, mask=None if validity is None else ~found))
+            else:
+                arrays.append(pa.Array.from_buffers(ftype, n, [validity, pa.py_buffer(values)]))
+        return pa.RecordBatch.from_arrays(arrays, names=self.names)
+
+    def to_matrix(self, records: np.ndarray, found: np.ndarray, policy: MissingPolicy,
+                  defaults: dict[str, Any]) -> np.ndarray:
+        """(n, features) matrix; rows of missing keys are NaN (floats) or defaults (policy)."""
+        if self.matrix_dtype is None:
+            raise FeatureStoreError("lookup_numpy needs every feature to have the same dtype")
+        matrix = records.view(self.matrix_dtype).reshape(len(records), len(self.names))
+        if not found.all():
+            matrix = matrix.copy() if not matrix.flags.writeable else matrix
+            missing = ~found
+            if policy is MissingPolicy.DEFAULTS:
+                fill = np.array([defaults.get(n, _null_value(self.matrix_dtype)) for n in self.names],
+                                dtype=self.matrix_dtype)
+                matrix[missing] = fill
+            else:
+                matrix[missing] = _null_value(self.matrix_dtype)
+        return matrix
+
+
+def _null_value(dtype: np.dtype) -> Any:
+    return np.nan if np.issubdtype(dtype, np.floating) else 0
+
+
+def check_defaults(schema: pa.Schema, defaults: dict[str, Any]) -> None:
+    unknown = set(defaults) - set(schema.names)
+    if unknown:
+        raise FeatureStoreError(f"defaults for unknown features: {sorted(unknown)}")
+
+
+def dead_letter_mask(found: np.ndarray, policy: MissingPolicy) -> np.ndarray:
+    """Which events to dead-letter with reason ``feature_missing`` under ``policy``."""
+    if policy is MissingPolicy.DEAD_LETTER:
+        return ~found
+    return np.zeros(len(found), dtype=bool)
+
+
+def iter_chunks(n: int, size: int) -> Iterable[tuple[int, int]]:
+    for start in range(0, n, size):
+        yield start, min(n, start + size)
