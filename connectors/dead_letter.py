@@ -17,6 +17,7 @@ INVALID_VALUE = "invalid_value"          # NaN / inf / out of range
 UNKNOWN_ENTITY = "unknown_entity"
 FEATURE_STORE_UNAVAILABLE = "feature_store_unavailable"
 MODEL_INPUT_REJECTED = "model_input_rejected"   # the model's schema validation refused the row
+SCORING_ERROR = "scoring_error"                 # the model runtime failed on the batch
 
 REASON_HEADER = "streamscore.reason"
 DETAIL_HEADER = "streamscore.detail"

@@ -18,7 +18,8 @@ import pyarrow.json as pa_json
 
 from connectors import dead_letter as dl
 
-OFFSET_COLUMN = "_offset"
+OFFSET_COLUMN = "_offset"   # source offset of the event
+RAW_COLUMN = "_raw"         # the original record bytes (for dead letters after decoding)
 
 _ARROW_TYPES = {"string": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}
 
@@ -48,7 +49,7 @@ class EventSchema:
 
 @dataclass
 class DecodedBatch:
-    events: pa.RecordBatch        # valid events + OFFSET_COLUMN, in offset order
+    events: pa.RecordBatch        # valid events + OFFSET_COLUMN + RAW_COLUMN, in offset order
     rejected: list[tuple[int, str, str]]  # (position in input, reason, detail)
 
 
@@ -75,7 +76,8 @@ class JsonEventDecoder:
         self.schema = schema
         self.max_bytes = max_bytes
         self._arrow = schema.arrow_schema
-        self._out_schema = self._arrow.append(pa.field(OFFSET_COLUMN, pa.int64()))
+        self._out_schema = (self._arrow.append(pa.field(OFFSET_COLUMN, pa.int64()))
+                            .append(pa.field(RAW_COLUMN, pa.binary())))
         self._parse = pa_json.ParseOptions(explicit_schema=self._arrow, unexpected_field_behavior="ignore")
         self._read = pa_json.ReadOptions(use_threads=False, block_size=1 << 26)
         self._floats = [n for n, t in schema.fields.items() if t == "float"]
@@ -100,6 +102,10 @@ class JsonEventDecoder:
         if any(not v or len(v) > self.max_bytes for v in values):
             return None
         try:
+            buf.decode("utf-8")   # the JSON reader does not reject every invalid UTF-8 sequence
+        except UnicodeDecodeError:
+            return None
+        try:
             table = pa_json.read_json(pa.py_buffer(buf), read_options=self._read, parse_options=self._parse)
         except (pa.ArrowInvalid, UnicodeDecodeError, ValueError):
             return None
@@ -110,6 +116,7 @@ class JsonEventDecoder:
             if not np.isfinite(col).all():
                 return None
         table = table.append_column(OFFSET_COLUMN, pa.array(np.asarray(offsets, dtype=np.int64)))
+        table = table.append_column(RAW_COLUMN, pa.array(values, type=pa.binary()))
         batch = table.combine_chunks().to_batches(max_chunksize=len(values))[0]
         return DecodedBatch(batch, [])
 
@@ -117,6 +124,7 @@ class JsonEventDecoder:
         fields = self.schema.fields
         columns: dict[str, list] = {n: [] for n in fields}
         good_offsets: list[int] = []
+        good_raw: list[bytes] = []
         rejected: list[tuple[int, str, str]] = []
         for i, value in enumerate(values):
             why = self._reject_reason(value)
@@ -133,8 +141,10 @@ class JsonEventDecoder:
             for name in fields:
                 columns[name].append(obj[name])
             good_offsets.append(offsets[i])
+            good_raw.append(value)
         arrays = [pa.array(columns[n], type=self._arrow.field(n).type) for n in fields]
         arrays.append(pa.array(good_offsets, type=pa.int64()))
+        arrays.append(pa.array(good_raw, type=pa.binary()))
         return DecodedBatch(pa.RecordBatch.from_arrays(arrays, schema=self._out_schema), rejected)
 
     def _reject_reason(self, value) -> tuple[str, str] | None:

@@ -37,7 +37,8 @@ def producer_config(bootstrap_servers: str, extra: dict[str, Any] | None = None)
 
 def wait_for_broker(bootstrap_servers: str, timeout_s: float = 30.0) -> None:
     """Block until the broker answers a metadata request, or raise TimeoutError."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    # log_level 0: connection refusals while the broker starts are expected, not worth a log line
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 0})
     deadline = time.monotonic() + timeout_s
     while True:
         try:

@@ -1,0 +1,128 @@
+"""The demo: the scoring job end to end on embedded defaults, with a live progress line, a
+summary table, and one JSON object as the very last line."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from jobs import demo_data
+from jobs.embedded import EmbeddedStack
+from jobs.producer import produce
+from jobs.tally import OutputReader, Tally
+
+
+@dataclass
+class DemoOptions:
+    events: int = 20_000
+    rate: float = 5000.0          # events/s produced; 0 = as fast as possible
+    entities: int = 100_000
+    partitions: int = 2
+    parallelism: int = 1
+    bad_fraction: float = 0.01    # share of malformed / unknown-entity events (dead-lettered)
+    timeout_s: float = 900.0
+    workdir: Path | None = None
+
+
+def demo_records(opts: DemoOptions) -> list[dict | bytes]:
+    """Good events with a sprinkling of each kind of bad event."""
+    records: list[dict | bytes] = list(demo_data.events(opts.events, opts.entities))
+    kinds = list(demo_data.BAD_KINDS)
+    every = int(1 / opts.bad_fraction) if opts.bad_fraction > 0 else 0
+    if every:
+        for j, i in enumerate(range(every // 2, opts.events, every)):
+            records[i] = demo_data.bad_event(kinds[j % len(kinds)], j, opts.entities)
+    return records
+
+
+def summarize(tally: Tally, inputs: list[str], started: float, opts: DemoOptions) -> dict:
+    wanted = set(inputs)
+    lat = tally.latencies_ms(wanted)
+    last = tally.last_arrival_ms(wanted)
+    elapsed_s = (last / 1000.0 - started) if last else float("nan")
+    predicted = len(wanted & set(tally.predictions))
+    dead = len(wanted & set(tally.dead_letters))
+    return {
+        "events_in": len(inputs),
+        "predictions_out": predicted,
+        "dead_letters": dead,
+        "missing": len(tally.missing(wanted)),
+        "duplicates": tally.duplicate_predictions + tally.duplicate_dead_letters,
+        "dead_letter_reasons": dict(sorted(tally.reasons().items())),
+        "throughput_eps": round(len(inputs) / elapsed_s, 1) if elapsed_s == elapsed_s and elapsed_s > 0 else None,
+        "p50_ms": round(float(_pct(lat, 50)), 2) if len(lat) else None,
+        "p99_ms": round(float(_pct(lat, 99)), 2) if len(lat) else None,
+        "rate_target_eps": opts.rate or None,
+    }
+
+
+def _pct(values, q):
+    import numpy as np
+    return np.percentile(values, q)
+
+
+def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
+    console = console or Console(stderr=True)
+    say = console.print
+    with EmbeddedStack(opts.workdir, opts.entities, say=say) as stack:
+        cfg = stack.job_config("demo", opts.partitions, flink__parallelism=opts.parallelism)
+        job = stack.job(cfg).start()
+        say(f"started the scoring job (local Flink MiniCluster), log: {job.log_path}")
+        reader = OutputReader(cfg.kafka.bootstrap_servers, cfg.kafka.output_topic, cfg.kafka.dead_letter_topic).start()
+        try:
+            with console.status("waiting for the job to come up (JVM, Python workers, first checkpoint)…"):
+                warm = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic,
+                               demo_data.events(20, opts.entities, seed=99, prefix="warmup"), encode=demo_data.encode)
+                reader.wait_for(set(warm), timeout_s=300, stall_s=300, check=job.check_alive)
+            job.check_alive()
+            records = demo_records(opts)
+            produced = {"n": 0}
+            inputs: list[str] = []
+            started = time.time()
+
+            def producer():
+                inputs.extend(produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic, records,
+                                      rate=opts.rate or None, encode=demo_data.encode,
+                                      on_progress=lambda n: produced.__setitem__("n", n)))
+            thread = threading.Thread(target=producer, daemon=True)
+            thread.start()
+            with Live(console=console, refresh_per_second=4, transient=True) as live:
+                while thread.is_alive():
+                    snap = reader.snapshot()
+                    live.update(f"produced {produced['n']:,}/{len(records):,} · predictions "
+                                f"{len(snap.predictions) - len(warm):,} · dead letters {len(snap.dead_letters):,}")
+                    job.check_alive()
+                    time.sleep(0.25)
+                thread.join()
+
+                def progress(snap, done):
+                    live.update(f"produced {len(records):,}/{len(records):,} · accounted {done:,}/{len(inputs):,}")
+                tally = reader.wait_for(set(inputs), timeout_s=opts.timeout_s, stall_s=120,
+                                        on_progress=progress, check=job.check_alive)
+            return summarize(tally, inputs, started, opts)
+        finally:
+            reader.stop()
+            job.stop()
+
+
+def render(summary: dict, console: Console) -> None:
+    table = Table(title="streamscore demo")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("events_in", "predictions_out", "dead_letters", "missing", "duplicates",
+                "throughput_eps", "p50_ms", "p99_ms"):
+        table.add_row(key, str(summary[key]))
+    for reason, count in summary["dead_letter_reasons"].items():
+        table.add_row(f"  dead letters: {reason}", str(count))
+    console.print(table)
+
+
+def to_json_line(summary: dict) -> str:
+    keys = ("events_in", "predictions_out", "dead_letters", "throughput_eps", "p50_ms", "p99_ms")
+    return json.dumps({k: summary[k] for k in keys})

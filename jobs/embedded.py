@@ -1,0 +1,95 @@
+"""Everything the scoring job needs, started locally: an embedded broker, a Plasma store loaded
+with the demo features, the demo model and a job configuration pointing at them.
+
+The demo, the integration tests and the benchmarks share this one wiring.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+from connectors.feature_store import load_table
+from connectors.feature_store.plasma_store import PlasmaServer
+from connectors.kafka.clients import ensure_topics
+from connectors.kafka.embedded_broker import EmbeddedBroker
+from jobs import demo_data
+from jobs.config import JobConfig
+from jobs.processes import JobProcess
+
+
+class EmbeddedStack:
+    """Broker + Plasma store (features loaded) + demo model, in a work directory."""
+
+    def __init__(self, workdir: Path | None = None, entities: int = 100_000, say=print) -> None:
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="streamscore-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.entities = entities
+        self.say = say
+        self._stack = ExitStack()
+        self.broker: EmbeddedBroker | None = None
+        self.plasma: PlasmaServer | None = None
+        self.model_path: Path | None = None
+        self.features = None
+
+    def start(self) -> "EmbeddedStack":
+        try:
+            self.say("starting the embedded Kafka-compatible broker (Tansu)…")
+            self.broker = self._stack.enter_context(EmbeddedBroker(log_path=self.workdir / "broker.log"))
+            self.say(f"  broker at {self.broker.bootstrap_servers}")
+            table_mb = self.entities * 33 * 4 / 1e6
+            memory = int(max(64e6, 4 * table_mb * 1e6))
+            self.say("starting the Plasma shared-memory store…")
+            self.plasma = self._stack.enter_context(
+                PlasmaServer(self.workdir / "plasma.sock", memory, log_path=self.workdir / "plasma.log"))
+            self.features = demo_data.features_table(self.entities)
+            version = load_table(self.feature_uri, self.features, key="entity_id")
+            self.say(f"  loaded {self.entities:,} entities × {demo_data.N_FEATURES} features (version {version})")
+            self.say("preparing the demo model (trained and exported to ONNX once, then cached)…")
+            self.model_path = demo_data.demo_model(self.entities)
+            self.say(f"  model {self.model_path}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def feature_uri(self) -> str:
+        return self.plasma.uri("features")
+
+    def job_config(self, name: str, partitions: int = 2, **overrides) -> JobConfig:
+        """A job configuration on fresh topics ``{name}-events|predictions|dlq``."""
+        cfg = JobConfig()
+        cfg.job_name = f"streamscore-{name}"
+        cfg.kafka.bootstrap_servers = self.broker.bootstrap_servers
+        cfg.kafka.input_topic = f"{name}-events"
+        cfg.kafka.output_topic = f"{name}-predictions"
+        cfg.kafka.dead_letter_topic = f"{name}-dlq"
+        cfg.features.store = self.feature_uri
+        cfg.model.path = str(self.model_path)
+        cfg.flink.checkpoint_dir = (self.workdir / "checkpoints" / name).as_uri()
+        for dotted, value in overrides.items():
+            section, key = dotted.split("__", 1)
+            setattr(getattr(cfg, section), key, value)
+        ensure_topics(self.broker.bootstrap_servers,
+                      {cfg.kafka.input_topic: partitions, cfg.kafka.output_topic: partitions,
+                       cfg.kafka.dead_letter_topic: 1})
+        return cfg
+
+    def job(self, cfg: JobConfig, *extra_args: str) -> JobProcess:
+        """A (not yet started) job process for ``cfg``."""
+        path = cfg.to_yaml(self.workdir / f"{cfg.job_name}.yaml")
+        return JobProcess(path, self.workdir / f"{cfg.job_name}.log", list(extra_args))
+
+    def stop(self) -> None:
+        self._stack.close()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> "EmbeddedStack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,66 @@
+"""Running the scoring job as a separate process (its own MiniCluster), for the demo, tests,
+benchmarks and chaos runs: start it, kill it like a crash, stop it."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class JobProcess:
+    """``python -m jobs.score_stream --config CFG`` in its own process group."""
+
+    def __init__(self, config_path: Path, log_path: Path, extra_args: list[str] | None = None) -> None:
+        self.config_path = Path(config_path)
+        self.log_path = Path(log_path)
+        self.extra_args = extra_args or []
+        self._proc: subprocess.Popen | None = None
+
+    def start(self) -> "JobProcess":
+        log = open(self.log_path, "ab")
+        cmd = [sys.executable, "-m", "jobs.score_stream", "--config", str(self.config_path), *self.extra_args]
+        self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                      cwd=Path(__file__).resolve().parent.parent)
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def check_alive(self) -> None:
+        """Raise with the log's tail if the job process has exited."""
+        if self._proc is not None and self._proc.poll() is not None:
+            raise RuntimeError(f"the scoring job exited with code {self._proc.returncode}; "
+                               f"last log lines:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (Python client and its Flink JVM), like a crash."""
+        if self._proc is None:
+            return
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._proc.wait()
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        if not self.is_running():
+            return
+        os.killpg(self._proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and self.is_running():
+            time.sleep(0.1)
+        self.kill()

@@ -1,0 +1,118 @@
+"""The scoring job: Kafka → async feature enrichment → model score → Kafka.
+
+Run it locally (MiniCluster): ``streamscore run --config job.yaml``; on a cluster:
+``flink run --python jobs/score_stream.py --pyFiles operators,connectors,model_formats,jobs -- --config job.yaml``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pyflink.common import Configuration
+from pyflink.datastream import StreamExecutionEnvironment
+
+from connectors.kafka.clients import consumer_config, partitions_of, producer_config
+from jobs.checkpoints import latest_checkpoint
+from jobs.config import JobConfig, load_config
+from operators.flink.enrich import enrich
+from operators.flink.kafka_sink import write_to_kafka
+from operators.flink.kafka_source import kafka_micro_batches
+from operators.flink.score import score
+
+log = logging.getLogger("streamscore.job")
+
+
+def flink_configuration(cfg: JobConfig) -> Configuration:
+    """The Flink settings the job needs (process mode: PyFlink's async I/O runs only there)."""
+    f = cfg.flink
+    settings = {
+        "python.execution-mode": "process",
+        "python.executable": sys.executable,
+        "python.client.executable": sys.executable,
+        "python.fn-execution.bundle.time": str(f.bundle_time_ms),
+        "python.fn-execution.bundle.size": str(f.bundle_size),
+        "parallelism.default": str(f.parallelism),
+        "execution.checkpointing.interval": f"{f.checkpoint_interval_ms} ms",
+        "execution.checkpointing.mode": "EXACTLY_ONCE",   # of Flink state; the Kafka sink is at-least-once
+        "execution.checkpointing.dir": f.checkpoint_dir,
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "execution.checkpointing.num-retained": "3",
+        "restart-strategy.type": "fixed-delay",
+        "restart-strategy.fixed-delay.attempts": str(f.restart_attempts),
+        "restart-strategy.fixed-delay.delay": "2 s",
+        "pipeline.name": cfg.job_name,
+    }
+    restore = f.restore_from
+    if restore == "latest":
+        restore = latest_checkpoint(f.checkpoint_dir)
+        log.info("restoring from %s", restore or "nothing (no complete checkpoint yet)")
+    if restore:
+        settings["execution.state-recovery.path"] = restore
+    settings.update({k: str(v) for k, v in f.conf.items()})
+    conf = Configuration()
+    for key, value in settings.items():
+        conf.set_string(key, value)
+    return conf
+
+
+def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
+    """Wire the pipeline onto ``env``."""
+    k = cfg.kafka
+    schema = cfg.events.schema()
+    batches = kafka_micro_batches(
+        env,
+        consumer_config=consumer_config(k.bootstrap_servers, k.group_id, k.consumer),
+        topic=k.input_topic,
+        partitions=partitions_of(k.bootstrap_servers, k.input_topic),
+        start=k.start_from,
+        schema=schema,
+        max_bytes=cfg.events.max_bytes,
+        max_events=cfg.batch.max_events,
+        poll_timeout_s=cfg.batch.poll_timeout_ms / 1000.0,
+        heartbeat_per_s=cfg.batch.heartbeat_per_s,
+    )
+    enriched = enrich(batches, store_uri=cfg.features.store, key_field=schema.key_field,
+                      timeout_ms=cfg.features.timeout_ms, capacity=cfg.features.capacity)
+    scored = score(enriched, model_path=cfg.model.path, schema=schema,
+                   intra_op_threads=cfg.model.intra_op_threads)
+    write_to_kafka(scored, producer_config=producer_config(k.bootstrap_servers, k.producer),
+                   topic=k.output_topic, dead_letter_topic=k.dead_letter_topic)
+
+
+def run(cfg: JobConfig) -> None:
+    """Build and run the job (blocks until it ends or is cancelled)."""
+    env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(cfg))
+    build(env, cfg)
+    env.execute(cfg.job_name)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_job_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", help="job configuration YAML (see flink-conf/job.example.yaml)")
+    parser.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value, e.g. --set flink.parallelism=2 (repeatable)")
+    parser.add_argument("--restore", metavar="PATH|latest",
+                        help="restore from this checkpoint/savepoint, or 'latest' in flink.checkpoint_dir")
+
+
+def config_from_args(args: argparse.Namespace) -> JobConfig:
+    overrides = list(args.set)
+    if args.restore:
+        overrides.append(f"flink.restore_from={args.restore}")
+    return load_config(args.config, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run(config_from_args(parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

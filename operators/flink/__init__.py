@@ -1,0 +1,1 @@
+"""Thin PyFlink adapters over `operators.steps` (engine-agnostic) and `connectors`."""
