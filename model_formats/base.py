@@ -186,18 +186,20 @@ def classifier_outputs(proba: np.ndarray, classes: Sequence, labels: np.ndarray 
         proba = proba.reshape(-1, 1)
     n = proba.shape[0]
     classes_arr = np.asarray(list(classes))
+    missing = np.isnan(proba).any(axis=1) if n else np.zeros(0, dtype=bool)  # runtime gave no answer
     if labels is None:
-        labels = classes_arr[np.argmax(proba, axis=1)] if n else classes_arr[:0]
+        labels = classes_arr[np.argmax(np.nan_to_num(proba, nan=-1.0), axis=1)] if n else classes_arr[:0]
     labels = np.asarray(labels).reshape(-1)
     if len(classes_arr) == 2:
         score = proba[:, 1]
     else:
         score = proba.max(axis=1) if n else np.empty(0)
     string_labels = classes_arr.dtype.kind in "OUS" or np.asarray(labels).dtype.kind in "OUS"
+    mask = missing if missing.any() else None
     if string_labels:
-        label_col = pa.array([str(v) for v in labels], type=pa.string())
+        label_col = pa.array([str(v) for v in labels], type=pa.string(), mask=mask)
     else:
-        label_col = pa.array(labels.astype(np.int64), type=pa.int64())
+        label_col = pa.array(labels.astype(np.int64), type=pa.int64(), mask=mask)
     cols = [pa.array(score, type=pa.float64()), label_col]
     names = [SCORE, LABEL]
     for j, c in enumerate(classes_arr):

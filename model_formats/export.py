@@ -50,21 +50,31 @@ def _feature_names(estimator, feature_names: Sequence[str] | None) -> list[str]:
 
 def export_onnx(estimator, feature_names: Sequence[str] | None, path: str | os.PathLike,
                 name: str | None = None, version: str = "1", *, target_opset: int | dict | None = None) -> Path:
-    """Convert a fitted numeric-input estimator/pipeline to ONNX with its schema in metadata_props.
+    """Convert a fitted estimator/pipeline to ONNX with its schema in metadata_props.
 
-    One 2-D float input named ``input``; classifiers export ``label`` and a ``probabilities``
-    tensor (zipmap=False). Returns the written path.
+    Numeric models get one 2-D float input named ``input``; pipelines starting with a
+    ColumnTransformer get one ``[N, 1]`` input per column (strings for the categorical columns,
+    whose fitted domains go to ``categories``). Classifiers export ``label`` and a
+    ``probabilities`` tensor (zipmap=False). Returns the written path.
     """
     import onnx
     from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+
+    from model_formats.sklearn_model import _categorical_inputs, _wants_dataframe
 
     path = Path(path)
     names = _feature_names(estimator, feature_names)
     final = _final_estimator(estimator)
     classifier = is_classifier(estimator)
     options = {id(final): {"zipmap": False}} if classifier else None
-    initial_types = [("input", FloatTensorType([None, len(names)]))]
+    categories = _categorical_inputs(estimator)
+    if categories or _wants_dataframe(estimator):
+        # column-wise pipelines (ColumnTransformer): one [N, 1] input per column, strings as strings
+        initial_types = [(n, StringTensorType([None, 1]) if n in categories else FloatTensorType([None, 1]))
+                         for n in names]
+    else:
+        initial_types = [("input", FloatTensorType([None, len(names)]))]
     model_name = name or path.stem
     proto = convert_sklearn(estimator, name=model_name, initial_types=initial_types, options=options,
                             target_opset=target_opset)
@@ -76,6 +86,9 @@ def export_onnx(estimator, feature_names: Sequence[str] | None, path: str | os.P
         "exported_by": "streamscore.model_formats.export",
         "sklearn_estimator": type(final).__name__,
     }
+    if categories:
+        # onnxruntime fails the whole batch on an unknown category: the domain goes in the schema
+        meta["categories"] = json.dumps({n: list(v) for n, v in categories.items() if v is not None})
     if classifier:
         meta["classes"] = json.dumps([_plain(c) for c in final.classes_])
     if allows_nan(estimator) and type(final).__name__.startswith("HistGradientBoosting"):
@@ -91,3 +104,142 @@ def export_onnx(estimator, feature_names: Sequence[str] | None, path: str | os.P
 
 def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
+
+
+# --- skops ------------------------------------------------------------------------------------
+
+from model_formats.sklearn_model import SKOPS_META_MEMBER  # noqa: E402
+
+
+def export_skops(estimator, feature_names: Sequence[str] | None, path: str | os.PathLike,
+                 name: str | None = None, version: str = "1") -> Path:
+    """Write the estimator with skops (no pickle) plus a ``streamscore.json`` member (name, version,
+    feature_names) inside the same archive."""
+    import zipfile
+
+    import skops.io as sio
+
+    path = Path(path)
+    names = _feature_names(estimator, feature_names)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sio.dump(estimator, path)
+    meta = {"name": name or path.stem, "version": str(version), "feature_names": names,
+            "sklearn_estimator": type(_final_estimator(estimator)).__name__}
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr(SKOPS_META_MEMBER, json.dumps(meta))
+    return path
+
+
+# --- PMML (optional: sklearn2pmml + Java) -----------------------------------------------------
+
+# sklearn2pmml's converter reports failed conversions (with the Python package versions) to a
+# remote telemetry endpoint, unconditionally. These options route the JVM's HTTP(S) through a
+# proxy on a closed local port, so the report fails on this machine instead of leaving it.
+NO_TELEMETRY_JAVA_OPTS = [
+    "-Dhttps.proxyHost=127.0.0.1", "-Dhttps.proxyPort=9",
+    "-Dhttp.proxyHost=127.0.0.1", "-Dhttp.proxyPort=9",
+    "-Djava.net.useSystemProxies=false",
+]
+
+
+class PmmlExportError(RuntimeError):
+    """sklearn2pmml is missing, Java is missing, or the converter refused the estimator."""
+
+
+def pmml_export_available() -> tuple[bool, str]:
+    """(available, reason): sklearn2pmml importable and a Java runtime on PATH/JAVA_HOME."""
+    import shutil
+
+    try:
+        import sklearn2pmml  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install
+        return False, f"sklearn2pmml is not installed ({exc}); pip install 'streamscore[pmml-export]'"
+    java_home = os.environ.get("JAVA_HOME")
+    if not (shutil.which("java") or (java_home and Path(java_home, "bin", "java").exists())):
+        return False, "sklearn2pmml needs a Java runtime (java on PATH or JAVA_HOME)"
+    return True, ""
+
+
+def export_pmml(estimator, feature_names: Sequence[str] | None, path: str | os.PathLike,
+                name: str | None = None, version: str = "1", *, target_name: str = "y",
+                allow_patch_version_mismatch: bool = True) -> Path:
+    """Convert a fitted estimator/pipeline to PMML with sklearn2pmml (JPMML-SkLearn, runs Java).
+
+    The converter supports scikit-learn up to the version it was built against; a newer *patch*
+    release of the same minor version (e.g. 1.9.1 against a converter built for 1.9.0) only fixes
+    bugs, so with ``allow_patch_version_mismatch`` the pickle handed to the converter declares the
+    converter's version (a warning says so). Newer minor versions are refused as the converter says.
+    The model's name and version are written to the PMML Header (description / Application).
+    """
+    import contextlib
+    import io
+    import re
+    import tempfile
+    import warnings
+
+    ok, reason = pmml_export_available()
+    if not ok:
+        raise PmmlExportError(reason)
+    import joblib
+    import sklearn
+    import sklearn.base
+    from sklearn2pmml import make_pmml_pipeline, sklearn2pmml
+
+    path = Path(path)
+    names = _feature_names(estimator, feature_names)
+    pipeline = make_pmml_pipeline(estimator, active_fields=names, target_fields=[target_name])
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def convert(declared_version: str | None) -> str:
+        with tempfile.TemporaryDirectory(prefix="streamscore-pmml-") as tmp:
+            pkl = Path(tmp, "estimator.pkl")
+            original = sklearn.base.__version__
+            try:
+                if declared_version:
+                    sklearn.base.__version__ = declared_version
+                joblib.dump(pipeline, pkl)
+            finally:
+                sklearn.base.__version__ = original
+            out = io.StringIO()
+            try:
+                with contextlib.redirect_stdout(out):
+                    sklearn2pmml(str(pkl), str(path), java_opts=list(NO_TELEMETRY_JAVA_OPTS))
+            except RuntimeError as exc:
+                return out.getvalue() or str(exc)
+            return ""
+
+    failure = convert(None)
+    if failure:
+        m = re.search(r"Scikit-Learn version '([\d.]+)' is not supported.*?version '([\d.]+)'", failure, re.S)
+        if m and allow_patch_version_mismatch and m.group(1).split(".")[:2] == m.group(2).split(".")[:2]:
+            warnings.warn(f"sklearn2pmml supports scikit-learn {m.group(2)}; converting a {m.group(1)} model "
+                          f"as {m.group(2)} (same minor version: patch releases only fix bugs)", stacklevel=2)
+            failure = convert(m.group(2))
+        if failure:
+            raise PmmlExportError("sklearn2pmml failed to convert the estimator:\n" + _java_error(failure))
+    _stamp_pmml_header(path, name or path.stem, str(version))
+    return path
+
+
+def _java_error(output: str) -> str:
+    keep = [line for line in output.splitlines()
+            if line.strip() and not line.lstrip().startswith("at ") and "Standard output" not in line]
+    return "\n".join(keep[:40])
+
+
+def _stamp_pmml_header(path: Path, name: str, version: str) -> None:
+    """Record the model's name and version in the PMML Header, with the element tree untouched."""
+    import re
+
+    text = path.read_text(encoding="utf-8")
+    stamp = (f'<Extension name="streamscore.name" value="{_xml_attr(name)}"/>'
+             f'<Extension name="streamscore.version" value="{_xml_attr(version)}"/>')
+    new, n = re.subn(r"(<Header\b[^>]*?)(/>|>)",
+                     lambda m: (m.group(1) + ">" + stamp + "</Header>") if m.group(2) == "/>" else (m.group(0) + stamp),
+                     text, count=1)
+    if n:
+        path.write_text(new, encoding="utf-8")
+
+
+def _xml_attr(value: str) -> str:
+    return (value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;"))

@@ -4,6 +4,7 @@ Schema: the model's graph inputs, plus ``metadata_props`` written at export
 (:func:`model_formats.export.export_onnx`):
 
     feature_names  JSON list (or comma-separated) naming the columns of a single 2-D input
+    categories     JSON {input: [values]}: the domain of categorical (string) inputs
     name, version  the model's identity
     task           "classification" | "regression"
     classes        JSON list of class labels (classifiers)
@@ -100,11 +101,17 @@ class OnnxModel(ModelBase):
         else:
             self._mode = "columns"
             fields = []
+            try:
+                categories = json.loads(self.metadata.get("categories") or "{}")
+            except ValueError:
+                categories = {}
             for inp in inputs:
                 w = _width(inp)
                 if w not in (1, None) and len(inp.shape) > 1:
                     raise ModelLoadError(f"{self.name}: input {inp.name!r} is {w} wide; only one 2-D input or [N,1] inputs are supported")
-                fields.append(FieldSpec(inp.name, _elem_dtype(inp.type), True, inp.name in allow_nan))
+                domain = categories.get(inp.name)
+                fields.append(FieldSpec(inp.name, _elem_dtype(inp.type), True, inp.name in allow_nan,
+                                        tuple(domain) if domain else None))
             fields = tuple(fields)
             self._column_inputs = [(f.name, f.dtype, len(inp.shape)) for f, inp in zip(fields, inputs)]
 

@@ -69,3 +69,27 @@ def onnx_files(trained_models, model_dir) -> dict:
 
     return {name: export_onnx(est, FEATURES, model_dir / f"{name}.onnx", name=name, version="7")
             for name, est in trained_models.items()}
+
+
+def train_categorical():
+    """A pipeline with a string categorical column (ColumnTransformer + OneHotEncoder)."""
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    rng = np.random.default_rng(3)
+    n = 1500
+    df = pd.DataFrame({
+        "amount": rng.normal(size=n).astype(np.float32).astype(np.float64),
+        "channel": rng.choice(["web", "pos", "atm"], n),
+        "age_days": rng.normal(size=n).astype(np.float32).astype(np.float64),
+    })
+    y = ((df.amount > 0) ^ (df.channel == "atm")).astype(np.int64)
+    pipe = Pipeline([
+        ("ct", ColumnTransformer([("num", StandardScaler(), ["amount", "age_days"]),
+                                  ("cat", OneHotEncoder(handle_unknown="error"), ["channel"])])),
+        ("clf", LogisticRegression(max_iter=500)),
+    ]).fit(df, y)
+    return pipe, df

@@ -1,0 +1,212 @@
+"""scikit-learn models: ``.skops`` (no pickle) and, only with explicit trust, ``.joblib``/``.pkl``.
+
+skops: every type the file would instantiate is listed before loading
+(``skops.io.get_untrusted_types``); beyond skops' own trusted set, only the scikit-learn internals
+in :data:`SKOPS_SAFE_TYPES` (tree structures without code) are accepted, and anything else must be
+named by the caller in ``trusted_types`` or the load is refused with the list.
+
+pickle/joblib: pickle runs code while loading, so a file is opened only when the caller passes
+``trust_pickle=True`` *and* the file's sha256, which must match the bytes on disk. The digest does
+not make pickle safe: it pins the file to the one the caller vetted.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from model_formats.base import (
+    Batch, FieldSpec, ModelBase, ModelLoadError, ModelSchema, as_record_batch, classifier_outputs,
+    empty_outputs, feature_matrix, output_fields, regressor_outputs,
+)
+
+# scikit-learn internals that skops does not trust by default but that hold only arrays.
+SKOPS_SAFE_TYPES = frozenset({
+    "sklearn.tree._tree.Tree",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn._loss.link.IdentityLink",
+    "sklearn._loss.link.LogitLink",
+    "sklearn._loss.link.MultinomialLogit",
+    "sklearn._loss.link.LogLink",
+    "sklearn._loss.loss.HalfBinomialLoss",
+    "sklearn._loss.loss.HalfMultinomialLoss",
+    "sklearn._loss.loss.HalfSquaredError",
+})
+SKOPS_META_MEMBER = "streamscore.json"
+
+
+def load_skops(path: Path, *, trusted_types: list[str] | None = None, name: str | None = None,
+               version: str | None = None, **_ignored) -> "SklearnModel":
+    try:
+        import skops.io as sio
+    except ImportError as exc:
+        raise ModelLoadError(f"{path.name}: .skops models need skops (pip install skops): {exc}") from exc
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+    except Exception as exc:  # truncated zip, missing schema.json, bad JSON
+        raise ModelLoadError(f"{path.name}: not a readable skops file ({type(exc).__name__}: {exc})") from exc
+    allowed = set(SKOPS_SAFE_TYPES) | set(trusted_types or ())
+    refused = sorted(t for t in untrusted if t not in allowed)
+    if refused:
+        raise ModelLoadError(f"{path.name}: skops file would instantiate untrusted types {refused}; "
+                             "refused (pass trusted_types=[...] after reviewing them)")
+    try:
+        estimator = sio.load(path, trusted=sorted(t for t in untrusted))
+    except Exception as exc:
+        raise ModelLoadError(f"{path.name}: skops could not load the model ({type(exc).__name__}: {exc})") from exc
+    meta = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if SKOPS_META_MEMBER in zf.namelist():
+                meta = json.loads(zf.read(SKOPS_META_MEMBER))
+    except Exception:
+        meta = {}
+    return SklearnModel(estimator, path=path, name=name or meta.get("name"), version=version or meta.get("version"),
+                        feature_names=meta.get("feature_names"), metadata={"loader": "skops", **_str_meta(meta)})
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_pickle(path: Path, *, trust_pickle: bool = False, sha256: str | None = None, name: str | None = None,
+                version: str | None = None, feature_names: list[str] | None = None, **_ignored) -> "SklearnModel":
+    if not trust_pickle:
+        raise ModelLoadError(f"{path.name}: pickle/joblib files run code while loading; refused. Convert the model "
+                             "to .skops or .onnx (streamscore models export), or pass trust_pickle=True with the "
+                             "file's sha256 if you vetted it")
+    if not sha256:
+        raise ModelLoadError(f"{path.name}: trust_pickle=True also needs the sha256 of the file you vetted")
+    expected = sha256.lower().removeprefix("sha256:").strip()
+    actual = sha256_of(path)
+    if not hmac.compare_digest(expected, actual):
+        raise ModelLoadError(f"{path.name}: sha256 mismatch (expected {expected}, file has {actual}); refused")
+    try:
+        import joblib
+
+        estimator = joblib.load(path)
+    except Exception as exc:
+        raise ModelLoadError(f"{path.name}: could not unpickle the model ({type(exc).__name__}: {exc})") from exc
+    if not hasattr(estimator, "predict"):
+        raise ModelLoadError(f"{path.name}: unpickled a {type(estimator).__name__}, not an estimator")
+    return SklearnModel(estimator, path=path, name=name, version=version, feature_names=feature_names,
+                        metadata={"loader": "pickle", "sha256": actual})
+
+
+def _str_meta(meta: dict) -> dict:
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+
+
+class SklearnModel(ModelBase):
+    format = "sklearn"
+
+    def __init__(self, estimator, *, path: Path | str = "", name: str | None = None, version: str | None = None,
+                 feature_names: list[str] | None = None, metadata: dict | None = None) -> None:
+        from sklearn.base import is_classifier, is_regressor
+
+        self.estimator = estimator
+        self.path = str(path)
+        stem = Path(path).stem if path else type(estimator).__name__
+        self.name = name or stem
+        self.version = str(version) if version else "0"
+        final = getattr(estimator, "_final_estimator", estimator)
+        self.metadata = dict(metadata or {})
+        self.metadata.setdefault("sklearn_estimator", type(final).__name__)
+        try:
+            import sklearn
+
+            self.metadata["sklearn_version"] = sklearn.__version__
+        except Exception:
+            pass
+        names = getattr(estimator, "feature_names_in_", None)
+        names = [str(n) for n in names] if names is not None else (list(feature_names) if feature_names else None)
+        if names is None:
+            n = getattr(estimator, "n_features_in_", None)
+            if n is None:
+                raise ModelLoadError(f"{self.name}: the estimator records no input features (not fitted?)")
+            names = [f"x{i}" for i in range(int(n))]
+        try:
+            allow_nan = bool(estimator.__sklearn_tags__().input_tags.allow_nan)
+        except Exception:
+            allow_nan = False
+        categorical = _categorical_inputs(estimator)
+        fields = []
+        for n in names:
+            if n in categorical:
+                fields.append(FieldSpec(n, "string", True, False, categorical[n]))
+            else:
+                fields.append(FieldSpec(n, "double", True, allow_nan))
+        if is_classifier(estimator):
+            self.task = "classification"
+            self.classes = tuple(_plain(c) for c in final.classes_)
+        elif is_regressor(estimator) or hasattr(estimator, "predict"):
+            self.task = "regression"
+        self.schema = ModelSchema(inputs=tuple(fields), outputs=output_fields(self.task, self.classes))
+        self._frame = bool(categorical) or _wants_dataframe(estimator)
+        self._named = getattr(estimator, "feature_names_in_", None) is not None
+
+    def _X(self, rb: pa.RecordBatch):
+        names = self.schema.input_names
+        if self._frame:
+            import pandas as pd
+
+            return pd.DataFrame({n: rb.column(rb.schema.get_field_index(n)).to_numpy(zero_copy_only=False)
+                                 for n in names}, columns=names)
+        return feature_matrix(rb, names, np.float64)
+
+    def predict(self, batch: Batch) -> pa.RecordBatch:
+        rb = as_record_batch(batch)
+        if rb.num_rows == 0:
+            return empty_outputs(self.schema)
+        X = self._X(rb)
+        with warnings.catch_warnings():
+            # fitted on a DataFrame, scored on the same columns as a matrix, in the same order
+            warnings.filterwarnings("ignore", message="X does not have valid feature names")
+            if self.task == "classification":
+                return classifier_outputs(self.estimator.predict_proba(X), self.classes)
+            return regressor_outputs(self.estimator.predict(X))
+
+    def close(self) -> None:
+        pass
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _wants_dataframe(estimator) -> bool:
+    steps = getattr(estimator, "steps", None)
+    first = steps[0][1] if steps else estimator
+    return type(first).__name__ == "ColumnTransformer"
+
+
+def _categorical_inputs(estimator) -> dict[str, tuple | None]:
+    """String columns routed to a OneHotEncoder/OrdinalEncoder in a leading ColumnTransformer:
+    name -> domain (the fitted categories when unknown values raise, else None)."""
+    steps = getattr(estimator, "steps", None)
+    first = steps[0][1] if steps else estimator
+    out: dict[str, tuple | None] = {}
+    for _, trans, cols in getattr(first, "transformers_", []) or []:
+        enc = trans
+        if hasattr(trans, "steps"):
+            enc = next((s for _, s in trans.steps if hasattr(s, "categories_")), None)
+        if enc is None or not hasattr(enc, "categories_") or isinstance(cols, slice):
+            continue
+        cols = list(cols) if not isinstance(cols, str) else [cols]
+        for col, cats in zip(cols, enc.categories_):
+            if not isinstance(col, str) or np.asarray(cats).dtype.kind not in "OUS":
+                continue
+            strict = getattr(enc, "handle_unknown", "error") == "error"
+            out[col] = tuple(str(c) for c in cats if c is not None and c == c) if strict else None
+    return out
