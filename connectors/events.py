@@ -7,6 +7,7 @@ other records shared its batch.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -53,6 +54,15 @@ class DecodedBatch:
     rejected: list[tuple[int, str, str]]  # (position in input, reason, detail)
 
 
+def _loads(value: bytes):
+    """orjson, falling back to the standard parser for what orjson refuses but is readable
+    (integers beyond 64 bits, NaN, 1e999) so those get the precise reason ``invalid_value``."""
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return json.loads(value)
+
+
 def _check_value(kind: str, value) -> str | None:
     """Why ``value`` is not a valid ``kind``, or None when it is."""
     if kind == "string":
@@ -62,6 +72,8 @@ def _check_value(kind: str, value) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"expected {kind}, got {type(value).__name__}"
     if kind == "int":
+        if isinstance(value, float) and value.is_integer() and abs(value) >= 2**63:
+            return "integer out of int64 range"   # orjson reads integers beyond 64 bits as floats
         if not isinstance(value, int):
             return f"expected int, got {type(value).__name__}"
         if not -(2**63) <= value < 2**63:
@@ -130,8 +142,8 @@ class JsonEventDecoder:
             why = self._reject_reason(value)
             if why is None:
                 try:
-                    obj = orjson.loads(value)
-                except orjson.JSONDecodeError as exc:
+                    obj = _loads(value)
+                except ValueError as exc:
                     why = (dl.INVALID_JSON, str(exc)[:200])
                 else:
                     why = self._check_object(obj)

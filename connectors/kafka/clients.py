@@ -70,9 +70,13 @@ def ensure_topics(bootstrap_servers: str, topics: dict[str, int], timeout_s: flo
 
 
 def partitions_of(bootstrap_servers: str, topic: str, timeout_s: float = 30.0) -> list[int]:
-    """The partition ids of ``topic`` (raises if the topic does not exist)."""
+    """The partition ids of ``topic`` (raises if the topic does not exist).
+
+    Lists all topics rather than asking for this one: a metadata request naming a topic
+    auto-creates it on brokers that allow that (the embedded broker does), and a typo in a
+    topic name must be an error, not a new empty topic."""
     admin = AdminClient({"bootstrap.servers": bootstrap_servers})
-    md = admin.list_topics(topic=topic, timeout=timeout_s).topics.get(topic)
+    md = admin.list_topics(timeout=timeout_s).topics.get(topic)
     if md is None or md.error is not None or not md.partitions:
         raise ValueError(f"topic {topic!r} does not exist on {bootstrap_servers}"
                          + (f": {md.error}" if md is not None and md.error else ""))

@@ -1,0 +1,38 @@
+# streamscore — make demo | make test | make bench
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+EVENTS ?= 20000
+RATE   ?= 5000
+
+.PHONY: install demo test test-fast bench clean help
+
+help:
+	@echo "make demo [EVENTS=20000 RATE=5000]  run the scoring job end to end on embedded defaults"
+	@echo "make test                           run the test suite (real broker, Plasma, MiniCluster)"
+	@echo "make bench                          end-to-end, model-format and side-store benchmarks"
+
+$(BIN)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "streamscore needs Python 3.11 (PyFlink 2.3)"'
+	@command -v java >/dev/null || { echo "streamscore needs Java 17 (PyFlink runs Flink in a JVM)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	@touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/streamscore demo --events $(EVENTS) --rate $(RATE)
+
+test: install
+	$(BIN)/pytest
+
+test-fast: install
+	$(BIN)/pytest -m "not slow"
+
+bench: install
+	$(BIN)/python bench/e2e.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

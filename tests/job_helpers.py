@@ -1,0 +1,39 @@
+"""Helpers for tests that run the scoring job against the shared embedded stack."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+
+from jobs import demo_data
+
+
+def offline_scores(model_path, features, events_by_id: dict[str, dict], event_ids: list[str]) -> np.ndarray:
+    """Score the events offline: the same model, the same features table, no Flink, no Kafka."""
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    entity = np.array([events_by_id[i]["entity_id"] for i in event_ids])
+    amount = np.array([events_by_id[i]["amount"] for i in event_ids], dtype=np.float64)
+    key_col = features.column("entity_id").to_numpy()
+    rows = np.searchsorted(key_col, entity)
+    assert (key_col[rows] == entity).all()
+    matrix = np.column_stack([amount.astype(np.float32)] +
+                             [features.column(n).to_numpy()[rows] for n in demo_data.FEATURE_NAMES]).astype(np.float32)
+    outputs = session.run(None, {session.get_inputs()[0].name: matrix})
+    probabilities = outputs[1]
+    return probabilities[:, 1].astype(np.float64)
+
+
+def decode_events(records: list) -> dict[str, dict]:
+    """Good events by id (records are dicts already stamped, or raw bytes)."""
+    out = {}
+    for r in records:
+        if isinstance(r, dict):
+            out[r["id"]] = r
+        else:
+            try:
+                obj = orjson.loads(r)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(obj, dict) and "id" in obj:
+                out.setdefault(obj["id"], obj)
+    return out
