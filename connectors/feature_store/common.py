@@ -130,7 +130,7 @@ class StoreBase:
         return self._matrix(await retry_async(lambda: self._fetch_async(keys), self.options))
 
     def dead_letter_mask(self, found: np.ndarray) -> np.ndarray:
-        """Events to dead-letter with reason ``feature_missing`` under the missing-key policy."""
+        """Events to dead-letter with reason ``unknown_entity`` under the missing-key policy."""
         return dead_letter_mask(found, self.options.missing)
 
     def __enter__(self):
@@ -141,3 +141,58 @@ class StoreBase:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.options.name!r}>"
+
+
+class CircuitBreaker:
+    """Reconnect with back-off: after a failure, calls fail fast (no connect attempt, no
+    timeout wait) until the next back-off delay has passed; one success closes it."""
+
+    def __init__(self, opts: StoreOptions, location: str):
+        self.backoff = Backoff(opts.backoff_initial_s, opts.backoff_max_s)
+        self.location = location
+        self.retry_at = 0.0
+        self.down_since: float | None = None
+        self.last_error = ""
+
+    def check(self) -> None:
+        if self.down_since is not None and time.monotonic() < self.retry_at:
+            raise FeatureStoreUnavailable(f"feature store {self.location} unavailable "
+                                          f"(retrying with back-off): {self.last_error}")
+
+    def failure(self, exc: BaseException) -> FeatureStoreUnavailable:
+        now = time.monotonic()
+        if self.down_since is None:
+            self.down_since = now
+            log.warning("feature store %s unavailable: %s", self.location, exc)
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.retry_at = now + self.backoff.next()
+        return FeatureStoreUnavailable(f"feature store {self.location} unavailable: {self.last_error}")
+
+    def success(self) -> None:
+        if self.down_since is not None:
+            log.warning("feature store %s is back", self.location)
+            self.down_since = None
+            self.backoff.reset()
+
+
+def dedupe(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Unique keys and the inverse index (None when already unique): network stores fetch
+    each key once per batch."""
+    if len(keys) < 2:
+        return keys, None
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    if len(uniq) == len(keys):
+        return keys, None
+    return uniq, inverse
+
+
+def network_keys(keys: Any) -> np.ndarray:
+    """Lookup keys as numpy for the network stores: integers as int64, strings as objects."""
+    if isinstance(keys, (pa.Array, pa.ChunkedArray)):
+        keys = keys.to_numpy(zero_copy_only=False)
+    arr = np.asarray(keys).reshape(-1)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64, copy=False)
+    if arr.dtype.kind in "US":
+        return arr.astype(object)
+    return arr

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Dead-letter reasons the operators attach to events.
-REASON_MISSING = "feature_missing"
+REASON_MISSING = "unknown_entity"
 REASON_UNAVAILABLE = "feature_store_unavailable"
 
 

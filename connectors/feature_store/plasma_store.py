@@ -10,6 +10,7 @@ URI: ``plasma:///path/to/plasma.sock?name=features``.
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
 import hashlib
@@ -18,6 +19,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -282,9 +284,12 @@ class PlasmaServer:
                "-d", self.directory] + (["-h"] if self.hugepages else [])
         # server output goes to a file, never a pipe (a full or closed pipe would stall/kill it)
         log = open(self.log_path, "ab") if self.log_path else tempfile.TemporaryFile()
+        # PDEATHSIG fires when the *thread* that forked exits: only arm it from the main thread
+        arm = self.die_with_parent and threading.current_thread() is threading.main_thread()
         self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL,
-                                        preexec_fn=_die_with_parent if self.die_with_parent else None)
+                                        preexec_fn=_die_with_parent if arm else None)
+        atexit.register(self.stop)
         deadline = time.monotonic() + timeout_s
         try:
             while not socket_alive(self.socket_path):
@@ -310,6 +315,7 @@ class PlasmaServer:
         return self.process.pid if self.process else None
 
     def stop(self, timeout_s: float = 5.0) -> None:
+        atexit.unregister(self.stop)
         if self.process is None:
             return
         if self.process.poll() is None:

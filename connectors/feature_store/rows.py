@@ -62,10 +62,15 @@ class RowCodec:
 
     def from_bytes_list(self, values: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
         """Records and found mask from per-key values (``None`` = missing)."""
-        found = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
-        blank = b"\0" * self.itemsize
-        raw = b"".join(v if v is not None else blank for v in values)
-        if len(raw) != len(values) * self.itemsize:
+        n = len(values)
+        if None in values:
+            found = np.array([v is not None for v in values], dtype=bool)
+            blank = b"\0" * self.itemsize
+            values = [v if v is not None else blank for v in values]
+        else:
+            found = np.ones(n, dtype=bool)
+        raw = b"".join(values)
+        if len(raw) != n * self.itemsize:
             raise FeatureStoreError("stored row has the wrong size for this schema "
                                     "(written with another schema?)")
         return np.frombuffer(raw, dtype=self.dtype), found
@@ -129,7 +134,7 @@ def check_defaults(schema: pa.Schema, defaults: dict[str, Any]) -> None:
 
 
 def dead_letter_mask(found: np.ndarray, policy: MissingPolicy) -> np.ndarray:
-    """Which events to dead-letter with reason ``feature_missing`` under ``policy``."""
+    """Which events to dead-letter with reason ``unknown_entity`` under ``policy``."""
     if policy is MissingPolicy.DEAD_LETTER:
         return ~found
     return np.zeros(len(found), dtype=bool)
