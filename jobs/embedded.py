@@ -78,10 +78,10 @@ class EmbeddedStack:
                        cfg.kafka.dead_letter_topic: 1})
         return cfg
 
-    def job(self, cfg: JobConfig, *extra_args: str) -> JobProcess:
-        """A (not yet started) job process for ``cfg``."""
+    def job(self, cfg: JobConfig, *extra_args: str, module: str = "jobs.score_stream") -> JobProcess:
+        """A (not yet started) job process for ``cfg`` (``module``: another runner of the config)."""
         path = cfg.to_yaml(self.workdir / f"{cfg.job_name}.yaml")
-        return JobProcess(path, self.workdir / f"{cfg.job_name}.log", list(extra_args))
+        return JobProcess(path, self.workdir / f"{cfg.job_name}.log", list(extra_args), module)
 
     def stop(self) -> None:
         self._stack.close()

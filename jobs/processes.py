@@ -11,17 +11,19 @@ from pathlib import Path
 
 
 class JobProcess:
-    """``python -m jobs.score_stream --config CFG`` in its own process group."""
+    """``python -m MODULE --config CFG`` (default: the Flink scoring job) in its own process group."""
 
-    def __init__(self, config_path: Path, log_path: Path, extra_args: list[str] | None = None) -> None:
+    def __init__(self, config_path: Path, log_path: Path, extra_args: list[str] | None = None,
+                 module: str = "jobs.score_stream") -> None:
         self.config_path = Path(config_path)
         self.log_path = Path(log_path)
         self.extra_args = extra_args or []
+        self.module = module
         self._proc: subprocess.Popen | None = None
 
     def start(self) -> "JobProcess":
         log = open(self.log_path, "ab")
-        cmd = [sys.executable, "-m", "jobs.score_stream", "--config", str(self.config_path), *self.extra_args]
+        cmd = [sys.executable, "-m", self.module, "--config", str(self.config_path), *self.extra_args]
         self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                       cwd=Path(__file__).resolve().parent.parent)
         log.close()

@@ -64,7 +64,9 @@ class OutputReader:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            messages = self._consumer.consume(5000, 0.05)
+            # consume() waits until the batch is full or the timeout ends: keep the timeout short so
+            # the arrival time we stamp is when the prediction became readable, not a batch later
+            messages = self._consumer.consume(1000, 0.002)
             now = time.time() * 1000
             with self._lock:
                 for m in messages:

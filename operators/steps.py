@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 from connectors import dead_letter as dl
 from connectors.events import OFFSET_COLUMN, EventSchema, JsonEventDecoder
 from connectors.kafka.partition_reader import RecordChunk
+from connectors.serialization import record_batch_to_json
 from model_formats.base import LABEL, SCORE, Model
 from operators.batch import MicroBatch, now_ms
 
@@ -27,6 +28,11 @@ def decode(decoder: JsonEventDecoder, chunk: RecordChunk) -> MicroBatch:
     letters = [dl.DeadLetter(chunk.values[i], reason, detail, chunk.topic, chunk.partition, chunk.offsets[i])
                for i, reason, detail in decoded.rejected]
     return MicroBatch(chunk.topic, chunk.partition, decoded.events, letters)
+
+
+def lookup_keys(batch: MicroBatch, key_field: str) -> np.ndarray:
+    """The entity keys of the batch's events, as the feature store takes them."""
+    return batch.events.column(key_field).to_numpy(zero_copy_only=False)
 
 
 def join_features(batch: MicroBatch, features: pa.RecordBatch, unknown: np.ndarray) -> MicroBatch:
@@ -103,3 +109,11 @@ def _prediction_rows(batch: MicroBatch, model: Model, schema: EventSchema,
         pa.array(np.full(n, int(now_ms()), dtype=np.int64)),
     ]
     return pa.RecordBatch.from_arrays(arrays, names=list(PREDICTION_FIELDS))
+
+
+def prediction_records(scored: ScoredBatch) -> tuple[list[bytes], list[bytes] | None]:
+    """Kafka record values (JSON) and keys (the entity id) of the batch's predictions."""
+    values = record_batch_to_json(scored.predictions)
+    if not values:
+        return values, None
+    return values, [str(k).encode() for k in scored.predictions.column("entity_id").to_pylist()]

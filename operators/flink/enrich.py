@@ -31,8 +31,7 @@ class EnrichFromFeatureStore(AsyncFunction):
             return [batch]
         started = steps.now_ms()
         try:
-            keys = batch.events.column(self.key_field).to_numpy(zero_copy_only=False)
-            features, found = await self._store.lookup_async(keys)
+            features, found = await self._store.lookup_async(steps.lookup_keys(batch, self.key_field))
         except FeatureStoreUnavailable as exc:
             return [steps.reject_all(batch, dl.FEATURE_STORE_UNAVAILABLE, str(exc)[:500])]
         self._lookup_ms.update(int(steps.now_ms() - started))

@@ -13,7 +13,6 @@ from pyflink.datastream.connectors import Sink
 from pyflink.datastream.functions import MapFunction, RuntimeContext
 
 from connectors.kafka.writer import KafkaBatchWriter
-from connectors.serialization import record_batch_to_json
 from operators import steps
 
 
@@ -32,9 +31,7 @@ class WriteToKafka(MapFunction):
         self._latency = self._metrics.distribution("poll_to_ack_ms")
 
     def map(self, scored: steps.ScoredBatch) -> int:
-        predictions = scored.predictions
-        values = record_batch_to_json(predictions)
-        keys = [str(k).encode() for k in predictions.column("entity_id").to_pylist()] if values else None
+        values, keys = steps.prediction_records(scored)
         self._writer.write(values, keys, scored.dead_letters)
         self._predictions.inc(len(values))
         self._dead.inc(len(scored.dead_letters))

@@ -1,0 +1,46 @@
+"""The practical ceiling: one Python process, no engine, the same work as the Flink job
+(poll a batch → decode → Plasma lookup → ONNX score → produce and wait for acks), calling the
+very same steps. Runs until killed. ``python -m bench.plain_loop --config job.yaml``"""
+from __future__ import annotations
+
+import argparse
+
+from connectors.events import JsonEventDecoder
+from connectors.feature_store import open_store
+from connectors.kafka.clients import consumer_config, partitions_of, producer_config
+from connectors.kafka.partition_reader import PartitionReader
+from connectors.kafka.writer import KafkaBatchWriter
+from jobs.config import load_config
+from model_formats import load_model
+from operators import steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True)
+    cfg = load_config(parser.parse_args().config)
+    k = cfg.kafka
+    schema = cfg.events.schema()
+    decoder = JsonEventDecoder(schema, cfg.events.max_bytes)
+    store = open_store(cfg.features.store)
+    model = load_model(cfg.model.path, intra_op_num_threads=cfg.model.intra_op_threads)
+    writer = KafkaBatchWriter(producer_config(k.bootstrap_servers, k.producer), k.output_topic, k.dead_letter_topic)
+    readers = {p: PartitionReader(consumer_config(k.bootstrap_servers, k.group_id, k.consumer), k.input_topic, p, k.start_from)
+               for p in partitions_of(k.bootstrap_servers, k.input_topic)}
+    offsets: dict[int, int | None] = {p: None for p in readers}
+    while True:
+        for p, reader in readers.items():
+            chunk = reader.read(offsets[p], cfg.batch.max_events, 0.001)
+            if not chunk.offsets:
+                continue
+            offsets[p] = chunk.next_offset
+            batch = steps.decode(decoder, chunk)
+            if batch.events.num_rows:
+                features, found = store.lookup(steps.lookup_keys(batch, schema.key_field))
+                batch = steps.join_features(batch, features, store.dead_letter_mask(found))
+            scored = steps.score(batch, model, schema)
+            writer.write(*steps.prediction_records(scored), scored.dead_letters)
+
+
+if __name__ == "__main__":
+    main()
