@@ -72,7 +72,7 @@ def _load(path: str, args):
 def _console():
     from rich.console import Console
 
-    return Console()
+    return Console(width=None if sys.stdout.isatty() else 120)  # piped: wide enough for the tables
 
 
 # --- inspect ----------------------------------------------------------------------------------

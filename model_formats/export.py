@@ -142,6 +142,10 @@ NO_TELEMETRY_JAVA_OPTS = [
 ]
 
 
+# scikit-learn version -> version declared to the converter, learnt from its refusal (per process)
+_DECLARED_SKLEARN_VERSION: dict[str, str] = {}
+
+
 class PmmlExportError(RuntimeError):
     """sklearn2pmml is missing, Java is missing, or the converter refused the estimator."""
 
@@ -187,7 +191,16 @@ def export_pmml(estimator, feature_names: Sequence[str] | None, path: str | os.P
 
     path = Path(path)
     names = _feature_names(estimator, feature_names)
-    pipeline = make_pmml_pipeline(estimator, active_fields=names, target_fields=[target_name])
+    import copy
+
+    import sklearn2pmml as s2p_module
+
+    pipeline = make_pmml_pipeline(copy.deepcopy(estimator), active_fields=names, target_fields=[target_name])
+    # what sklearn2pmml() does to an estimator object before pickling it (tags, extension classes);
+    # done here because the pickle is written here (to control the declared scikit-learn version)
+    escape = getattr(s2p_module, "_escape", None)
+    if escape is not None:
+        pipeline = escape(pipeline, escape_func=escape)
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def convert(declared_version: str | None) -> str:
@@ -203,18 +216,24 @@ def export_pmml(estimator, feature_names: Sequence[str] | None, path: str | os.P
             out = io.StringIO()
             try:
                 with contextlib.redirect_stdout(out):
-                    sklearn2pmml(str(pkl), str(path), java_opts=list(NO_TELEMETRY_JAVA_OPTS))
+                    sklearn2pmml(str(pkl), str(path), escape_func=None, java_opts=list(NO_TELEMETRY_JAVA_OPTS))
             except RuntimeError as exc:
                 return out.getvalue() or str(exc)
             return ""
 
-    failure = convert(None)
-    if failure:
+    declared = _DECLARED_SKLEARN_VERSION.get(sklearn.__version__) if allow_patch_version_mismatch else None
+    if declared:
+        warnings.warn(f"sklearn2pmml supports scikit-learn {declared}; converting a {sklearn.__version__} model "
+                      f"as {declared} (same minor version: patch releases only fix bugs)", stacklevel=2)
+    failure = convert(declared)
+    if failure and not declared:
         m = re.search(r"Scikit-Learn version '([\d.]+)' is not supported.*?version '([\d.]+)'", failure, re.S)
         if m and allow_patch_version_mismatch and m.group(1).split(".")[:2] == m.group(2).split(".")[:2]:
             warnings.warn(f"sklearn2pmml supports scikit-learn {m.group(2)}; converting a {m.group(1)} model "
                           f"as {m.group(2)} (same minor version: patch releases only fix bugs)", stacklevel=2)
             failure = convert(m.group(2))
+            if not failure:
+                _DECLARED_SKLEARN_VERSION[m.group(1)] = m.group(2)  # skip the failing first try next time
         if failure:
             raise PmmlExportError("sklearn2pmml failed to convert the estimator:\n" + _java_error(failure))
     _stamp_pmml_header(path, name or path.stem, str(version))

@@ -82,7 +82,7 @@ class PmmlRuntime:
         if not java:
             raise ModelLoadError("PMML scoring needs a Java runtime (java on PATH or JAVA_HOME)")
         jars = os.environ.get("PYPMML_JARS_DIR") or str(Path(pypmml.__file__).parent / "jars")
-        opts = os.environ.get("STREAMSCORE_PMML_JAVA_OPTS", "-Xss4m -XX:+UseSerialGC -XX:TieredStopAtLevel=4").split()
+        opts = os.environ.get("STREAMSCORE_PMML_JAVA_OPTS", "-Xss4m -XX:+UseSerialGC").split()
         port, proc = launch_gateway(classpath=os.path.join(jars, "*"), javaopts=opts, java_path=java,
                                     die_on_exit=True, return_proc=True)
         cls._proc = proc

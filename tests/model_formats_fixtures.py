@@ -6,6 +6,13 @@ scikit-learn, JSON-fed PMML) sees exactly the same numbers.
 """
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -47,9 +54,72 @@ def train_models() -> dict:
     return models
 
 
+# Expensive artifacts are built once per process (several test modules use them), in one
+# temporary folder removed at exit.
+
+@functools.cache
+def artifact_dir() -> Path:
+    d = Path(tempfile.mkdtemp(prefix="streamscore-model-formats-"))
+    atexit.register(shutil.rmtree, d, True)
+    return d
+
+
+@functools.cache
+def cached_models() -> dict:
+    return train_models()
+
+
+@functools.cache
+def cached_onnx() -> dict:
+    from model_formats.export import export_onnx
+
+    return {name: export_onnx(est, FEATURES, artifact_dir() / f"{name}.onnx", name=name, version="7")
+            for name, est in cached_models().items()}
+
+
+@functools.cache
+def cached_skops() -> dict:
+    from model_formats.export import export_skops
+
+    return {name: export_skops(est, FEATURES, artifact_dir() / f"{name}.skops", name=name, version="7")
+            for name, est in cached_models().items()}
+
+
+def pmml_skip_reason() -> str | None:
+    """Why PMML tests cannot run here, or None. Only a missing/unusable toolchain skips."""
+    try:
+        import pypmml  # noqa: F401
+    except ImportError as exc:
+        return f"pypmml is not installed ({exc})"
+    from model_formats.export import pmml_export_available
+
+    ok, reason = pmml_export_available()
+    return None if ok else reason
+
+
+@functools.cache
+def cached_pmml() -> dict:
+    from model_formats.export import PmmlExportError, export_pmml
+
+    reason = pmml_skip_reason()
+    if reason:
+        pytest.skip(f"PMML tests need sklearn2pmml, pypmml and Java: {reason}")
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the patch-version notice and sklearn2pmml's own chatter
+        for name, est in cached_models().items():
+            try:
+                out[name] = export_pmml(est, FEATURES, artifact_dir() / f"{name}.pmml", name=name, version="7")
+            except PmmlExportError as exc:
+                if "has expired" in str(exc):
+                    pytest.skip(f"the installed sklearn2pmml has expired and refuses to convert: {exc}")
+                raise
+    return out
+
+
 @pytest.fixture(scope="session")
 def trained_models() -> dict:
-    return train_models()
+    return cached_models()
 
 
 @pytest.fixture(scope="session")
@@ -59,17 +129,35 @@ def score_data() -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("model_formats")
+def model_dir() -> Path:
+    return artifact_dir()
 
 
 @pytest.fixture(scope="session")
-def onnx_files(trained_models, model_dir) -> dict:
-    from model_formats.export import export_onnx
+def onnx_files() -> dict:
+    return cached_onnx()
 
-    return {name: export_onnx(est, FEATURES, model_dir / f"{name}.onnx", name=name, version="7")
-            for name, est in trained_models.items()}
 
+@pytest.fixture(scope="session")
+def skops_files() -> dict:
+    return cached_skops()
+
+
+@pytest.fixture(scope="session")
+def pmml_jvm():
+    """Hold the PMML JVM for the whole session: started once, stopped at the end."""
+    if pmml_skip_reason():
+        pytest.skip(f"PMML tests need sklearn2pmml, pypmml and Java: {pmml_skip_reason()}")
+    from model_formats.pmml_model import PmmlRuntime
+
+    PmmlRuntime.acquire()
+    yield PmmlRuntime
+    PmmlRuntime.release()
+
+
+@pytest.fixture(scope="session")
+def pmml_files(pmml_jvm) -> dict:
+    return cached_pmml()
 
 def train_categorical():
     """A pipeline with a string categorical column (ColumnTransformer + OneHotEncoder)."""
