@@ -63,6 +63,8 @@ class FlinkSettings(_Section):
     checkpoint_dir: str = "file:///tmp/streamscore/checkpoints"
     restore_from: str | None = Field(None, description="a checkpoint/savepoint path, or 'latest' in checkpoint_dir")
     bundle_time_ms: int = 5
+    buffer_timeout_ms: int = Field(5, description="network buffer flush interval; Flink's 100 ms default "
+                                   "delays the tiny heartbeat records that trigger polling")
     bundle_size: int = 10
     restart_attempts: int = 10
     conf: dict[str, Any] = Field(default_factory=dict, description="extra Flink configuration keys")

@@ -33,6 +33,7 @@ def flink_configuration(cfg: JobConfig) -> Configuration:
         "python.fn-execution.bundle.time": str(f.bundle_time_ms),
         "python.fn-execution.bundle.size": str(f.bundle_size),
         "parallelism.default": str(f.parallelism),
+        "execution.buffer-timeout.interval": f"{f.buffer_timeout_ms} ms",
         "execution.checkpointing.interval": f"{f.checkpoint_interval_ms} ms",
         "execution.checkpointing.mode": "EXACTLY_ONCE",   # of Flink state; the Kafka sink is at-least-once
         "execution.checkpointing.dir": f.checkpoint_dir,
