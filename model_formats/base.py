@@ -6,6 +6,7 @@ schema read from the model file itself.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Mapping, Protocol, Sequence, runtime_checkable
 
@@ -179,33 +180,42 @@ def classifier_outputs(proba: np.ndarray, classes: Sequence, labels: np.ndarray 
     """Build the output batch of a classifier from its (rows × classes) probability matrix.
 
     ``labels``: the runtime's own predicted labels (kept as the runtime decided, so that label
-    flips between runtimes stay visible); when absent, the arg-max class.
+    flips between runtimes stay visible); when absent, the arg-max class. Rows whose
+    probabilities hold NaN (the runtime gave no answer) get a null label.
     """
     proba = np.asarray(proba, dtype=np.float64)
     if proba.ndim == 1:
         proba = proba.reshape(-1, 1)
     n = proba.shape[0]
-    classes_arr = np.asarray(list(classes))
-    missing = np.isnan(proba).any(axis=1) if n else np.zeros(0, dtype=bool)  # runtime gave no answer
+    classes = tuple(classes)
+    classes_arr = np.asarray(classes)
+    columns = np.ascontiguousarray(proba.T)  # one contiguous buffer per class column
+    mask = None
+    if n and np.isnan(columns).any():
+        mask = np.isnan(proba).any(axis=1)
     if labels is None:
-        labels = classes_arr[np.argmax(np.nan_to_num(proba, nan=-1.0), axis=1)] if n else classes_arr[:0]
+        if n:
+            scored = proba if mask is None else np.nan_to_num(proba, nan=-1.0)
+            labels = classes_arr[np.argmax(scored, axis=1)]
+        else:
+            labels = classes_arr[:0]
     labels = np.asarray(labels).reshape(-1)
-    if len(classes_arr) == 2:
-        score = proba[:, 1]
+    if len(classes) == 2:
+        score = columns[1]
     else:
         score = proba.max(axis=1) if n else np.empty(0)
-    string_labels = classes_arr.dtype.kind in "OUS" or np.asarray(labels).dtype.kind in "OUS"
-    mask = missing if missing.any() else None
-    if string_labels:
+    if classes_arr.dtype.kind in "OUS" or labels.dtype.kind in "OUS":
         label_col = pa.array([str(v) for v in labels], type=pa.string(), mask=mask)
     else:
-        label_col = pa.array(labels.astype(np.int64), type=pa.int64(), mask=mask)
+        label_col = pa.array(labels.astype(np.int64, copy=False), type=pa.int64(), mask=mask)
     cols = [pa.array(score, type=pa.float64()), label_col]
-    names = [SCORE, LABEL]
-    for j, c in enumerate(classes_arr):
-        cols.append(pa.array(proba[:, j], type=pa.float64()))
-        names.append(f"{PROBABILITY_PREFIX}{c}")
-    return pa.RecordBatch.from_arrays(cols, names=names)
+    cols += [pa.array(columns[j], type=pa.float64()) for j in range(len(classes))]
+    return pa.RecordBatch.from_arrays(cols, names=_output_names(classes))
+
+
+@functools.lru_cache(maxsize=256)
+def _output_names(classes: tuple) -> list[str]:
+    return [SCORE, LABEL] + [f"{PROBABILITY_PREFIX}{c}" for c in classes]
 
 
 def regressor_outputs(values: np.ndarray) -> pa.RecordBatch:

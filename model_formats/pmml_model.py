@@ -83,8 +83,11 @@ class PmmlRuntime:
             raise ModelLoadError("PMML scoring needs a Java runtime (java on PATH or JAVA_HOME)")
         jars = os.environ.get("PYPMML_JARS_DIR") or str(Path(pypmml.__file__).parent / "jars")
         opts = os.environ.get("STREAMSCORE_PMML_JAVA_OPTS", "-Xss4m -XX:+UseSerialGC").split()
-        port, proc = launch_gateway(classpath=os.path.join(jars, "*"), javaopts=opts, java_path=java,
-                                    die_on_exit=True, return_proc=True)
+        try:
+            port, proc = launch_gateway(classpath=os.path.join(jars, "*"), javaopts=opts, java_path=java,
+                                        die_on_exit=True, return_proc=True)
+        except Exception as exc:
+            raise ModelLoadError(f"could not start the PMML JVM ({java} {' '.join(opts)}): {exc}") from exc
         cls._proc = proc
         cls._gateway = JavaGateway(gateway_parameters=GatewayParameters(port=port, auto_convert=False))
 

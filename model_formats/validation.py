@@ -104,28 +104,35 @@ def _check_column(spec: FieldSpec, raw, n: int) -> tuple[pa.Array, list[Check]]:
     checks: list[Check] = []
     name = spec.name
 
-    arr, wrong = _convert(raw, spec, target)
+    if isinstance(raw, pa.Array) and raw.type == target:
+        arr, wrong = raw, None  # fast path: already the field's type
+    else:
+        arr, wrong = _convert(raw, spec, target)
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
-    if wrong is not None and wrong.any():
-        checks.append((wrong, _const(f"wrong_type:{name}")))
-    else:
+    if wrong is not None and not wrong.any():
         wrong = None
-
-    nulls = _null_mask(arr)
     if wrong is not None:
-        nulls = nulls & ~wrong  # a value that could not be converted is wrong, not missing
-    if spec.required and nulls.any():
-        checks.append((nulls, _const(f"missing:{name}")))
+        checks.append((wrong, _const(f"wrong_type:{name}")))
+
+    has_nulls = arr.null_count > 0
+    nulls = arr.is_null().to_numpy(zero_copy_only=False) if has_nulls else None
+    if has_nulls and spec.required:
+        missing = nulls & ~wrong if wrong is not None else nulls  # unconvertible is wrong, not missing
+        if missing.any():
+            checks.append((missing, _const(f"missing:{name}")))
 
     if spec.dtype in ("float", "double") and not spec.allow_nan and len(arr):
         values = arr.to_numpy(zero_copy_only=False)
-        nan = np.isnan(values) & ~_null_mask(arr)
-        if nan.any():
-            checks.append((nan, _const(f"nan:{name}")))
-        inf = np.isinf(values)
-        if inf.any():
-            checks.append((inf, _const(f"non_finite:{name}")))
+        if not np.isfinite(values).all():  # one pass in the common case; split NaN / inf only when needed
+            nan = np.isnan(values)
+            if has_nulls:
+                nan &= ~nulls
+            if nan.any():
+                checks.append((nan, _const(f"nan:{name}")))
+            inf = np.isinf(values)
+            if inf.any():
+                checks.append((inf, _const(f"non_finite:{name}")))
 
     if spec.allowed_values is not None and len(arr):
         domain = _domain_array(spec, target)
