@@ -74,6 +74,15 @@ class SortedKeys:
         if kind == INT and n and int(sorted_keys[-1]) - int(sorted_keys[0]) == n - 1:
             self.dense_base = int(sorted_keys[0])
 
+    def locate_one(self, key: int) -> int:
+        """Row of one integer key, or -1 (pure Python for dense keys: no array overhead)."""
+        n = len(self.keys)
+        if self.dense_base is not None:
+            pos = key - self.dense_base
+            return pos if 0 <= pos < n else -1
+        pos = int(self.keys.searchsorted(key))
+        return pos if pos < n and self.keys[pos] == key else -1
+
     def locate(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Row position (use with ``take(mode="clip")``; meaningless where missing) and found
         mask for each query key. Duplicates are fine:

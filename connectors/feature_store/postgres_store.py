@@ -3,9 +3,11 @@
 Schema (``<t>`` = the ``table`` URI option): ``<t>(version int, key bigint|text, v bytea)``
 partitioned by LIST(version), one partition ``<t>_v<seq>`` per version (primary key on key),
 and ``<t>_meta`` holding the current version and the feature schema. A lookup is one prepared
-``SELECT key, v FROM <t> WHERE version = $1 AND key = ANY($2)``. The publisher COPYs a new
-partition, attaches it and flips the meta row in one transaction, then drops older partitions;
-a reader that finds a key missing re-reads the meta row (the version may just have changed).
+``SELECT key, v FROM <t>_v<seq> WHERE key = ANY($1)`` on the served version's partition (no
+run-time partition pruning; ``key = $1`` for a single key). The publisher COPYs a new partition,
+attaches it and flips the meta row in one transaction, then drops older partitions (DROP waits
+for running lookups); a reader whose partition is gone re-reads the meta row and redoes the
+lookup, so it never mixes versions.
 
 URI: ``postgresql://postgres@127.0.0.1:5432/test?table=features``.
 """
@@ -79,8 +81,6 @@ class PostgresFeatureStore(StoreBase):
         self._next_check = 0.0
         self._breaker = CircuitBreaker(options, f"{uri.base}?table={self.table}")
         self._q_meta = f"SELECT version, meta FROM {self.table}_meta"
-        self._q_int = f"SELECT key, v FROM {self.table} WHERE version = %s AND key = ANY(%s::bigint[])"
-        self._q_str = f"SELECT key, v FROM {self.table} WHERE version = %s AND key = ANY(%s::text[])"
 
     # ---- helpers ------------------------------------------------------------------------------
     def _switch(self, row: tuple | None) -> _Version:
@@ -92,12 +92,14 @@ class PostgresFeatureStore(StoreBase):
         self._next_check = time.monotonic() + self.options.refresh_interval_s
         return self._current
 
-    def _query(self, cur: _Version) -> str:
-        return self._q_int if cur.kind == K.INT else self._q_str
-
-    @staticmethod
-    def _params(cur: _Version, uniq: np.ndarray) -> list:
-        return uniq.tolist() if cur.kind == K.INT else [str(k) for k in uniq.tolist()]
+    def _statement(self, cur: _Version, uniq: np.ndarray) -> tuple[str, tuple, list]:
+        """SQL, its parameters, and the keys in the form the rows return them."""
+        part = f"{self.table}_v{cur.version}"
+        keys = uniq.tolist() if cur.kind == K.INT else [str(k) for k in uniq.tolist()]
+        if len(keys) == 1:
+            return f"SELECT key, v FROM {part} WHERE key = %s", (keys[0],), keys
+        cast = "bigint[]" if cur.kind == K.INT else "text[]"
+        return f"SELECT key, v FROM {part} WHERE key = ANY(%b::{cast})", (keys,), keys  # binary params
 
     @staticmethod
     def _finish(cur: _Version, rows: list, uniq_list: list, inverse: np.ndarray | None) -> Fetched:
@@ -127,19 +129,22 @@ class PostgresFeatureStore(StoreBase):
             return self._switch(c.fetchone())
 
     def _fetch(self, keys: Any) -> Fetched:
+        import psycopg
         self._breaker.check()
         uniq, inverse = dedupe(network_keys(keys))
         try:
             for attempt in range(4):
                 cur = self._sync_version(force=attempt > 0)
-                params = self._params(cur, uniq)
-                with self._connection().cursor(binary=True) as c:
-                    c.execute(self._query(cur), (cur.version, params), prepare=True)
-                    rows = c.fetchall()
-                if len(rows) < len(params) and self._sync_version(force=True) is not cur:
-                    continue  # the version changed under us: redo on the new one
+                if len(uniq) == 0:
+                    return cur.codec, np.empty(0, cur.codec.dtype), np.zeros(0, bool)
+                sql, params, keys_ = self._statement(cur, uniq)
+                try:
+                    with self._connection().cursor(binary=True) as c:
+                        rows = c.execute(sql, params, prepare=True).fetchall()
+                except psycopg.errors.UndefinedTable:
+                    continue  # that version was just dropped: read the meta row again
                 self._breaker.success()
-                return self._finish(cur, rows, params, inverse)
+                return self._finish(cur, rows, keys_, inverse)
         except _errors() as exc:
             self._drop_sync()
             raise self._breaker.failure(exc) from exc
@@ -176,20 +181,24 @@ class PostgresFeatureStore(StoreBase):
             return self._switch(await c.fetchone())
 
     async def _fetch_async(self, keys: Any) -> Fetched:
+        import psycopg
         self._breaker.check()
         uniq, inverse = dedupe(network_keys(keys))
         try:
             for attempt in range(4):
                 cur = await self._async_version(force=attempt > 0)
-                params = self._params(cur, uniq)
+                if len(uniq) == 0:
+                    return cur.codec, np.empty(0, cur.codec.dtype), np.zeros(0, bool)
+                sql, params, keys_ = self._statement(cur, uniq)
                 conn = await self._aconnection()
-                async with conn.cursor(binary=True) as c:
-                    await c.execute(self._query(cur), (cur.version, params), prepare=True)
-                    rows = await c.fetchall()
-                if len(rows) < len(params) and await self._async_version(force=True) is not cur:
+                try:
+                    async with conn.cursor(binary=True) as c:
+                        await c.execute(sql, params, prepare=True)
+                        rows = await c.fetchall()
+                except psycopg.errors.UndefinedTable:
                     continue
                 self._breaker.success()
-                return self._finish(cur, rows, params, inverse)
+                return self._finish(cur, rows, keys_, inverse)
         except _errors() as exc:
             self._aconn = None
             raise self._breaker.failure(exc) from exc

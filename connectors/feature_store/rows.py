@@ -111,15 +111,21 @@ class RowCodec:
         if self.matrix_dtype is None:
             raise FeatureStoreError("lookup_numpy needs every feature to have the same dtype")
         matrix = records.view(self.matrix_dtype).reshape(len(records), len(self.names))
-        if not found.all():
-            matrix = matrix.copy() if not matrix.flags.writeable else matrix
-            missing = ~found
-            if policy is MissingPolicy.DEFAULTS:
-                fill = np.array([defaults.get(n, _null_value(self.matrix_dtype)) for n in self.names],
-                                dtype=self.matrix_dtype)
-                matrix[missing] = fill
-            else:
-                matrix[missing] = _null_value(self.matrix_dtype)
+        return self.fill_missing(matrix, found, policy, defaults)
+
+    def fill_missing(self, matrix: np.ndarray, found: np.ndarray, policy: MissingPolicy,
+                     defaults: dict[str, Any]) -> np.ndarray:
+        """Overwrite the rows of missing keys (NaN/0, or the defaults)."""
+        if found.all():
+            return matrix
+        if not matrix.flags.writeable:
+            matrix = matrix.copy()
+        missing = ~found
+        if policy is MissingPolicy.DEFAULTS:
+            matrix[missing] = np.array([defaults.get(n, _null_value(self.matrix_dtype)) for n in self.names],
+                                       dtype=self.matrix_dtype)
+        else:
+            matrix[missing] = _null_value(self.matrix_dtype)
         return matrix
 
 

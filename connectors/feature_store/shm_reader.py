@@ -101,6 +101,23 @@ class SnapshotReader(StoreBase):
         pos, found = snap.index.locate(keys)
         return snap.codec, snap.records.take(pos, mode="clip").view(snap.codec.dtype), found
 
+    def lookup_numpy(self, keys: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Fast path for the common call (int64 numpy keys, one feature dtype, no refresh due):
+        index arithmetic or binary search, then one row gather from the shared matrix."""
+        snap = self._snap
+        if (snap is not None and snap.matrix is not None and type(keys) is np.ndarray
+                and keys.dtype == np.int64 and keys.ndim == 1 and time.monotonic() < self._next_check):
+            if keys.size == 1:
+                pos = snap.index.locate_one(keys.item())
+                if pos >= 0:
+                    return snap.matrix[pos:pos + 1].copy(), np.ones(1, dtype=bool)
+            pos, found = snap.index.locate(keys)
+            matrix = snap.matrix.take(pos, axis=0, mode="clip")
+            if found.item() if found.size == 1 else found.all():
+                return matrix, found
+            return snap.codec.fill_missing(matrix, found, self.options.missing, self.options.defaults), found
+        return super().lookup_numpy(keys)
+
     def refresh(self) -> None:
         """Check for a new version now (instead of at the next refresh interval)."""
         self._next_check = 0.0

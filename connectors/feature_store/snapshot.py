@@ -84,6 +84,7 @@ class Snapshot:
     records: np.ndarray       # V<itemsize> view; ``.view(codec.dtype)`` gives the fields
     num_rows: int
     source: object  # the buffer / mapping that keeps the memory alive
+    matrix: np.ndarray | None = None  # (rows, features) zero-copy view when features share a dtype
 
     @classmethod
     def open(cls, buffer: pa.Buffer | pa.NativeFile, source: object = None) -> "Snapshot":
@@ -99,21 +100,24 @@ class Snapshot:
         codec = RowCodec(schema)
         n = batch.num_rows
         key_col, rows_col = batch.column(0), batch.column(1)
-        if meta["key_kind"] == K.INT:
-            keys = key_col.to_numpy(zero_copy_only=True)
+        if meta["key_kind"] == K.INT:  # (not to_numpy(): it imports pandas, ~20 MiB per process)
+            keys = _fixed_view(key_col, np.dtype(np.int64))
         else:
             keys = _fixed_view(key_col, np.dtype(f"S{key_col.type.byte_width}"))
         # opaque fixed-size view: numpy's take on it is ~10x faster than on the structured dtype
         records = _fixed_view(rows_col, np.dtype(f"V{codec.itemsize}"))
+        matrix = None
+        if codec.matrix_dtype is not None:
+            matrix = records.view(codec.matrix_dtype).reshape(n, len(codec.names))
         return cls(version=str(meta["version"]), key=meta["key"], schema=schema, codec=codec,
                    index=K.SortedKeys(keys, meta["key_kind"]), records=records, num_rows=n,
-                   source=(source, buffer, batch))
+                   source=(source, buffer, batch), matrix=matrix)
 
     def locate(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.index.locate(query)
 
 
 def _fixed_view(arr: pa.FixedSizeBinaryArray, dtype: np.dtype) -> np.ndarray:
-    """Zero-copy numpy view of a fixed_size_binary array's values."""
+    """Zero-copy numpy view of a fixed-width array's values (no nulls)."""
     buf = arr.buffers()[1]
     return np.frombuffer(buf, dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize)
