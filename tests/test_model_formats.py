@@ -197,3 +197,21 @@ def test_truncated_and_mislabelled_onnx_refused(onnx_files, tmp_path):
     with pytest.raises(ModelLoadError, match="only local paths"):
         load_model("https://example.invalid/model.onnx")
     assert load_model(f"file://{onnx_files['gbm']}").name == "gbm"
+
+
+def test_string_classes_onnx_and_skops(model_dir, score_data):
+    from sklearn.linear_model import LogisticRegression
+
+    from model_formats.export import export_onnx, export_skops
+
+    y = np.where(score_data[:2000, 0] > 0.2, "fraud", "ok")
+    est = LogisticRegression().fit(score_data[:2000], y)
+    models = [load_model(export_onnx(est, FEATURES, model_dir / "str.onnx", name="str")),
+              load_model(export_skops(est, FEATURES, model_dir / "str.skops", name="str"))]
+    outs = [m.predict(as_batch(score_data[:500])) for m in models]
+    for m, out in zip(models, outs):
+        assert list(m.classes) == ["fraud", "ok"]
+        assert out.schema.field(LABEL).type == pa.string()
+        assert out.schema.names == [SCORE, LABEL, "probability_fraud", "probability_ok"]
+    assert outs[0].column(LABEL).to_pylist() == outs[1].column(LABEL).to_pylist()
+    assert np.abs(outs[0].column(SCORE).to_numpy() - est.predict_proba(score_data[:500])[:, 1]).max() < 1e-5
