@@ -131,3 +131,40 @@ def test_lookup_with_no_version_is_unavailable(store_uri):
     with pytest.raises(FeatureStoreUnavailable):
         store.lookup(np.array([1]))
     store.close()
+
+
+def test_readers_never_mix_versions_while_loading(store_uri):
+    """A reader hammers lookups while new versions are published: every batch comes from
+    exactly one complete version (feature f0 = key * scale of that version)."""
+    import threading
+    keys = np.arange(1, 201, dtype=np.int64)
+    load_table(store_uri, feature_table(300, n_features=2, scale=1.0), key="entity_id")
+    store = open_store(store_uri, refresh_interval_s=0.0)
+    seen, errors, done = set(), [], threading.Event()
+
+    def reader():
+        try:
+            while not done.is_set():
+                m, found = store.lookup_numpy(keys)
+                assert found.all(), "a published version lacked keys"
+                scales = set(np.unique(m[:, 0] / keys).tolist())
+                assert len(scales) == 1, f"batch mixes versions: {scales}"
+                seen.add(scales.pop())
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for scale in (2.0, 3.0, 4.0):
+            load_table(store_uri, feature_table(300, n_features=2, scale=scale), key="entity_id")
+    finally:
+        import time
+        time.sleep(0.05)
+        done.set()
+        t.join(30)
+        store.close()
+    assert not errors, errors[0]
+    assert seen <= {1.0, 2.0, 3.0, 4.0}
+    with open_store(store_uri) as latest:
+        assert latest.lookup_numpy(keys[:1])[0][0, 0] == 4.0
