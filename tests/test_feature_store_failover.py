@@ -18,7 +18,7 @@ from connectors.feature_store import (
     FeatureStoreUnavailable, PlasmaServer, load_table, open_store, parse_uri,
 )
 from feature_store_fixtures import (  # noqa: F401
-    expected, feature_table, plasma_server, postgres_uri, short_tmpdir, unique_name,
+    feature_table, plasma_server, postgres_uri, short_tmpdir, unique_name,
 )
 
 FAST = dict(refresh_interval_s=0.0, backoff_initial_s=0.01, backoff_max_s=0.05)
