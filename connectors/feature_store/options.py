@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Dead-letter reasons the operators attach to events.
-REASON_MISSING = "unknown_entity"
-REASON_UNAVAILABLE = "feature_store_unavailable"
+from connectors.dead_letter import FEATURE_STORE_UNAVAILABLE as REASON_UNAVAILABLE
+from connectors.dead_letter import UNKNOWN_ENTITY as REASON_MISSING
 
 
 class MissingPolicy(str, enum.Enum):
