@@ -35,15 +35,9 @@ console = Console(stderr=True)
 
 
 def _wait_ready(stack, runner: str, module: str, tag: str):
-    """Start a runner on fresh topics and wait until a warm-up event comes out scored."""
+    """Start a runner on fresh topics and wait until it scores warm-up events."""
     cfg = stack.job_config(f"bench-{runner}-{tag}", partitions=2, **OVERRIDES)
-    job = stack.job(cfg, module=module).start()
-    reader = OutputReader(cfg.kafka.bootstrap_servers, cfg.kafka.output_topic, cfg.kafka.dead_letter_topic).start()
-    warm = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic,
-                   demo_data.events(50, stack.entities, seed=3, prefix="warm"), encode=demo_data.encode)
-    tally = reader.wait_for(set(warm), timeout_s=300, stall_s=300, check=job.check_alive)
-    if tally.missing(set(warm)):
-        raise RuntimeError(f"{runner} did not come up:\n{job.log_tail()}")
+    job, reader = stack.start_job(cfg, module=module)
     return cfg, job, reader
 
 

@@ -62,6 +62,8 @@ class FlinkSettings(_Section):
     checkpoint_interval_ms: int = 2000
     checkpoint_dir: str = "file:///tmp/streamscore/checkpoints"
     restore_from: str | None = Field(None, description="a checkpoint/savepoint path, or 'latest' in checkpoint_dir")
+    unaligned_checkpoints: bool = Field(True, description="let checkpoint barriers overtake buffered records, "
+                                        "so checkpoints still complete while the job works off a backlog")
     bundle_time_ms: int = 5
     buffer_timeout_ms: int = Field(5, description="network buffer flush interval; Flink's 100 ms default "
                                    "delays the tiny heartbeat records that trigger polling")

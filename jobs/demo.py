@@ -15,7 +15,7 @@ from rich.table import Table
 from jobs import demo_data
 from jobs.embedded import EmbeddedStack
 from jobs.producer import produce
-from jobs.tally import OutputReader, Tally
+from jobs.tally import Tally
 
 
 @dataclass
@@ -72,15 +72,10 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
     say = console.print
     with EmbeddedStack(opts.workdir, opts.entities, say=say) as stack:
         cfg = stack.job_config("demo", opts.partitions, flink__parallelism=opts.parallelism)
-        job = stack.job(cfg).start()
-        say(f"started the scoring job (local Flink MiniCluster), log: {job.log_path}")
-        reader = OutputReader(cfg.kafka.bootstrap_servers, cfg.kafka.output_topic, cfg.kafka.dead_letter_topic).start()
+        with console.status("starting the scoring job in a local Flink MiniCluster (JVM, Python workers)…"):
+            job, reader = stack.start_job(cfg)
+        say(f"the scoring job is up (log: {job.log_path})")
         try:
-            with console.status("waiting for the job to come up (JVM, Python workers, first checkpoint)…"):
-                warm = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic,
-                               demo_data.events(20, opts.entities, seed=99, prefix="warmup"), encode=demo_data.encode)
-                reader.wait_for(set(warm), timeout_s=300, stall_s=300, check=job.check_alive)
-            job.check_alive()
             records = demo_records(opts)
             produced = {"n": 0}
             inputs: list[str] = []

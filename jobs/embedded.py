@@ -17,6 +17,8 @@ from connectors.kafka.embedded_broker import EmbeddedBroker
 from jobs import demo_data
 from jobs.config import JobConfig
 from jobs.processes import JobProcess
+from jobs.producer import produce
+from jobs.tally import OutputReader
 
 
 class EmbeddedStack:
@@ -82,6 +84,25 @@ class EmbeddedStack:
         """A (not yet started) job process for ``cfg`` (``module``: another runner of the config)."""
         path = cfg.to_yaml(self.workdir / f"{cfg.job_name}.yaml")
         return JobProcess(path, self.workdir / f"{cfg.job_name}.log", list(extra_args), module)
+
+    def start_job(self, cfg: JobConfig, *extra_args: str, module: str = "jobs.score_stream",
+                  timeout_s: float = 300) -> tuple[JobProcess, OutputReader]:
+        """Start a job process and an output reader, and wait until warm-up events come out
+        scored (JVM, Python workers and model are up). Callers account for their own input
+        coordinates only, so the warm-up events never count."""
+        job = self.job(cfg, *extra_args, module=module).start()
+        reader = OutputReader(cfg.kafka.bootstrap_servers, cfg.kafka.output_topic, cfg.kafka.dead_letter_topic).start()
+        try:
+            warm = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic,
+                           demo_data.events(20, self.entities, seed=99, prefix="warmup"), encode=demo_data.encode)
+            tally = reader.wait_for(set(warm), timeout_s=timeout_s, stall_s=timeout_s, check=job.check_alive)
+            if tally.missing(set(warm)):
+                raise RuntimeError(f"the job did not score warm-up events within {timeout_s}s:\n{job.log_tail()}")
+        except BaseException:
+            reader.stop()
+            job.stop()
+            raise
+        return job, reader
 
     def stop(self) -> None:
         self._stack.close()

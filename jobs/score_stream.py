@@ -37,6 +37,7 @@ def flink_configuration(cfg: JobConfig) -> Configuration:
         "execution.checkpointing.interval": f"{f.checkpoint_interval_ms} ms",
         "execution.checkpointing.mode": "EXACTLY_ONCE",   # of Flink state; the Kafka sink is at-least-once
         "execution.checkpointing.dir": f.checkpoint_dir,
+        "execution.checkpointing.unaligned.enabled": str(f.unaligned_checkpoints).lower(),
         "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
         "execution.checkpointing.num-retained": "3",
         "restart-strategy.type": "fixed-delay",

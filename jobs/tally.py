@@ -22,6 +22,7 @@ class Tally:
     dead_letters: dict[str, str] = field(default_factory=dict)   # input → reason
     dead_letter_times: dict[str, float] = field(default_factory=dict)    # input → arrival ms
     duplicate_predictions: int = 0
+    duplicate_ids: set[str] = field(default_factory=set)         # inputs predicted more than once
     duplicate_dead_letters: int = 0
 
     @property
@@ -80,6 +81,7 @@ class OutputReader:
             key = p["prediction_id"]
             if key in t.predictions:
                 t.duplicate_predictions += 1
+                t.duplicate_ids.add(key)
                 return
             p["_arrived_ms"] = now_ms
             t.predictions[key] = p
@@ -96,7 +98,7 @@ class OutputReader:
         with self._lock:
             t = self.tally
             return Tally(dict(t.predictions), dict(t.dead_letters), dict(t.dead_letter_times),
-                         t.duplicate_predictions, t.duplicate_dead_letters)
+                         t.duplicate_predictions, set(t.duplicate_ids), t.duplicate_dead_letters)
 
     def wait_for(self, inputs: set[str], timeout_s: float, stall_s: float = 60.0, on_progress=None,
                  check=None) -> Tally:
