@@ -5,6 +5,7 @@
     result = model.validate(batch)                   # valid rows + per-row reasons for the rest
     outputs = model.predict(result.valid)            # score, label, probability_* — row-aligned
 """
+import pyarrow_hotfix  # noqa: F401  (CVE-2023-47248: refuse arbitrary-object IPC extension types in pyarrow < 14.0.1)
 from model_formats.base import (  # noqa: F401
     LABEL, PROBABILITY_PREFIX, SCORE, FieldSpec, Model, ModelBase, ModelLoadError, ModelSchema,
     ValidationResult, as_record_batch, feature_matrix,
