@@ -196,3 +196,45 @@ def network_keys(keys: Any) -> np.ndarray:
     if arr.dtype.kind in "US":
         return arr.astype(object)
     return arr
+
+
+class NetworkStore(StoreBase):
+    """The metadata path the network backends (Redis, PostgreSQL) share: the current version's
+    metadata, read through the circuit breaker with retries.
+
+    Subclasses set ``_breaker`` and ``_network_errors`` (the client exceptions that mean the
+    store is unreachable) and implement ``_sync_version``; ``_drop_sync`` forgets a broken
+    synchronous connection where the client does not reconnect by itself."""
+
+    _breaker: CircuitBreaker
+    _network_errors: Callable[[], tuple[type[BaseException], ...]]
+
+    def _sync_version(self, force: bool) -> Any:
+        raise NotImplementedError
+
+    def _drop_sync(self) -> None:
+        pass
+
+    def _meta(self) -> Any:
+        def read() -> Any:
+            self._breaker.check()
+            try:
+                cur = self._sync_version(force=False)
+            except self._network_errors() as exc:
+                self._drop_sync()
+                raise self._breaker.failure(exc) from exc
+            self._breaker.success()
+            return cur
+        return retry_sync(read, self.options)
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self._meta().codec.schema
+
+    @property
+    def version(self) -> str:
+        return str(self._meta().version)
+
+    @property
+    def key(self) -> str:
+        return self._meta().key

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Dead-letter reasons the operators attach to events.
-from connectors.dead_letter import FEATURE_STORE_UNAVAILABLE as REASON_UNAVAILABLE
-from connectors.dead_letter import UNKNOWN_ENTITY as REASON_MISSING
+from connectors.dead_letter import FEATURE_STORE_UNAVAILABLE as REASON_UNAVAILABLE  # noqa: F401
+from connectors.dead_letter import UNKNOWN_ENTITY as REASON_MISSING  # noqa: F401
 
 
 class MissingPolicy(str, enum.Enum):

@@ -27,7 +27,7 @@ import pyarrow as pa
 from connectors.feature_store import keys as K
 from connectors.feature_store.base import FeatureStoreError, FeatureStoreUnavailable
 from connectors.feature_store.common import (
-    CircuitBreaker, Fetched, StoreBase, dedupe, network_keys, retry_sync,
+    CircuitBreaker, Fetched, NetworkStore, dedupe, network_keys,
 )
 from connectors.feature_store.options import StoreOptions, StoreURI
 from connectors.feature_store.rows import RowCodec, iter_chunks
@@ -67,7 +67,9 @@ class _Version:
         self.codec = RowCodec(pa.ipc.read_schema(pa.py_buffer(base64.b64decode(info["schema"]))))
 
 
-class PostgresFeatureStore(StoreBase):
+class PostgresFeatureStore(NetworkStore):
+    _network_errors = staticmethod(_errors)
+
     scheme = "postgresql"
 
     def __init__(self, uri: StoreURI, options: StoreOptions):
@@ -203,31 +205,6 @@ class PostgresFeatureStore(StoreBase):
             self._aconn = None
             raise self._breaker.failure(exc) from exc
         raise FeatureStoreUnavailable(f"postgres store {self.table!r}: version kept changing")
-
-    # ---- metadata -----------------------------------------------------------------------------
-    def _meta(self) -> _Version:
-        def read() -> _Version:
-            self._breaker.check()
-            try:
-                cur = self._sync_version(force=False)
-            except _errors() as exc:
-                self._drop_sync()
-                raise self._breaker.failure(exc) from exc
-            self._breaker.success()
-            return cur
-        return retry_sync(read, self.options)
-
-    @property
-    def schema(self) -> pa.Schema:
-        return self._meta().codec.schema
-
-    @property
-    def version(self) -> str:
-        return str(self._meta().version)
-
-    @property
-    def key(self) -> str:
-        return self._meta().key
 
     def close(self) -> None:
         self._drop_sync()

@@ -24,7 +24,7 @@ import pyarrow as pa
 from connectors.feature_store import keys as K
 from connectors.feature_store.base import FeatureStoreUnavailable
 from connectors.feature_store.common import (
-    CircuitBreaker, Fetched, StoreBase, dedupe, network_keys, retry_sync,
+    CircuitBreaker, Fetched, NetworkStore, dedupe, network_keys,
 )
 from connectors.feature_store.options import StoreOptions, StoreURI
 from connectors.feature_store.rows import RowCodec, iter_chunks
@@ -60,7 +60,9 @@ class _Version:
         self.codec = RowCodec(pa.ipc.read_schema(pa.py_buffer(base64.b64decode(info["schema"]))))
 
 
-class RedisFeatureStore(StoreBase):
+class RedisFeatureStore(NetworkStore):
+    _network_errors = staticmethod(_errors)
+
     scheme = "redis"
 
     def __init__(self, uri: StoreURI, options: StoreOptions):
@@ -177,30 +179,6 @@ class RedisFeatureStore(StoreBase):
         except _errors() as exc:
             raise self._breaker.failure(exc) from exc
         raise FeatureStoreUnavailable(f"redis store {self.name!r}: version kept changing during lookup")
-
-    # ---- metadata -----------------------------------------------------------------------------
-    def _meta(self) -> _Version:
-        def read() -> _Version:
-            self._breaker.check()
-            try:
-                cur = self._sync_version(force=False)
-            except _errors() as exc:
-                raise self._breaker.failure(exc) from exc
-            self._breaker.success()
-            return cur
-        return retry_sync(read, self.options)
-
-    @property
-    def schema(self) -> pa.Schema:
-        return self._meta().codec.schema
-
-    @property
-    def version(self) -> str:
-        return self._meta().version
-
-    @property
-    def key(self) -> str:
-        return self._meta().key
 
     def close(self) -> None:
         self._sync.close()
