@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from jobs import demo_data  # noqa: E402
 from jobs.embedded import EmbeddedStack  # noqa: E402
 from jobs.producer import produce  # noqa: E402
-from jobs.tally import OutputReader  # noqa: E402
 
 RUNNERS = {"flink": "jobs.score_stream", "loop": "bench.plain_loop"}
 OVERRIDES: dict = {}   # --set section.key=value, applied to every runner's config
@@ -42,14 +41,14 @@ def _wait_ready(stack, runner: str, module: str, tag: str):
 
 
 def throughput(stack, runner: str, module: str, n: int) -> dict:
-    """Fill the input topic while the runner is paused... then measure the drain rate."""
+    """Fill the input topic while the runner is paused, then measure how fast it drains it."""
     cfg, job, reader = _wait_ready(stack, runner, module, "tput")
     try:
-        job_pid_stop(job)
+        job.pause()
         coords = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic,
                          demo_data.events(n, stack.entities, seed=17), encode=demo_data.encode)
         started = time.time()
-        job_pid_cont(job)
+        job.resume()
         tally = reader.wait_for(set(coords), timeout_s=900, stall_s=120, check=job.check_alive)
         last = tally.last_arrival_ms(set(coords))
         missing = len(tally.missing(set(coords)))
@@ -58,18 +57,6 @@ def throughput(stack, runner: str, module: str, n: int) -> dict:
     finally:
         reader.stop()
         job.stop()
-
-
-def job_pid_stop(job) -> None:
-    import os
-    import signal
-    os.killpg(job.pid, signal.SIGSTOP)
-
-
-def job_pid_cont(job) -> None:
-    import os
-    import signal
-    os.killpg(job.pid, signal.SIGCONT)
 
 
 def latency(stack, runner: str, module: str, rate: float, seconds: float) -> dict:

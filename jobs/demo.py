@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -45,7 +46,7 @@ def summarize(tally: Tally, inputs: list[str], started: float, opts: DemoOptions
     wanted = set(inputs)
     lat = tally.latencies_ms(wanted)
     last = tally.last_arrival_ms(wanted)
-    elapsed_s = (last / 1000.0 - started) if last else float("nan")
+    elapsed_s = last / 1000.0 - started if last else 0.0
     predicted = len(wanted & set(tally.predictions))
     dead = len(wanted & set(tally.dead_letters))
     return {
@@ -55,16 +56,11 @@ def summarize(tally: Tally, inputs: list[str], started: float, opts: DemoOptions
         "missing": len(tally.missing(wanted)),
         "duplicates": tally.duplicate_predictions + tally.duplicate_dead_letters,
         "dead_letter_reasons": dict(sorted(tally.reasons().items())),
-        "throughput_eps": round(len(inputs) / elapsed_s, 1) if elapsed_s == elapsed_s and elapsed_s > 0 else None,
-        "p50_ms": round(float(_pct(lat, 50)), 2) if len(lat) else None,
-        "p99_ms": round(float(_pct(lat, 99)), 2) if len(lat) else None,
+        "throughput_eps": round(len(inputs) / elapsed_s, 1) if elapsed_s > 0 else None,
+        "p50_ms": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 2) if len(lat) else None,
         "rate_target_eps": opts.rate or None,
     }
-
-
-def _pct(values, q):
-    import numpy as np
-    return np.percentile(values, q)
 
 
 def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
@@ -90,8 +86,9 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
             with Live(console=console, refresh_per_second=4, transient=True) as live:
                 while thread.is_alive():
                     snap = reader.snapshot()
+                    predicted = sum(not p["event_id"].startswith("warmup-") for p in snap.predictions.values())
                     live.update(f"produced {produced['n']:,}/{len(records):,} · predictions "
-                                f"{len(snap.predictions) - len(warm):,} · dead letters {len(snap.dead_letters):,}")
+                                f"{predicted:,} · dead letters {len(snap.dead_letters):,}")
                     job.check_alive()
                     time.sleep(0.25)
                 thread.join()

@@ -58,6 +58,13 @@ class JobProcess:
             pass
         self._proc.wait()
 
+    def pause(self) -> None:
+        """SIGSTOP the process group (e.g. to let input pile up before measuring a drain)."""
+        os.killpg(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self._proc.pid, signal.SIGCONT)
+
     def stop(self, grace_s: float = 10.0) -> None:
         if not self.is_running():
             return
