@@ -47,6 +47,12 @@ class EventSchema:
     def arrow_schema(self) -> pa.Schema:
         return pa.schema([(n, _ARROW_TYPES[t]) for n, t in self.fields.items()])
 
+    @property
+    def decoded_schema(self) -> pa.Schema:
+        """The schema of a decoded micro-batch: the event fields, OFFSET_COLUMN, RAW_COLUMN."""
+        return (self.arrow_schema.append(pa.field(OFFSET_COLUMN, pa.int64()))
+                .append(pa.field(RAW_COLUMN, pa.binary())))
+
 
 @dataclass
 class DecodedBatch:
@@ -88,8 +94,7 @@ class JsonEventDecoder:
         self.schema = schema
         self.max_bytes = max_bytes
         self._arrow = schema.arrow_schema
-        self._out_schema = (self._arrow.append(pa.field(OFFSET_COLUMN, pa.int64()))
-                            .append(pa.field(RAW_COLUMN, pa.binary())))
+        self._out_schema = schema.decoded_schema
         self._parse = pa_json.ParseOptions(explicit_schema=self._arrow, unexpected_field_behavior="ignore")
         self._read = pa_json.ReadOptions(use_threads=False, block_size=1 << 26)
         self._floats = [n for n, t in schema.fields.items() if t == "float"]
@@ -160,10 +165,9 @@ class JsonEventDecoder:
         return DecodedBatch(pa.RecordBatch.from_arrays(arrays, schema=self._out_schema), rejected)
 
     def _reject_reason(self, value) -> tuple[str, str] | None:
-        if value is None or len(value) == 0:
-            return dl.EMPTY, "empty record value"
-        if len(value) > self.max_bytes:
-            return dl.OVERSIZED, f"{len(value)} bytes > limit {self.max_bytes}"
+        problem = size_problem(value, self.max_bytes)
+        if problem:
+            return problem
         try:
             value.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -173,13 +177,56 @@ class JsonEventDecoder:
     def _check_object(self, obj) -> tuple[str, str] | None:
         if not isinstance(obj, dict):
             return dl.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}"
-        for name, kind in self.schema.fields.items():
-            if name not in obj or obj[name] is None:
-                return dl.MISSING_FIELD, f"field {name!r} is missing or null"
-            problem = _check_value(kind, obj[name])
-            if problem:
-                reason = dl.INVALID_VALUE if "range" in problem else dl.WRONG_TYPE
-                return reason, f"field {name!r}: {problem}"
-            if kind == "float" and not math.isfinite(obj[name]):
-                return dl.INVALID_VALUE, f"field {name!r} is not finite"
-        return None
+        return check_fields(self.schema, obj)
+
+
+def size_problem(value: bytes | None, max_bytes: int) -> tuple[str, str] | None:
+    """(reason, detail) when a record value is empty or larger than ``max_bytes``, else None."""
+    if value is None or len(value) == 0:
+        return dl.EMPTY, "empty record value"
+    if len(value) > max_bytes:
+        return dl.OVERSIZED, f"{len(value)} bytes > limit {max_bytes}"
+    return None
+
+
+def check_fields(schema: EventSchema, obj: dict) -> tuple[str, str] | None:
+    """(reason, detail) for the first field of ``schema`` that ``obj`` (a decoded record, JSON
+    or Avro) lacks or holds a bad value for, else None. Every format's decoder uses this one
+    definition of a valid event."""
+    for name, kind in schema.fields.items():
+        if name not in obj or obj[name] is None:
+            return dl.MISSING_FIELD, f"field {name!r} is missing or null"
+        problem = _check_value(kind, obj[name])
+        if problem:
+            reason = dl.INVALID_VALUE if "range" in problem else dl.WRONG_TYPE
+            return reason, f"field {name!r}: {problem}"
+        if kind == "float" and not math.isfinite(obj[name]):
+            return dl.INVALID_VALUE, f"field {name!r} is not finite"
+    return None
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    """Which decoder a job uses, as plain picklable data: engines ship it to their workers and
+    call :meth:`build` there. ``format``: "json" or "avro" (Avro needs ``avro_schema``, the
+    writer schema's ``.avsc`` path; see ``connectors.avro_events``)."""
+
+    schema: EventSchema = field(default_factory=EventSchema)
+    format: str = "json"
+    max_bytes: int = 1 << 20
+    avro_schema: str | None = None
+    avro_wire_format: str = "schemaless"
+    avro_schema_id: int | None = None
+
+    def build(self):
+        """A JsonEventDecoder or an AvroEventDecoder (same ``decode`` interface)."""
+        if self.format == "json":
+            return JsonEventDecoder(self.schema, self.max_bytes)
+        if self.format == "avro":
+            if not self.avro_schema:
+                raise ValueError("events.format avro needs events.avro_schema (the writer schema's .avsc file)")
+            from connectors.avro_events import AvroEventDecoder
+
+            return AvroEventDecoder(self.schema, self.avro_schema, wire_format=self.avro_wire_format,
+                                    schema_id=self.avro_schema_id, max_bytes=self.max_bytes)
+        raise ValueError(f"unsupported event format {self.format!r} (use json or avro)")

@@ -5,9 +5,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from connectors.events import EventSchema
+from connectors.events import DecoderSpec, EventSchema
 
 
 class _Section(BaseModel):
@@ -27,16 +27,32 @@ class KafkaSettings(_Section):
 
 
 class EventSettings(_Section):
-    format: Literal["json"] = "json"
+    format: Literal["json", "avro"] = "json"
     fields: dict[str, str] = Field(default_factory=lambda: dict(EventSchema().fields))
     id_field: str = "id"
     key_field: str = "entity_id"
     timestamp_field: str = "ts"
     max_bytes: int = Field(1 << 20, description="larger record values are dead-lettered as oversized")
+    avro_schema: str | None = Field(None, description="format avro: the writer schema (.avsc file)")
+    avro_wire_format: Literal["schemaless", "confluent"] = Field(
+        "schemaless", description="format avro: bare Avro binary, or Confluent's magic byte + schema id header")
+    avro_schema_id: int | None = Field(None, description="format avro, confluent: the only schema id accepted "
+                                       "(others are dead-lettered); unset: any id, decoded with avro_schema")
+
+    @model_validator(mode="after")
+    def _avro_needs_schema(self) -> "EventSettings":
+        if self.format == "avro" and not self.avro_schema:
+            raise ValueError("events.format avro needs events.avro_schema (the writer schema's .avsc file)")
+        return self
 
     def schema(self) -> EventSchema:
         return EventSchema(fields=dict(self.fields), id_field=self.id_field, key_field=self.key_field,
                            timestamp_field=self.timestamp_field)
+
+    def decoder_spec(self) -> DecoderSpec:
+        """What the engines build their decoder from (JSON or Avro)."""
+        return DecoderSpec(self.schema(), self.format, self.max_bytes, self.avro_schema,
+                           self.avro_wire_format, self.avro_schema_id)
 
 
 class FeatureSettings(_Section):

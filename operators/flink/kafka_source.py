@@ -19,7 +19,7 @@ from pyflink.datastream.functions import FlatMapFunction, KeyedProcessFunction, 
 from pyflink.datastream.state import ValueStateDescriptor
 from pyflink.table import StreamTableEnvironment
 
-from connectors.events import EventSchema, JsonEventDecoder
+from connectors.events import DecoderSpec
 from connectors.kafka.partition_reader import PartitionReader
 from operators import steps
 
@@ -47,20 +47,19 @@ class FanOutToPartitions(FlatMapFunction):
 class PollKafkaPartition(KeyedProcessFunction):
     """Keyed by partition: polls it from the checkpointed offset and emits a MicroBatch."""
 
-    def __init__(self, consumer_config: dict[str, Any], topic: str, start: str, schema: EventSchema,
-                 max_bytes: int, max_events: int, poll_timeout_s: float) -> None:
+    def __init__(self, consumer_config: dict[str, Any], topic: str, start: str, decoder: DecoderSpec,
+                 max_events: int, poll_timeout_s: float) -> None:
         self.consumer_config = consumer_config
         self.topic = topic
         self.start = start
-        self.schema = schema
-        self.max_bytes = max_bytes
+        self.decoder = decoder
         self.max_events = max_events
         self.poll_timeout_s = poll_timeout_s
 
     def open(self, ctx: RuntimeContext) -> None:
         self._next_offset = ctx.get_state(ValueStateDescriptor("next_offset", Types.LONG()))
         self._readers: dict[int, PartitionReader] = {}
-        self._decoder = JsonEventDecoder(self.schema, self.max_bytes)
+        self._decoder = self.decoder.build()
         metrics = ctx.get_metrics_group()
         self._records_in = metrics.counter("records_in")
         self._decode_rejects = metrics.counter("records_undecodable")
@@ -86,12 +85,12 @@ class PollKafkaPartition(KeyedProcessFunction):
 
 
 def kafka_micro_batches(env: StreamExecutionEnvironment, *, consumer_config: dict[str, Any], topic: str,
-                        partitions: list[int], start: str, schema: EventSchema, max_bytes: int,
+                        partitions: list[int], start: str, decoder: DecoderSpec,
                         max_events: int, poll_timeout_s: float, heartbeat_per_s: int) -> DataStream:
     """A stream of decoded MicroBatches read from every partition of ``topic``."""
     ticks = heartbeat(env, heartbeat_per_s)
     return (ticks.flat_map(FanOutToPartitions(partitions), Types.INT())
             .key_by(lambda p: p, Types.INT())
-            .process(PollKafkaPartition(consumer_config, topic, start, schema, max_bytes, max_events,
-                                        poll_timeout_s), Types.PICKLED_BYTE_ARRAY())
+            .process(PollKafkaPartition(consumer_config, topic, start, decoder, max_events, poll_timeout_s),
+                     Types.PICKLED_BYTE_ARRAY())
             .name(f"kafka-source:{topic}").uid(f"kafka-source-{topic}"))
