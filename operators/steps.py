@@ -69,13 +69,15 @@ def score(batch: MicroBatch, model: Model, schema: EventSchema) -> ScoredBatch:
     on the batch dead-letters the batch (reason ``scoring_error``) instead of failing the job
     over and over on the same poison input."""
     try:
-        return _score(batch, model, schema)
+        return score_strict(batch, model, schema)
     except Exception as exc:  # noqa: BLE001 - any model/runtime failure is the batch's fate, not the job's
         failed = reject_all(batch, dl.SCORING_ERROR, f"{type(exc).__name__}: {exc}"[:500])
         return ScoredBatch(_prediction_rows(failed, model, schema, None), failed.dead_letters, failed)
 
 
-def _score(batch: MicroBatch, model: Model, schema: EventSchema) -> ScoredBatch:
+def score_strict(batch: MicroBatch, model: Model, schema: EventSchema) -> ScoredBatch:
+    """`score` without the safety net: a runtime failure raises (for engines that route failed
+    batches themselves, e.g. Beam's ``RunInference.with_exception_handling``)."""
     result = model.validate(batch.events)
     if len(result.rejected_index):
         reject = np.zeros(batch.events.num_rows, dtype=bool)

@@ -1,0 +1,129 @@
+"""The scoring job on Apache Beam: Kafka → Enrichment (feature store) → RunInference → Kafka
+(or JSON-lines files), configured by the same job YAML as the Flink job.
+
+    python -m jobs.beam_score --config job.yaml                      # DirectRunner, until killed
+    python -m jobs.beam_score --config job.yaml --stop-offsets 0=5000,1=5000 --output-files out/run1
+    python -m jobs.beam_score --config job.yaml -- --runner FlinkRunner --flink_master host:8081 \\
+        --flink_job_server_jar beam-runners-flink-1.18-job-server-2.61.0.jar --environment_type LOOPBACK --streaming
+
+Everything after ``--`` is a Beam pipeline option. The DirectRunner runs here as is; the
+portable runners need their job server on the user's side (see README, "Beam").
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from connectors.kafka.clients import consumer_config, partitions_of, producer_config
+from jobs.config import JobConfig, load_config
+from operators.beam.kafka_io import ReadFromKafkaPartitions, partition_reads
+from operators.beam.pipeline import ScoreEvents, WriteScoredToFiles, WriteScoredToKafka
+
+log = logging.getLogger("streamscore.beam")
+
+DIRECT_RUNNERS = {"DirectRunner", "SwitchingDirectRunner", "FnApiRunner"}
+
+
+def build(p: beam.Pipeline, cfg: JobConfig, *, start_offsets: dict[int, int] | None = None,
+          stop_offsets: dict[int, int] | None = None, output_files: str | None = None,
+          model_updates: beam.PCollection | None = None, watch_model_pattern: str | None = None,
+          watch_interval_s: float = 10, event_time_window_s: float | None = None):
+    """Wire the pipeline onto ``p``. With ``stop_offsets`` (every partition) the read is bounded."""
+    k, f = cfg.kafka, cfg.features
+    partitions = partitions_of(k.bootstrap_servers, k.input_topic)
+    if output_files and set(stop_offsets or {}) != set(partitions):
+        raise ValueError(f"file output needs a bounded read: stop offsets for every partition {partitions}")
+    reads = partition_reads(k.input_topic, partitions, start_offsets, stop_offsets)
+    chunks = p | "ReadKafka" >> ReadFromKafkaPartitions(
+        reads, consumer_config(k.bootstrap_servers, k.group_id, k.consumer), start=k.start_from,
+        max_records=cfg.batch.max_events, poll_timeout_s=max(cfg.batch.poll_timeout_ms, 10) / 1000)
+    scored = chunks | "Score" >> ScoreEvents(
+        decoder=cfg.events.decoder_spec(), store_uri=f.store, model_path=cfg.model.path,
+        retries=f.retries, retry_backoff_ms=f.retry_backoff_ms,
+        lookup_timeout_s=((f.retries + 1) * f.timeout_ms + f.retries * f.retry_backoff_ms) / 1000 + 30,
+        intra_op_threads=cfg.model.intra_op_threads, max_batch_events=cfg.batch.max_events,
+        model_updates=model_updates, watch_model_pattern=watch_model_pattern, watch_interval_s=watch_interval_s,
+        event_time_window_s=event_time_window_s)
+    if output_files:
+        return scored | "WriteFiles" >> WriteScoredToFiles(output_files)
+    return scored | "WriteKafka" >> WriteScoredToKafka(producer_config(k.bootstrap_servers, k.producer),
+                                                       k.output_topic, k.dead_letter_topic)
+
+
+def pipeline_options(cfg: JobConfig, beam_args: Sequence[str]) -> PipelineOptions:
+    """Beam options from the command line; the DirectRunner runs in this process, one worker."""
+    options = PipelineOptions(list(beam_args), job_name=cfg.job_name)
+    if options.view_as(StandardOptions).runner is None:
+        options.view_as(StandardOptions).runner = "DirectRunner"
+    return options
+
+
+def is_direct(options: PipelineOptions) -> bool:
+    runner = options.view_as(StandardOptions).runner
+    return (runner if isinstance(runner, str) else type(runner).__name__) in DIRECT_RUNNERS
+
+
+def run(cfg: JobConfig, args: argparse.Namespace) -> None:
+    """Build and run the pipeline (blocks until a bounded read ends, or forever)."""
+    options = pipeline_options(cfg, args.beam_args)
+    if args.watch_model and is_direct(options):
+        raise SystemExit("--watch-model needs a runner whose side inputs update while the pipeline runs "
+                         "(Flink, Dataflow, Prism); the DirectRunner computes side inputs once before the "
+                         "stage that reads them, so the pipeline would wait forever")
+    with beam.Pipeline(options=options) as p:
+        build(p, cfg, start_offsets=args.start_offsets, stop_offsets=args.stop_offsets,
+              output_files=args.output_files, watch_model_pattern=args.watch_model,
+              watch_interval_s=args.watch_interval)
+        log.info("running %s on %s", cfg.job_name, options.view_as(StandardOptions).runner)
+    log.info("%s finished", cfg.job_name)
+
+
+def _offsets(text: str) -> dict[int, int]:
+    try:
+        return {int(p): int(o) for p, o in (item.split("=", 1) for item in text.split(",") if item)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected PARTITION=OFFSET[,PARTITION=OFFSET...], got {text!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", help="job configuration YAML (the Flink job's; flink.* is ignored)")
+    parser.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value, e.g. --set batch.max_events=1000 (repeatable)")
+    parser.add_argument("--start-offsets", type=_offsets, metavar="P=OFFSET,...",
+                        help="first offset to read per partition (default: kafka.start_from)")
+    parser.add_argument("--stop-offsets", type=_offsets, metavar="P=OFFSET,...",
+                        help="bounded read: stop before these offsets (every partition) and end the pipeline")
+    parser.add_argument("--output-files", metavar="PREFIX",
+                        help="write predictions and dead letters as JSON-lines files PREFIX-*.jsonl instead "
+                             "of Kafka (needs --stop-offsets)")
+    parser.add_argument("--watch-model", metavar="GLOB",
+                        help="hot-swap the model when a new file matching GLOB appears (RunInference's "
+                             "WatchFilePattern; a streaming runner such as Flink or Dataflow, not the DirectRunner)")
+    parser.add_argument("--watch-interval", type=float, default=10, help="seconds between --watch-model checks")
+    parser.add_argument("beam_args", nargs=argparse.REMAINDER,
+                        help="after --: Beam pipeline options (--runner, --flink_master, --project, ...)")
+
+
+def config_from_args(args: argparse.Namespace) -> JobConfig:
+    if args.beam_args[:1] == ["--"]:
+        args.beam_args = args.beam_args[1:]
+    return load_config(args.config, list(args.set))
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    run(config_from_args(args), args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

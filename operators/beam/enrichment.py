@@ -1,0 +1,159 @@
+"""A Beam ``EnrichmentSourceHandler`` over the streamscore feature stores (Plasma, arrow-shm,
+Redis, PostgreSQL: any ``open_store`` URI), for stock ``apache_beam.transforms.enrichment.Enrichment``.
+
+Requests are batched (``batch_elements_kwargs``): one store lookup serves every request of a
+Beam batch. A request is either
+
+* a row (``beam.Row`` / NamedTuple with the key field): the response is a ``beam.Row`` of the
+  features, joined by Enrichment's default ``cross_join``. An entity the store does not know
+  gets null features (the model's schema validation then refuses the row), or the store's
+  defaults under its ``missing=defaults`` policy. An unavailable store raises (Beam retries the
+  bundle).
+* a micro-batch wrapped in :class:`BatchRequest` (the streamscore pipeline): the response is a
+  :class:`FeatureRows`, joined by :func:`join_micro_batch` with ``operators.steps`` exactly as
+  the Flink job does: unknown entities become dead letters ``unknown_entity``, and a store still
+  unavailable after the retries dead-letters the batch's events ``feature_store_unavailable``.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any, NamedTuple, Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+
+with warnings.catch_warnings():   # google-auth/api-core (imported by Beam's requestresponse) nag at import
+    warnings.simplefilter("ignore", FutureWarning)
+    from apache_beam.io.requestresponse import DEFAULT_TIMEOUT_SECS, UserCodeExecutionException  # noqa: F401
+    from apache_beam.transforms.enrichment import Enrichment, EnrichmentSourceHandler  # noqa: F401
+
+from connectors import dead_letter as dl
+from connectors.feature_store import FeatureStoreUnavailable, open_store
+from operators import steps
+from operators.batch import MicroBatch
+from operators.beam.common import METRICS_NAMESPACE, as_dict
+
+
+class BatchRequest(NamedTuple):
+    """An Enrichment request for a whole micro-batch (Enrichment joins ``_asdict()`` views)."""
+
+    batch: MicroBatch
+
+
+class FeatureRows(NamedTuple):
+    """The response to a BatchRequest: features row-aligned with the batch's events and the
+    mask of events to dead-letter as unknown, or the reason the store could not answer."""
+
+    features: pa.RecordBatch | None
+    unknown: np.ndarray | None
+    unavailable: str | None = None
+
+
+def request_rows(request: Any) -> int:
+    """How many keys a request looks up (BatchElements' ``element_size_fn``)."""
+    return request.batch.events.num_rows if isinstance(request, BatchRequest) else 1
+
+
+def join_micro_batch(request: dict, response: dict) -> MicroBatch:
+    """Enrichment ``join_fn`` for BatchRequests: the micro-batch with its features appended."""
+    batch, features = request["batch"], FeatureRows(**response)
+    if features.unavailable is not None:
+        return steps.reject_all(batch, dl.FEATURE_STORE_UNAVAILABLE, features.unavailable)
+    if features.features is None:
+        return batch
+    return steps.join_features(batch, features.features, features.unknown)
+
+
+class FeatureStoreEnrichmentHandler(EnrichmentSourceHandler):
+    """Looks up the ``key_field`` of each request in the feature store at ``store_uri``."""
+
+    def __init__(self, store_uri: str, key_field: str, *, retries: int = 5, retry_backoff_ms: int = 500,
+                 min_batch_size: int = 1, max_batch_size: int = 4000, **store_options: Any) -> None:
+        """``retries``/``retry_backoff_ms``: further attempts when the store is unavailable;
+        ``max_batch_size`` counts keys; ``store_options`` go to ``open_store``."""
+        self.store_uri = store_uri
+        self.key_field = key_field
+        self.retries = retries
+        self.retry_backoff_ms = retry_backoff_ms
+        self.store_options = store_options
+        self._batching = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size,
+                          "element_size_fn": request_rows}
+        self._store = None
+
+    def __enter__(self):
+        self._store = open_store(self.store_uri, **self.store_options)
+        self._lookups = Metrics.distribution(METRICS_NAMESPACE, "feature_lookup_keys")
+        self._unknown = Metrics.counter(METRICS_NAMESPACE, "unknown_entities")
+        self._failed_attempts = Metrics.counter(METRICS_NAMESPACE, "feature_lookup_failed_attempts")
+        return self
+
+    def __exit__(self, *exc):
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __call__(self, request, *args, **kwargs):
+        requests = request if isinstance(request, list) else [request]
+        pairs = self._lookup(requests)
+        return pairs if isinstance(request, list) else pairs[0]
+
+    def _keys(self, request: Any) -> np.ndarray:
+        if isinstance(request, BatchRequest):
+            return steps.lookup_keys(request.batch, self.key_field)
+        return np.asarray([as_dict(request)[self.key_field]])
+
+    def _lookup(self, requests: Sequence[Any]) -> list[tuple[Any, Any]]:
+        keys = [self._keys(r) for r in requests]
+        sizes = [len(k) for k in keys]
+        features, found, unavailable = None, None, None
+        if sum(sizes):
+            try:
+                features, found = self._fetch(np.concatenate(keys))
+            except FeatureStoreUnavailable as exc:
+                if not all(isinstance(r, BatchRequest) for r in requests):
+                    raise UserCodeExecutionException(f"feature store unavailable: {exc}") from exc
+                unavailable = str(exc)[:500] or "feature store unavailable"
+        pairs, start, row_features = [], 0, None
+        for request, n in zip(requests, sizes):
+            part = slice(start, start + n)
+            start += n
+            if unavailable is not None or n == 0:
+                pairs.append((request, FeatureRows(None, None, unavailable)))
+                continue
+            rows, hit = features.slice(part.start, n), found[part]
+            if isinstance(request, BatchRequest):
+                unknown = self._store.dead_letter_mask(hit)
+                self._unknown.inc(int(unknown.sum()))
+                pairs.append((request, FeatureRows(rows, unknown)))
+            else:
+                row_features = row_features or features.to_pylist()
+                pairs.append((request, beam.Row(**row_features[part.start])))
+        return pairs
+
+    def _fetch(self, keys: np.ndarray) -> tuple[pa.RecordBatch, np.ndarray]:
+        """One lookup, tried again ``retries`` times while the store is unavailable."""
+        self._lookups.update(len(keys))
+        attempt = 0
+        while True:
+            try:
+                return self._store.lookup(keys)
+            except FeatureStoreUnavailable:
+                self._failed_attempts.inc()
+                if attempt >= self.retries:
+                    raise
+                attempt += 1
+                time.sleep(self.retry_backoff_ms / 1000)
+
+    def get_cache_key(self, request: Any) -> str:
+        if isinstance(request, BatchRequest):
+            raise TypeError("micro-batch requests are not cacheable; use Enrichment without a cache")
+        return f"{self.key_field}: {as_dict(request)[self.key_field]}"
+
+    def batch_elements_kwargs(self):
+        return self._batching
+
+    def __str__(self) -> str:   # RequestResponseIO's metrics namespace
+        return f"{METRICS_NAMESPACE}.Enrichment"

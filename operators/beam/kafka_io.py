@@ -1,0 +1,190 @@
+"""Kafka read and write for Beam in Python (Beam's ``ReadFromKafka`` needs a Java expansion
+service jar, which cannot be downloaded everywhere).
+
+Reading is a splittable DoFn, one element per topic partition: the restriction is the offset
+range still to read, so the runner's checkpoints of the restriction are the consumer offsets
+(nothing is committed to Kafka). A bounded range ``[start, stop)`` ends the read (backfills,
+tests); an open range reads forever, handing back to the runner between polls
+(``defer_remainder``). Each poll emits one :class:`RecordChunk` of raw records, a micro-batch.
+
+Writing is a DoFn over scored micro-batches: predictions to the output topic, dead letters to
+the dead-letter topic, acknowledged by the broker before ``process`` returns, so a bundle never
+commits over unacknowledged records (at-least-once).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import apache_beam as beam
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.io.watermark_estimators import WalltimeWatermarkEstimator
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Duration, Timestamp
+
+from connectors.kafka.partition_reader import PartitionReader, RecordChunk
+from connectors.kafka.writer import KafkaBatchWriter
+from operators import steps
+from operators.batch import MicroBatch
+from operators.beam.common import METRICS_NAMESPACE
+
+UNBOUNDED = 2**63 - 1   # stop offset of an open-ended read
+
+
+@dataclass(frozen=True)
+class PartitionRead:
+    """What to read of one partition. ``start_offset`` None: the reader's configured start
+    (earliest/latest); ``stop_offset`` None: never stop (exclusive otherwise)."""
+
+    topic: str
+    partition: int
+    start_offset: int | None = None
+    stop_offset: int | None = None
+
+
+class _OffsetRanges(RestrictionProvider):
+    """The restriction of a partition read is the offset range still to read."""
+
+    def initial_restriction(self, read: PartitionRead) -> OffsetRange:
+        stop = UNBOUNDED if read.stop_offset is None else read.stop_offset
+        return OffsetRange(read.start_offset or 0, stop)
+
+    def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
+        return OffsetRestrictionTracker(restriction)
+
+    def restriction_size(self, read: PartitionRead, restriction: OffsetRange) -> int:
+        return restriction.size()
+
+    def truncate(self, read: PartitionRead, restriction: OffsetRange):
+        """On drain an open-ended read stops at its next checkpoint; a bounded one finishes."""
+        return None if restriction.stop == UNBOUNDED else restriction
+
+
+class ReadPartitionFn(beam.DoFn):
+    """Splittable DoFn: PartitionRead → RecordChunks (one per poll), offsets claimed in the
+    restriction, for bounded reads (every read has a stop offset). Outputs are stamped with the
+    poll's wall-clock time (processing-time watermark)."""
+
+    def __init__(self, consumer_config: Mapping[str, Any], start: str = "earliest", max_records: int = 2000,
+                 poll_timeout_s: float = 0.05, idle_resume_s: float = 0.0) -> None:
+        self.consumer_config = dict(consumer_config)
+        self.start = start
+        self.max_records = max_records
+        self.poll_timeout_s = poll_timeout_s
+        self.idle_resume_s = idle_resume_s
+
+    def setup(self) -> None:
+        self._readers: dict[tuple[str, int], PartitionReader] = {}
+        self._records = Metrics.counter(METRICS_NAMESPACE, "kafka_records_read")
+        self._chunk_size = Metrics.distribution(METRICS_NAMESPACE, "kafka_chunk_records")
+
+    def _reader(self, read: PartitionRead) -> PartitionReader:
+        key = (read.topic, read.partition)
+        reader = self._readers.get(key)
+        if reader is None:
+            reader = self._readers[key] = PartitionReader(self.consumer_config, read.topic, read.partition, self.start)
+        return reader
+
+    def process(self, read: PartitionRead,
+                tracker=beam.DoFn.RestrictionParam(_OffsetRanges()),
+                _watermark=beam.DoFn.WatermarkEstimatorParam(WalltimeWatermarkEstimator.default_provider())
+                ) -> Iterable[TimestampedValue]:
+        restriction = tracker.current_restriction()
+        if restriction.start < restriction.stop:
+            # nothing claimed yet and no explicit start: the consumer resolves earliest/latest
+            from_offset = None if read.start_offset is None and restriction.start == 0 else restriction.start
+            chunk = self._reader(read).read(from_offset, self.max_records, self.poll_timeout_s)
+            claimed = 0
+            while claimed < len(chunk.offsets) and tracker.try_claim(chunk.offsets[claimed]):
+                claimed += 1
+            if claimed:
+                self._records.inc(claimed)
+                self._chunk_size.update(claimed)
+                yield TimestampedValue(RecordChunk(read.topic, read.partition, chunk.values[:claimed],
+                                                   chunk.offsets[:claimed]), Timestamp.now())
+            # a failed claim, or the last offset of the range claimed: the range is done
+            done = claimed < len(chunk.offsets) or (claimed and chunk.offsets[claimed - 1] >= restriction.stop - 1)
+            if not done:
+                tracker.defer_remainder(Duration.of(0 if claimed else self.idle_resume_s))
+
+    def teardown(self) -> None:
+        for reader in getattr(self, "_readers", {}).values():
+            reader.close()
+        self._readers = {}
+
+
+class ReadPartitionForeverFn(ReadPartitionFn):
+    """ReadPartitionFn for open-ended reads: its output is an unbounded PCollection."""
+
+    @beam.DoFn.unbounded_per_element()
+    def process(self, read: PartitionRead,
+                tracker=beam.DoFn.RestrictionParam(_OffsetRanges()),
+                _watermark=beam.DoFn.WatermarkEstimatorParam(WalltimeWatermarkEstimator.default_provider())
+                ) -> Iterable[TimestampedValue]:
+        yield from super().process(read, tracker, _watermark)
+
+
+class ReadFromKafkaPartitions(beam.PTransform):
+    """Raw records of the given partition reads, as RecordChunks (micro-batches). The output is
+    a bounded PCollection when every read has a stop offset, else an unbounded one."""
+
+    def __init__(self, reads: Iterable[PartitionRead], consumer_config: Mapping[str, Any], *,
+                 start: str = "earliest", max_records: int = 2000, poll_timeout_s: float = 0.05) -> None:
+        super().__init__()
+        self.reads = list(reads)
+        bounded = all(r.stop_offset is not None for r in self.reads)
+        fn = ReadPartitionFn if bounded else ReadPartitionForeverFn
+        self.fn = fn(consumer_config, start, max_records, poll_timeout_s)
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "Partitions" >> beam.Create(self.reads, reshuffle=False)
+                | "ReadPartitions" >> beam.ParDo(self.fn))
+
+
+def partition_reads(topic: str, partitions: Iterable[int], start_offsets: Mapping[int, int] | None = None,
+                    stop_offsets: Mapping[int, int] | None = None) -> list[PartitionRead]:
+    """One PartitionRead per partition (offsets by partition; absent: configured start / no stop)."""
+    start_offsets, stop_offsets = start_offsets or {}, stop_offsets or {}
+    return [PartitionRead(topic, p, start_offsets.get(p), stop_offsets.get(p)) for p in partitions]
+
+
+class WriteToKafkaFn(beam.DoFn):
+    """Writes scored micro-batches (predictions + dead letters), or micro-batches whose events
+    all became dead letters, and waits for the broker's acknowledgement of each."""
+
+    def __init__(self, producer_config: Mapping[str, Any], topic: str, dead_letter_topic: str) -> None:
+        self.producer_config = dict(producer_config)
+        self.topic = topic
+        self.dead_letter_topic = dead_letter_topic
+
+    def setup(self) -> None:
+        self._writer = KafkaBatchWriter(self.producer_config, self.topic, self.dead_letter_topic)
+        self._predictions = Metrics.counter(METRICS_NAMESPACE, "predictions_out")
+        self._dead = Metrics.counter(METRICS_NAMESPACE, "dead_letters_out")
+        self._latency = Metrics.distribution(METRICS_NAMESPACE, "poll_to_ack_ms")
+
+    def process(self, item: steps.ScoredBatch | MicroBatch) -> Iterable[int]:
+        if isinstance(item, MicroBatch):
+            if item.events.num_rows:
+                raise ValueError("a MicroBatch reaching the writer must hold dead letters only")
+            values, keys, letters, source = [], None, item.dead_letters, item
+        else:
+            values, keys = steps.prediction_records(item)
+            letters, source = item.dead_letters, item.source
+        self._writer.write(values, keys, letters)
+        for reason, n in Counter(letter.reason for letter in letters).items():
+            Metrics.counter(f"{METRICS_NAMESPACE}.dead_letters", reason).inc(n)
+        self._predictions.inc(len(values))
+        self._dead.inc(len(letters))
+        self._latency.update(int(steps.now_ms() - source.polled_at_ms))
+        yield len(values) + len(letters)
+
+    def teardown(self) -> None:
+        writer = getattr(self, "_writer", None)
+        if writer is not None:
+            writer.close()
+            self._writer = None     # the producer's threads stop once it is collected

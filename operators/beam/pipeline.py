@@ -1,0 +1,178 @@
+"""The scoring pipeline as Beam transforms: raw Kafka record chunks → decode → stock
+``Enrichment`` → stock ``RunInference`` → scored micro-batches (predictions + dead letters).
+
+Every step is a micro-batch step from ``operators.steps``; the stock transforms batch
+micro-batches further (their ``batch_elements_kwargs`` count events). Nothing is flattened on
+the way, so an unbounded read stays one fused stage on the DirectRunner.
+"""
+from __future__ import annotations
+
+import base64
+from typing import Any, Iterable
+
+import apache_beam as beam
+import numpy as np
+import orjson
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelMetadata, RunInference
+from apache_beam.transforms import window
+
+from connectors.events import DecoderSpec
+from connectors.kafka.partition_reader import RecordChunk
+from operators import steps
+from operators.batch import MicroBatch
+from operators.beam.common import METRICS_NAMESPACE
+from operators.beam.enrichment import (DEFAULT_TIMEOUT_SECS, BatchRequest, Enrichment,
+                                       FeatureStoreEnrichmentHandler, join_micro_batch)
+from operators.beam.inference import StreamscoreModelHandler, failed_batch_dead_letters
+from operators.beam.kafka_io import WriteToKafkaFn
+
+
+class DecodeEvents(beam.DoFn):
+    """RecordChunk → MicroBatch of valid events, carrying dead letters for the rest."""
+
+    def __init__(self, decoder: DecoderSpec) -> None:
+        self.decoder = decoder
+
+    def setup(self) -> None:
+        self._decoder = self.decoder.build()
+        self._rejected = Metrics.counter(METRICS_NAMESPACE, "records_undecodable")
+
+    def process(self, chunk: RecordChunk) -> Iterable[MicroBatch]:
+        batch = steps.decode(self._decoder, chunk)
+        self._rejected.inc(len(batch.dead_letters))
+        yield batch
+
+
+class SplitByEventTime(beam.DoFn):
+    """Cuts micro-batches at fixed event-time window boundaries and stamps each part with its
+    window start, so a windowed side input (e.g. a model schedule) applies per window. Dead
+    letters travel with the first part."""
+
+    def __init__(self, timestamp_field: str, window_s: float) -> None:
+        self.timestamp_field = timestamp_field
+        self.window_ms = int(window_s * 1000)
+
+    def process(self, batch: MicroBatch) -> Iterable[window.TimestampedValue]:
+        if batch.events.num_rows == 0:
+            yield window.TimestampedValue(batch, 0)     # dead letters only: any window will do
+            return
+        starts = batch.events.column(self.timestamp_field).to_numpy() // self.window_ms * self.window_ms
+        letters = batch.dead_letters
+        for start in np.unique(starts):
+            part = MicroBatch(batch.topic, batch.partition, batch.events.filter(starts == start), letters,
+                              batch.polled_at_ms)
+            letters = []
+            yield window.TimestampedValue(part, int(start) / 1000)
+
+
+class ScoreEvents(beam.PTransform):
+    """RecordChunks → (scored: ScoredBatch, failed: MicroBatch of scoring_error dead letters).
+
+    ``model_updates``: a PCollection of ``ModelMetadata`` for RunInference's model-update side
+    input (a GlobalWindows stream on a streaming runner, or event-time windows together with
+    ``event_time_window_s``); ``watch_model_pattern``: RunInference's own ``WatchFilePattern``.
+    """
+
+    def __init__(self, *, decoder: DecoderSpec, store_uri: str, model_path: str, retries: int = 5,
+                 retry_backoff_ms: int = 500, lookup_timeout_s: float = DEFAULT_TIMEOUT_SECS,
+                 intra_op_threads: int = 1, max_batch_events: int = 4000,
+                 model_updates: beam.PCollection | None = None, watch_model_pattern: str | None = None,
+                 watch_interval_s: float = 10, event_time_window_s: float | None = None) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.enrichment = FeatureStoreEnrichmentHandler(store_uri, decoder.schema.key_field, retries=retries,
+                                                        retry_backoff_ms=retry_backoff_ms,
+                                                        max_batch_size=max_batch_events)
+        self.lookup_timeout_s = lookup_timeout_s
+        self.model_handler = StreamscoreModelHandler(model_path, schema=decoder.schema,
+                                                     intra_op_threads=intra_op_threads,
+                                                     max_batch_size=max_batch_events)
+        self.model_updates = model_updates
+        self.watch_model_pattern = watch_model_pattern
+        self.watch_interval_s = watch_interval_s
+        self.event_time_window_s = event_time_window_s
+
+    def expand(self, chunks):
+        batches = chunks | "Decode" >> beam.ParDo(DecodeEvents(self.decoder))
+        if self.event_time_window_s:
+            batches = (batches
+                       | "SplitByEventTime" >> beam.ParDo(SplitByEventTime(self.decoder.schema.timestamp_field,
+                                                                           self.event_time_window_s))
+                       | "EventTimeWindows" >> beam.WindowInto(window.FixedWindows(self.event_time_window_s)))
+        enriched = (batches
+                    | "AsRequest" >> beam.Map(BatchRequest)
+                    | "Enrichment" >> Enrichment(self.enrichment, join_fn=join_micro_batch,
+                                                 timeout=self.lookup_timeout_s))
+        inference: dict[str, Any] = {"model_metadata_pcoll": self.model_updates}
+        if self.watch_model_pattern:
+            inference.update(watch_model_pattern=self.watch_model_pattern, interval=self.watch_interval_s)
+        results, failures = (enriched
+                             | "RunInference" >> RunInference(self.model_handler, **inference)
+                             .with_exception_handling())
+        scored = results | "Scored" >> beam.Map(lambda result: result.inference)
+        failed = failures.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_dead_letters)
+        return scored, failed
+
+
+def model_schedule(pipeline: beam.Pipeline, schedule: dict[float, str], window_s: float,
+                   until_s: float) -> beam.PCollection:
+    """A bounded event-time model schedule for RunInference's side input: ``{start_s: model
+    path}`` → one ModelMetadata per ``window_s`` window, each from its start until the next
+    start (the last until ``until_s``). Replays and backfills are then scored with the model
+    that was live at each event's time (window starts must align with the schedule)."""
+    starts = sorted(schedule) + [until_s]
+    elements = [(float(t), ModelMetadata(model_id=schedule[start], model_name=schedule[start]))
+                for start, end in zip(starts, starts[1:]) for t in np.arange(start, end, window_s)]
+    return (pipeline
+            | "ModelSchedule" >> beam.Create(elements)
+            | "ModelScheduleTimes" >> beam.MapTuple(lambda t, metadata: window.TimestampedValue(metadata, t))
+            | "ModelScheduleWindows" >> beam.WindowInto(window.FixedWindows(window_s)))
+
+
+def prediction_lines(scored: steps.ScoredBatch) -> list[str]:
+    """JSON lines of a batch's predictions (the records the Kafka sink writes)."""
+    return [v.decode() for v in steps.prediction_records(scored)[0]]
+
+
+def dead_letter_lines(item: steps.ScoredBatch | MicroBatch) -> list[str]:
+    """JSON lines of a batch's dead letters: source, reason, detail, original bytes (base64)."""
+    return [orjson.dumps({"source": d.source, "reason": d.reason, "detail": d.detail,
+                          "value_base64": base64.b64encode(d.value).decode() if d.value is not None else None}).decode()
+            for d in item.dead_letters]
+
+
+class WriteScoredToFiles(beam.PTransform):
+    """Predictions and dead letters as JSON-lines files ``{prefix}-predictions*.jsonl`` and
+    ``{prefix}-dead-letters*.jsonl`` (bounded reads only: files are finalised at the end)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def expand(self, scored_and_failed):
+        scored, failed = scored_and_failed
+        letters = ((scored, failed) | "AllDeadLetters" >> beam.Flatten()
+                   | "DeadLetterLines" >> beam.FlatMap(dead_letter_lines))
+        predictions = scored | "PredictionLines" >> beam.FlatMap(prediction_lines)
+        return {
+            "predictions": predictions | "WritePredictions" >> beam.io.WriteToText(
+                f"{self.prefix}-predictions", file_name_suffix=".jsonl"),
+            "dead_letters": letters | "WriteDeadLetters" >> beam.io.WriteToText(
+                f"{self.prefix}-dead-letters", file_name_suffix=".jsonl"),
+        }
+
+
+class WriteScoredToKafka(beam.PTransform):
+    """Both outputs of ScoreEvents to Kafka (predictions topic + dead-letter topic), each batch
+    acknowledged before its bundle can commit. Two writers rather than a Flatten, which would
+    hold an unbounded read's output back on the DirectRunner."""
+
+    def __init__(self, producer_config: dict[str, Any], topic: str, dead_letter_topic: str) -> None:
+        super().__init__()
+        self.fn = WriteToKafkaFn(producer_config, topic, dead_letter_topic)
+
+    def expand(self, scored_and_failed):
+        scored, failed = scored_and_failed
+        return (scored | "WriteScored" >> beam.ParDo(self.fn),
+                failed | "WriteFailed" >> beam.ParDo(self.fn))
