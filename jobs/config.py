@@ -95,6 +95,28 @@ class FlinkSettings(_Section):
         return v
 
 
+class SinkSettings(_Section):
+    kind: Literal["kafka", "files", "both"] = Field(
+        "kafka", description="where predictions and dead letters go: the Kafka topics, files, or both")
+    path: str = Field("file:///tmp/streamscore/output",
+                      description="files: a pyarrow.fs URI (file://, hdfs://namenode:8020/..., s3://bucket/...); "
+                      "predictions/ and dead_letters/ are written below it")
+    format: Literal["parquet", "jsonl"] = "parquet"
+    partitioning: str = Field("date=%Y-%m-%d/hour=%H",
+                              description="files: directories by UTC processing time (strftime pattern)")
+    roll_size_mb: float = Field(128, gt=0, description="files: commit a file once it holds this much (uncompressed)")
+    roll_interval_s: float = Field(300, gt=0, description="files: commit a file at the latest this long after it opened")
+    include_dead_letters: bool = Field(True, description="files: also write dead letters (to dead_letters/)")
+
+    @field_validator("include_dead_letters")
+    @classmethod
+    def _dead_letters_need_a_home(cls, v: bool, info) -> bool:
+        if not v and info.data.get("kind") == "files":
+            raise ValueError("with sink.kind files the dead letters have no other destination: "
+                             "keep include_dead_letters true (or use kind both)")
+        return v
+
+
 class JobConfig(_Section):
     job_name: str = "streamscore-score"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
@@ -103,6 +125,7 @@ class JobConfig(_Section):
     model: ModelSettings = Field(default_factory=ModelSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     flink: FlinkSettings = Field(default_factory=FlinkSettings)
+    sink: SinkSettings = Field(default_factory=SinkSettings)
 
     def to_yaml(self, path: Path) -> Path:
         path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))

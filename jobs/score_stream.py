@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from pyflink.common import Configuration
@@ -16,6 +17,7 @@ from connectors.kafka.clients import consumer_config, partitions_of, producer_co
 from jobs.checkpoints import latest_checkpoint
 from jobs.config import JobConfig, load_config
 from operators.flink.enrich import enrich
+from operators.flink.file_sink import file_targets, write_to_files
 from operators.flink.kafka_sink import write_to_kafka
 from operators.flink.kafka_source import kafka_micro_batches
 from operators.flink.score import score
@@ -28,8 +30,6 @@ def flink_configuration(cfg: JobConfig) -> Configuration:
     f = cfg.flink
     settings = {
         "python.execution-mode": "process",
-        "python.executable": sys.executable,
-        "python.client.executable": sys.executable,
         "python.fn-execution.bundle.time": str(f.bundle_time_ms),
         "python.fn-execution.bundle.size": str(f.bundle_size),
         "parallelism.default": str(f.parallelism),
@@ -45,6 +45,10 @@ def flink_configuration(cfg: JobConfig) -> Configuration:
         "restart-strategy.fixed-delay.delay": "2 s",
         "pipeline.name": cfg.job_name,
     }
+    if "PYFLINK_GATEWAY_PORT" not in os.environ:
+        # run locally (MiniCluster): this interpreter runs the Python workers. Under `flink run` the
+        # cluster's config.yaml names the workers' interpreter (python.executable) instead.
+        settings["python.executable"] = settings["python.client.executable"] = sys.executable
     restore = f.restore_from
     if restore == "latest":
         restore = latest_checkpoint(f.checkpoint_dir)
@@ -77,8 +81,13 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
                       timeout_ms=cfg.features.timeout_ms, capacity=cfg.features.capacity)
     scored = score(enriched, model_path=cfg.model.path, schema=schema,
                    intra_op_threads=cfg.model.intra_op_threads)
-    write_to_kafka(scored, producer_config=producer_config(k.bootstrap_servers, k.producer),
-                   topic=k.output_topic, dead_letter_topic=k.dead_letter_topic)
+    s = cfg.sink
+    if s.kind in ("kafka", "both"):
+        write_to_kafka(scored, producer_config=producer_config(k.bootstrap_servers, k.producer),
+                       topic=k.output_topic, dead_letter_topic=k.dead_letter_topic)
+    if s.kind in ("files", "both"):
+        write_to_files(scored, file_targets(s.path, s.format, s.partitioning, int(s.roll_size_mb * (1 << 20)),
+                                            s.roll_interval_s, s.include_dead_letters))
 
 
 def run(cfg: JobConfig) -> None:

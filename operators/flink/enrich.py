@@ -9,6 +9,7 @@ from connectors import dead_letter as dl
 from connectors.feature_store import FeatureStoreUnavailable, open_store
 from operators import steps
 from operators.batch import MicroBatch
+from operators.flink.metrics import metric_group
 
 
 class EnrichFromFeatureStore(AsyncFunction):
@@ -22,7 +23,7 @@ class EnrichFromFeatureStore(AsyncFunction):
 
     def open(self, ctx: RuntimeContext) -> None:
         self._store = open_store(self.store_uri)
-        metrics = ctx.get_metrics_group()
+        metrics = metric_group(ctx)
         self._unknown = metrics.counter("unknown_entities")
         self._lookup_ms = metrics.distribution("feature_lookup_ms")
 

@@ -9,11 +9,12 @@ from typing import Any
 
 from pyflink.common import Types
 from pyflink.datastream import DataStream
-from pyflink.datastream.connectors import Sink
 from pyflink.datastream.functions import MapFunction, RuntimeContext
 
 from connectors.kafka.writer import KafkaBatchWriter
 from operators import steps
+from operators.flink import discard
+from operators.flink.metrics import OutputMetrics, metric_group
 
 
 class WriteToKafka(MapFunction):
@@ -24,22 +25,14 @@ class WriteToKafka(MapFunction):
 
     def open(self, ctx: RuntimeContext) -> None:
         self._writer = KafkaBatchWriter(self.producer_config, self.topic, self.dead_letter_topic)
-        self._metrics = ctx.get_metrics_group()
-        self._predictions = self._metrics.counter("predictions_out")
-        self._dead = self._metrics.counter("dead_letters_out")
-        self._by_reason: dict[str, Any] = {}
-        self._latency = self._metrics.distribution("poll_to_ack_ms")
+        metrics = metric_group(ctx)
+        self._outputs = OutputMetrics(metrics)
+        self._latency = metrics.distribution("poll_to_ack_ms")
 
     def map(self, scored: steps.ScoredBatch) -> int:
         values, keys = steps.prediction_records(scored)
         self._writer.write(values, keys, scored.dead_letters)
-        self._predictions.inc(len(values))
-        self._dead.inc(len(scored.dead_letters))
-        for letter in scored.dead_letters:
-            counter = self._by_reason.get(letter.reason)
-            if counter is None:
-                counter = self._by_reason[letter.reason] = self._metrics.add_group("dead_letters").counter(letter.reason)
-            counter.inc()
+        self._outputs.count(len(values), scored.dead_letters)
         self._latency.update(int(steps.now_ms() - scored.source.polled_at_ms))
         return len(values) + len(scored.dead_letters)
 
@@ -52,5 +45,4 @@ class WriteToKafka(MapFunction):
 def write_to_kafka(stream: DataStream, *, producer_config: dict[str, Any], topic: str, dead_letter_topic: str):
     written = (stream.map(WriteToKafka(producer_config, topic, dead_letter_topic), Types.INT())
                .name(f"kafka-sink:{topic}").uid(f"kafka-sink-{topic}"))
-    # The Python operator above does the writing; Flink still wants a terminal sink.
-    return written.sink_to(Sink("org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink")).name("done")
+    return discard(written)

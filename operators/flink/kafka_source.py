@@ -22,6 +22,7 @@ from pyflink.table import StreamTableEnvironment
 from connectors.events import DecoderSpec
 from connectors.kafka.partition_reader import PartitionReader
 from operators import steps
+from operators.flink.metrics import metric_group
 
 
 def heartbeat(env: StreamExecutionEnvironment, per_second: int) -> DataStream:
@@ -60,7 +61,7 @@ class PollKafkaPartition(KeyedProcessFunction):
         self._next_offset = ctx.get_state(ValueStateDescriptor("next_offset", Types.LONG()))
         self._readers: dict[int, PartitionReader] = {}
         self._decoder = self.decoder.build()
-        metrics = ctx.get_metrics_group()
+        metrics = metric_group(ctx)
         self._records_in = metrics.counter("records_in")
         self._decode_rejects = metrics.counter("records_undecodable")
 

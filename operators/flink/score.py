@@ -9,6 +9,7 @@ from connectors.events import EventSchema
 from model_formats import load_model
 from operators import steps
 from operators.batch import MicroBatch
+from operators.flink.metrics import metric_group
 
 
 class ScoreMicroBatch(MapFunction):
@@ -21,7 +22,7 @@ class ScoreMicroBatch(MapFunction):
 
     def open(self, ctx: RuntimeContext) -> None:
         self._model = load_model(self.model_path, intra_op_num_threads=self.intra_op_threads)
-        metrics = ctx.get_metrics_group()
+        metrics = metric_group(ctx)
         self._score_ms = metrics.distribution("scoring_ms")
         self._rejected = metrics.counter("model_input_rejected")
 
