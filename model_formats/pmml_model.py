@@ -42,6 +42,14 @@ _DTYPES = {"double": "double", "float": "float", "integer": "integer", "string":
 
 # --- the JVM ----------------------------------------------------------------------------------
 
+def find_java() -> str | None:
+    """The ``java`` executable: ``$JAVA_HOME/bin/java`` when it exists, else the one on PATH."""
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and Path(java_home, "bin", "java").exists():
+        return str(Path(java_home, "bin", "java"))
+    return shutil.which("java")
+
+
 class PmmlRuntime:
     """The process-wide PMML4S JVM (py4j). Reference-counted by the open PmmlModels."""
 
@@ -77,8 +85,7 @@ class PmmlRuntime:
             from py4j.java_gateway import GatewayParameters, JavaGateway, launch_gateway
         except ImportError as exc:
             raise ModelLoadError(f"PMML scoring needs pypmml: pip install pypmml ({exc})") from exc
-        java_home = os.environ.get("JAVA_HOME")
-        java = str(Path(java_home, "bin", "java")) if java_home and Path(java_home, "bin", "java").exists() else shutil.which("java")
+        java = find_java()
         if not java:
             raise ModelLoadError("PMML scoring needs a Java runtime (java on PATH or JAVA_HOME)")
         jars = os.environ.get("PYPMML_JARS_DIR") or str(Path(pypmml.__file__).parent / "jars")

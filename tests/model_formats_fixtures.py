@@ -1,16 +1,28 @@
 """Shared fixtures for the model_formats tests: small synthetic data and models trained on it.
 
-Nothing is downloaded: every model is trained here, on data generated with a fixed seed. The
-inputs are float32-representable doubles so that every runtime (float32 ONNX trees, float64
-scikit-learn, JSON-fed PMML) sees exactly the same numbers.
+Nothing is downloaded: every model is trained on data generated with a fixed seed (the recipe is
+`make_data`, `train_models` and `categorical_data` / `train_categorical` below). The inputs are
+float32-representable doubles so that every runtime (float32 ONNX trees, float64 scikit-learn,
+JSON-fed PMML) sees exactly the same numbers.
+
+Two sets of model files:
+
+- exported in-test (``onnx_files``, ``skops_files``) from models fitted in-test: they test the
+  exporters;
+- committed (``committed_files``, under tests/fixtures/models/): each model of the recipe fitted
+  ONCE and written to ONNX, skops and PMML from that one fit, by
+  tests/fixtures/regenerate_pmml.py in a venv that has sklearn2pmml (which cannot be installed
+  next to apache-beam, so it is not in the ``test`` extra). The cross-format agreement tests
+  compare these three, so PMML is tested wherever pypmml and Java are, without sklearn2pmml.
 """
 from __future__ import annotations
 
 import atexit
 import functools
+import hashlib
+import json
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +32,12 @@ import pytest
 FEATURES = ["amount", "age_days", "velocity", "ratio"]
 N_TRAIN = 3000
 N_SCORE = 10_000
+MODELS = ["logreg", "forest", "gbm", "hgb_multi"]
+CATEGORICAL = "cat"
+FORMATS = ("skops", "onnx", "pmml")
+MODEL_VERSION = "7"
+FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures" / "models"
+MANIFEST = FIXTURE_DIR / "manifest.json"
 
 
 def make_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -86,35 +104,16 @@ def cached_skops() -> dict:
 
 
 def pmml_skip_reason() -> str | None:
-    """Why PMML tests cannot run here, or None. Only a missing/unusable toolchain skips."""
+    """Why PMML models cannot be *scored* here (pypmml or Java missing), or None."""
     try:
         import pypmml  # noqa: F401
     except ImportError as exc:
         return f"pypmml is not installed ({exc})"
-    from model_formats.export import pmml_export_available
+    from model_formats.pmml_model import find_java
 
-    ok, reason = pmml_export_available()
-    return None if ok else reason
-
-
-@functools.cache
-def cached_pmml() -> dict:
-    from model_formats.export import PmmlExportError, export_pmml
-
-    reason = pmml_skip_reason()
-    if reason:
-        pytest.skip(f"PMML tests need sklearn2pmml, pypmml and Java: {reason}")
-    out = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the patch-version notice and sklearn2pmml's own chatter
-        for name, est in cached_models().items():
-            try:
-                out[name] = export_pmml(est, FEATURES, artifact_dir() / f"{name}.pmml", name=name, version="7")
-            except PmmlExportError as exc:
-                if "has expired" in str(exc):
-                    pytest.skip(f"the installed sklearn2pmml has expired and refuses to convert: {exc}")
-                raise
-    return out
+    if not find_java():
+        return "PMML scoring needs a Java runtime (java on PATH or JAVA_HOME)"
+    return None
 
 
 @pytest.fixture(scope="session")
@@ -146,8 +145,9 @@ def skops_files() -> dict:
 @pytest.fixture(scope="session")
 def pmml_jvm():
     """Hold the PMML JVM for the whole session: started once, stopped at the end."""
-    if pmml_skip_reason():
-        pytest.skip(f"PMML tests need sklearn2pmml, pypmml and Java: {pmml_skip_reason()}")
+    reason = pmml_skip_reason()
+    if reason:
+        pytest.skip(f"PMML tests need pypmml and Java: {reason}")
     from model_formats.pmml_model import PmmlRuntime
 
     PmmlRuntime.acquire()
@@ -156,16 +156,20 @@ def pmml_jvm():
 
 
 @pytest.fixture(scope="session")
-def pmml_files(pmml_jvm) -> dict:
-    return cached_pmml()
+def committed() -> dict[str, dict[str, Path]]:
+    """The committed models: name -> {"skops"|"onnx"|"pmml": path}, all three from one fit."""
+    return committed_files()
 
-def train_categorical():
-    """A pipeline with a string categorical column (ColumnTransformer + OneHotEncoder)."""
+
+@pytest.fixture(scope="session")
+def pmml_files(pmml_jvm, committed) -> dict[str, Path]:
+    """The committed PMML files (JVM held for the session)."""
+    return {name: files["pmml"] for name, files in committed.items()}
+
+
+def categorical_data():
+    """Frame with a string categorical column, and its binary target (seed 3)."""
     import pandas as pd
-    from sklearn.compose import ColumnTransformer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
     rng = np.random.default_rng(3)
     n = 1500
@@ -175,9 +179,43 @@ def train_categorical():
         "age_days": rng.normal(size=n).astype(np.float32).astype(np.float64),
     })
     y = ((df.amount > 0) ^ (df.channel == "atm")).astype(np.int64)
+    return df, y
+
+
+def train_categorical():
+    """A pipeline with a string categorical column (ColumnTransformer + OneHotEncoder)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    df, y = categorical_data()
     pipe = Pipeline([
         ("ct", ColumnTransformer([("num", StandardScaler(), ["amount", "age_days"]),
                                   ("cat", OneHotEncoder(handle_unknown="error"), ["channel"])])),
         ("clf", LogisticRegression(max_iter=500)),
     ]).fit(df, y)
     return pipe, df
+
+
+# --- committed model files (one fit -> ONNX, skops, PMML) -----------------------------------------
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def committed_files() -> dict[str, dict[str, Path]]:
+    """name -> {format: path} of the committed models (MODELS and CATEGORICAL), checked against
+    the sha256 digests in the manifest the regeneration script wrote."""
+    manifest = json.loads(MANIFEST.read_text())
+    out: dict[str, dict[str, Path]] = {}
+    for name in MODELS + [CATEGORICAL]:
+        out[name] = {}
+        for fmt in FORMATS:
+            path = FIXTURE_DIR / f"{name}.{fmt}"
+            digest = manifest["files"].get(path.name)
+            if digest is None or sha256_file(path) != digest:
+                raise AssertionError(f"{path} does not match {MANIFEST.name}: edited by hand? "
+                                     "Regenerate with tests/fixtures/regenerate_pmml.py")
+            out[name][fmt] = path
+    return out

@@ -1,8 +1,9 @@
 """The same trained models in ONNX, PMML and skops agree; PMML schema and JVM; the models CLI.
 
 Real runtimes: onnxruntime, PMML4S on a JVM (one for the whole session), scikit-learn via skops.
-PMML files are produced by sklearn2pmml (Java); those tests skip only when that toolchain or
-pypmml is missing.
+The three files of each model are the committed ones in tests/fixtures/models/, written from ONE
+fit by sklearn2pmml / skl2onnx / skops (tests/fixtures/regenerate_pmml.py), so these tests need
+pypmml and Java but not sklearn2pmml.
 """
 from __future__ import annotations
 
@@ -18,16 +19,14 @@ import pytest
 from jobs.models_cmd import compare_models
 from model_formats import LABEL, SCORE, load_model
 from model_formats_fixtures import (  # noqa: F401  (pytest fixtures)
-    FEATURES, as_batch, artifact_dir, model_dir, onnx_files, pmml_files, pmml_jvm, score_data, skops_files,
-    trained_models, train_categorical,
+    CATEGORICAL, FEATURES, MANIFEST, MODELS, as_batch, categorical_data, committed, model_dir, pmml_files,
+    pmml_jvm, score_data, train_categorical, trained_models,
 )
-
-MODELS = ["logreg", "forest", "gbm", "hgb_multi"]
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_three_formats_agree_on_10k_rows(name, onnx_files, pmml_files, skops_files, score_data):
-    models = [load_model(skops_files[name]), load_model(onnx_files[name]), load_model(pmml_files[name])]
+def test_three_formats_agree_on_10k_rows(name, committed, pmml_jvm, score_data):
+    models = [load_model(committed[name][fmt]) for fmt in ("skops", "onnx", "pmml")]
     try:
         assert [m.format for m in models] == ["sklearn", "onnx", "pmml"]
         assert all((m.name, m.version) == (name, "7") for m in models)
@@ -63,11 +62,11 @@ def test_pmml_schema_and_identity(pmml_files):
         m.close()
 
 
-def test_pmml_single_rows_and_exact_inputs(pmml_files, trained_models):
+def test_pmml_single_rows_and_exact_inputs(pmml_files, committed):
     """The JSON path is exact: values that a 10-decimal rounding would change still agree."""
     import pandas as pd
 
-    est = trained_models["logreg"]
+    est = load_model(committed["logreg"]["skops"]).estimator  # the fit the PMML was written from
     m = load_model(pmml_files["logreg"])
     try:
         X = np.array([[1e-12 + 0.123456789012345, -3.3333333333333335, 7.000000000123, 1e-11]])
@@ -78,18 +77,9 @@ def test_pmml_single_rows_and_exact_inputs(pmml_files, trained_models):
         m.close()
 
 
-def test_categorical_pipeline_domain_in_all_three_formats(pmml_jvm, model_dir):
-    import warnings
-
-    from model_formats.export import export_onnx, export_pmml, export_skops
-
-    pipe, df = train_categorical()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        paths = [export_skops(pipe, None, model_dir / "cat.skops", name="cat"),
-                 export_onnx(pipe, None, model_dir / "cat.onnx", name="cat"),
-                 export_pmml(pipe, None, model_dir / "cat.pmml", name="cat")]
-    models = [load_model(p) for p in paths]
+def test_categorical_pipeline_domain_in_all_three_formats(pmml_jvm, committed):
+    df, _ = categorical_data()
+    models = [load_model(committed[CATEGORICAL][fmt]) for fmt in ("skops", "onnx", "pmml")]
     try:
         batch = {"amount": np.array([0.5, 0.1, -1.0, 2.0]), "channel": np.array(["web", "zzz", "atm", None], dtype=object),
                  "age_days": np.array([0.0, 1.0, 2.0, 3.0])}
@@ -160,28 +150,30 @@ def sample_csv(score_data, model_dir):
     return path
 
 
-def test_cli_inspect(onnx_files, capsys):
-    assert _cli("models", "inspect", str(onnx_files["forest"]), "--json") == 0
+def test_cli_inspect(committed, capsys):
+    forest = str(committed["forest"]["onnx"])
+    assert _cli("models", "inspect", forest, "--json") == 0
     info = json.loads(capsys.readouterr().out)
     assert info["name"] == "forest" and info["format"] == "onnx"
     assert [f["name"] for f in info["inputs"]] == FEATURES
-    assert _cli("models", "inspect", str(onnx_files["forest"])) == 0
+    assert _cli("models", "inspect", forest) == 0
     assert "velocity" in capsys.readouterr().out
-    assert _cli("models", "inspect", str(onnx_files["forest"]) + ".missing") == 2
+    assert _cli("models", "inspect", forest + ".missing") == 2
 
 
-def test_cli_check_agree_and_disagree(onnx_files, pmml_files, skops_files, sample_csv, capsys):
-    assert _cli("models", "check", str(skops_files["gbm"]), str(onnx_files["gbm"]), str(pmml_files["gbm"]),
+def test_cli_check_agree_and_disagree(committed, pmml_jvm, sample_csv, capsys):
+    gbm = committed["gbm"]
+    assert _cli("models", "check", str(gbm["skops"]), str(gbm["onnx"]), str(gbm["pmml"]),
                 "--sample", str(sample_csv), "--tol", "1e-5") == 0
     assert "OK" in capsys.readouterr().out
     # two different models: the check must fail
-    assert _cli("models", "check", str(onnx_files["gbm"]), str(onnx_files["forest"]),
+    assert _cli("models", "check", str(gbm["onnx"]), str(committed["forest"]["onnx"]),
                 "--sample", str(sample_csv), "--json") == 1
     report = json.loads(capsys.readouterr().out)
     assert report["comparisons"][0]["label_flips"] > 0 and not report["ok"]
 
 
-def test_cli_check_catches_a_silently_broken_pmml(pmml_files, skops_files, sample_csv, model_dir, capsys):
+def test_cli_check_catches_a_silently_broken_pmml(pmml_files, committed, sample_csv, model_dir, capsys):
     """An export that scores without error but wrongly (here: zeroed coefficients) is caught."""
     import re
 
@@ -190,13 +182,17 @@ def test_cli_check_catches_a_silently_broken_pmml(pmml_files, skops_files, sampl
     broken = re.sub(r'intercept="[^"]+"', 'intercept="0"', broken)
     path = model_dir / "logreg-broken.pmml"
     path.write_text(broken)
-    assert _cli("models", "check", str(skops_files["logreg"]), str(path), "--sample", str(sample_csv), "--json") == 1
+    assert _cli("models", "check", str(committed["logreg"]["skops"]), str(path), "--sample", str(sample_csv),
+                "--json") == 1
     report = json.loads(capsys.readouterr().out)
     assert any("every score is 0.5" in p for p in report["problems"])
 
 
-def test_cli_export_then_check(trained_models, model_dir, sample_csv, pmml_jvm, capsys):
-    from model_formats.export import export_skops
+def test_cli_export_then_check(trained_models, model_dir, sample_csv, capsys):
+    """`models export` writes every format it can and cross-checks them against the source.
+    PMML is written where sklearn2pmml and Java are installed (tests/fixtures/regenerate_pmml.py
+    --verify runs this test in such a venv); elsewhere the CLI says why it skips PMML."""
+    from model_formats.export import export_skops, pmml_export_available
 
     src = export_skops(trained_models["forest"], FEATURES, model_dir / "src" / "forest.skops", name="forest")
     out = model_dir / "exported"
@@ -204,6 +200,52 @@ def test_cli_export_then_check(trained_models, model_dir, sample_csv, pmml_jvm, 
               "--sample", str(sample_csv), "--tol", "1e-5")
     text = capsys.readouterr().out
     assert rc == 0, text
-    assert {p.name for p in out.iterdir()} == {"fraud.onnx", "fraud.skops", "fraud.pmml"}
+    pmml_ok, reason = pmml_export_available()
+    written = {p.name for p in out.iterdir()}
+    if pmml_ok:
+        assert written == {"fraud.onnx", "fraud.skops", "fraud.pmml"}
+        m = load_model(out / "fraud.pmml")
+        assert (m.name, m.version, m.format) == ("fraud", "3", "pmml")
+        m.close()
+    else:
+        assert written == {"fraud.onnx", "fraud.skops"}
+        assert "skipping PMML: sklearn2pmml is not installed" in text
     m = load_model(out / "fraud.onnx")
     assert (m.name, m.version, m.schema.input_names) == ("fraud", "3", FEATURES)
+
+
+def test_cli_export_pmml_alone_without_sklearn2pmml_is_a_clear_error(trained_models, model_dir, monkeypatch,
+                                                                       capsys):
+    """Asked for PMML only where sklearn2pmml cannot be imported (hidden here even if installed):
+    exit code 2, the reason and the extra to install, and no file written."""
+    from model_formats.export import export_skops
+
+    monkeypatch.setitem(sys.modules, "sklearn2pmml", None)  # import sklearn2pmml -> ImportError
+    src = export_skops(trained_models["logreg"], FEATURES, model_dir / "src" / "logreg.skops", name="logreg")
+    out = model_dir / "exported-pmml-only"
+    assert _cli("models", "export", str(src), "--out", str(out), "--formats", "pmml") == 2
+    err = capsys.readouterr().err
+    assert "sklearn2pmml is not installed" in err and "streamscore[pmml-export]" in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+# --- the committed fixtures ---------------------------------------------------------------------
+
+def test_committed_models_are_the_recipe_fits(committed, trained_models, score_data):
+    """The committed skops files are the seeded recipe's fits (so the PMML and ONNX written from
+    them are too): a fresh fit of the recipe scores the same. If this fails after a scikit-learn
+    upgrade, regenerate the fixtures (tests/fixtures/regenerate_pmml.py)."""
+    import pandas as pd
+
+    manifest = json.loads(MANIFEST.read_text())
+    assert manifest["files"].keys() == {p.name for files in committed.values() for p in files.values()}
+    X = pd.DataFrame(score_data[:2000], columns=FEATURES)
+    for name in MODELS:
+        est = load_model(committed[name]["skops"]).estimator
+        assert type(est) is type(trained_models[name])
+        np.testing.assert_allclose(est.predict_proba(X), trained_models[name].predict_proba(X), rtol=0, atol=1e-9,
+                                   err_msg=name)
+    df, _ = categorical_data()
+    cat = load_model(committed[CATEGORICAL]["skops"]).estimator
+    fresh, _ = train_categorical()
+    np.testing.assert_allclose(cat.predict_proba(df), fresh.predict_proba(df), rtol=0, atol=1e-9)

@@ -14,7 +14,7 @@ import pytest
 from model_formats import ModelLoadError, load_model
 from model_formats.sklearn_model import sha256_of
 from model_formats_fixtures import (  # noqa: F401  (pytest fixtures)
-    FEATURES, artifact_dir, model_dir, onnx_files, pmml_files, pmml_jvm, skops_files, trained_models,
+    FEATURES, pmml_jvm, skops_files, trained_models,
 )
 
 
@@ -125,8 +125,8 @@ def test_pmml_with_dtd_or_entities_is_refused(tmp_path, doctype, description):
         load_model(path)
 
 
-def test_pmml_truncated_or_not_pmml_is_refused(pmml_files, tmp_path):
-    data = pmml_files["logreg"].read_bytes()
+def test_pmml_truncated_or_not_pmml_is_refused(tmp_path):
+    data = _pmml(tmp_path).read_bytes()
     cut = tmp_path / "cut.pmml"
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelLoadError, match="not well-formed"):
