@@ -10,7 +10,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
@@ -18,18 +17,11 @@ from connectors.files import parse_part_name
 from jobs import demo_data
 from jobs.checkpoints import latest_checkpoint
 from jobs.producer import produce
+from job_helpers import read_committed, with_bad_events
 
 pytestmark = pytest.mark.slow
 
 N_EVENTS = 6_000
-
-
-def read_ids(root: Path, name: str, column: str) -> list[str]:
-    path = root / name
-    dataset = ds.dataset(str(path), format="parquet", partitioning="hive") if path.exists() else None
-    if dataset is None or not dataset.files:
-        return []
-    return dataset.to_table(columns=[column]).column(column).to_pylist()
 
 
 def staged_segments(root: Path) -> list[Path]:
@@ -50,7 +42,7 @@ def test_kill_mid_write_and_restore_commits_each_prediction_once(stack, tmp_path
         producer.start()
         # mid-stream: files committed, a checkpoint completed since, rows staged but not committed
         deadline = time.monotonic() + 300
-        while not (len(read_ids(out, "predictions", "prediction_id")) > 1500 and staged_segments(out)):
+        while not (len(read_committed(out / "predictions", "prediction_id")) > 1500 and staged_segments(out)):
             job.check_alive()
             assert time.monotonic() < deadline, "the job never committed files"
             time.sleep(0.1)
@@ -63,7 +55,7 @@ def test_kill_mid_write_and_restore_commits_each_prediction_once(stack, tmp_path
             time.sleep(0.01)
         job.kill()
         staged_at_kill = len(staged_segments(out))
-        committed_at_kill = len(read_ids(out, "predictions", "prediction_id"))
+        committed_at_kill = len(read_committed(out / "predictions", "prediction_id"))
         restarted = stack.job(cfg, "--restore", "latest").start()
         producer.join(timeout=120)
         assert len(coords) == N_EVENTS
@@ -73,8 +65,8 @@ def test_kill_mid_write_and_restore_commits_each_prediction_once(stack, tmp_path
         expected = set(coords)
         deadline = time.monotonic() + 300
         while True:
-            predictions = read_ids(out, "predictions", "prediction_id")
-            dead = read_ids(out, "dead_letters", "source")
+            predictions = read_committed(out / "predictions", "prediction_id")
+            dead = read_committed(out / "dead_letters", "source")
             if expected <= set(predictions) | set(dead) or time.monotonic() > deadline:
                 break
             restarted.check_alive()
@@ -85,7 +77,7 @@ def test_kill_mid_write_and_restore_commits_each_prediction_once(stack, tmp_path
         assert not repeated, f"{len(repeated)} inputs committed more than once, e.g. {repeated[:5]}"
         assert not set(predictions) & set(dead)
         # dead letters carry their reasons into the files
-        dead_reasons = dict(zip(dead, read_ids(out, "dead_letters", "reason")))
+        dead_reasons = dict(zip(dead, read_committed(out / "dead_letters", "reason")))
         assert {coords[i]: r for i, r in reasons.items()} == {k: v for k, v in dead_reasons.items() if k in expected}
         # what the Kafka sink wrote (at-least-once) agrees with the files
         tally = reader.wait_for(expected, timeout_s=60)
@@ -106,18 +98,6 @@ def test_kill_mid_write_and_restore_commits_each_prediction_once(stack, tmp_path
         job.kill()
         if restarted:
             restarted.stop()
-
-
-def with_bad_events(events: list[dict], entities: int) -> tuple[list, dict[int, str]]:
-    """Every 97th record replaced by a malformed one (each kind in turn): (records, position → reason)."""
-    kinds = list(demo_data.BAD_KINDS)
-    records: list = list(events)
-    reasons = {}
-    for j, i in enumerate(range(40, len(records), 97)):
-        kind = kinds[j % len(kinds)]
-        records[i] = demo_data.bad_event(kind, j, entities)
-        reasons[i] = demo_data.BAD_KINDS[kind][1]
-    return records, reasons
 
 
 def _id_column(path: Path) -> str:

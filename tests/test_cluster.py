@@ -1,0 +1,247 @@
+"""The scoring job on a real standalone Flink cluster — JobManager and TaskManager processes started
+with the distribution inside the apache-flink wheel (pyflink/bin/start-cluster.sh), configured from
+flink-conf/config.yaml with free loopback ports — submitted with `flink run` through
+flink-conf/submit-job.sh (the command docker-compose runs), stopped with a savepoint and resumed
+from it. Its metrics are read from the REST API and the Prometheus reporter."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pyflink
+import pytest
+import yaml
+
+from jobs import demo_data
+from jobs.producer import produce
+from jobs.tally import OutputReader
+from job_helpers import read_committed, with_bad_events
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+FLINK_HOME = Path(pyflink.__file__).resolve().parent
+N_FIRST, N_SECOND = 3_000, 2_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def set_key(config: dict, dotted: str, value) -> None:
+    """Set ``a.b.c`` in a nested Flink 2.x config.yaml mapping."""
+    *parents, last = dotted.split(".")
+    for p in parents:
+        config = config.setdefault(p, {})
+    config[last] = value
+
+
+class StandaloneCluster:
+    """A JobManager + TaskManager from the wheel's Flink distribution, on loopback, with its own
+    config/log/pid directories (nothing shared with other runs)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.conf_dir, self.log_dir = workdir / "conf", workdir / "log"
+        self.rest_port = free_port()
+        self.prom_ports = range(0)      # set by write_config
+
+    def write_config(self) -> None:
+        config = yaml.safe_load((REPO / "flink-conf" / "config.yaml").read_text())
+        prom = free_port()
+        self.prom_ports = range(prom, prom + 4)
+        overrides = {
+            "jobmanager.bind-host": "127.0.0.1", "jobmanager.rpc.address": "127.0.0.1",
+            "jobmanager.rpc.port": free_port(), "jobmanager.memory.process.size": "900m",
+            "taskmanager.bind-host": "127.0.0.1", "taskmanager.host": "127.0.0.1",
+            "taskmanager.memory.process.size": "1600m",
+            "rest.address": "127.0.0.1", "rest.bind-address": "127.0.0.1", "rest.port": self.rest_port,
+            "blob.server.port": free_port(),
+            "metrics.reporter.prom.port": f"{prom}-{prom + 3}",
+            "metrics.fetcher.update-interval": 1000,       # REST metrics refresh (default 10 s)
+            "python.executable": sys.executable,          # the TaskManager's Python workers
+            "python.client.executable": sys.executable,
+            "execution.checkpointing.dir": (self.workdir / "checkpoints").as_uri(),
+            "execution.checkpointing.savepoint-dir": (self.workdir / "savepoints").as_uri(),
+            "env.pid.dir": str(self.workdir / "pid"),
+            "env.log.dir": str(self.log_dir),
+        }
+        for key, value in overrides.items():
+            set_key(config, key, value)
+        self.conf_dir.mkdir(parents=True)
+        self.log_dir.mkdir()
+        (self.conf_dir / "config.yaml").write_text(yaml.safe_dump(config))
+        (self.conf_dir / "masters").write_text(f"127.0.0.1:{self.rest_port}\n")
+        (self.conf_dir / "workers").write_text("127.0.0.1\n")
+        for name in ("log4j.properties", "log4j-cli.properties", "log4j-console.properties"):
+            (self.conf_dir / name).write_text((FLINK_HOME / "conf" / name).read_text())
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "FLINK_HOME": str(FLINK_HOME), "FLINK_CONF_DIR": str(self.conf_dir),
+                "FLINK_LOG_DIR": str(self.log_dir)}
+
+    def start(self, timeout_s: float = 120) -> "StandaloneCluster":
+        self.write_config()
+        subprocess.run([str(FLINK_HOME / "bin" / "start-cluster.sh")], env=self.env, check=True,
+                       capture_output=True, timeout=60)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if self.rest("/overview")["slots-available"] >= 1:
+                    return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster did not come up:\n{self.log_tail()}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        subprocess.run([str(FLINK_HOME / "bin" / "stop-cluster.sh")], env=self.env, capture_output=True, timeout=60)
+        for pid_file in (self.workdir / "pid").glob("*.pid"):   # whatever stop-cluster left running
+            for pid in pid_file.read_text().split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def rest(self, path: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.rest_port}{path}", timeout=10) as r:
+            return json.load(r)
+
+    def flink(self, *args: str, timeout_s: float = 180) -> str:
+        """Run ``flink ARGS`` (or, for ``submit``, flink-conf/submit-job.sh) and return its output."""
+        cmd = [str(REPO / "flink-conf" / "submit-job.sh"), *args[1:]] if args[0] == "submit" else \
+            [str(FLINK_HOME / "bin" / "flink"), *args]
+        done = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout_s)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        return done.stdout
+
+    def submit(self, job_yaml: Path, *options: str) -> str:
+        out = self.flink("submit", str(job_yaml), *options)
+        return re.search(r"Job has been submitted with JobID ([0-9a-f]{32})", out).group(1)
+
+    def job_metrics(self, job_id: str) -> dict[str, str]:
+        """Every metric of the job's vertices: ``<operator>.<name>`` → value (subtask 0)."""
+        values = {}
+        for vertex in self.rest(f"/jobs/{job_id}")["vertices"]:
+            base = f"/jobs/{job_id}/vertices/{vertex['id']}/metrics"
+            ids = [m["id"] for m in self.rest(base) if m["id"].startswith("0.")]
+            for chunk in range(0, len(ids), 40):
+                for m in self.rest(f"{base}?get={','.join(ids[chunk:chunk + 40])}"):
+                    values[m["id"][2:]] = m["value"]
+        return values
+
+    def prometheus(self) -> str:
+        text = []
+        for port in self.prom_ports:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    text.append(r.read().decode())
+            except OSError:
+                pass
+        return "\n".join(text)
+
+    def log_tail(self, lines: int = 60) -> str:
+        out = []
+        for log in sorted(self.log_dir.glob("*.log")):
+            out.append(f"== {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
+        return "\n".join(out)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = StandaloneCluster(tmp_path / "flink")
+    try:
+        yield c.start()
+    finally:
+        c.stop()
+
+
+def metric(metrics: dict[str, str], suffix: str) -> list[str]:
+    return [v for k, v in metrics.items() if k.endswith("." + suffix)]
+
+
+def wait_for_metrics(cluster: StandaloneCluster, job_id: str, expect: dict[str, int], timeout_s: float = 60):
+    """Poll the REST API until every counter in ``expect`` (by name suffix) shows its value."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metrics = cluster.job_metrics(job_id)
+        seen = {name: sorted(int(v) for v in metric(metrics, name)) for name in expect}
+        if all(want in seen[name] for name, want in expect.items()) or time.monotonic() > deadline:
+            return metrics, seen
+        time.sleep(1)
+
+
+def test_submit_stop_with_savepoint_resume_on_a_standalone_cluster(cluster, stack, tmp_path):
+    out = tmp_path / "files"
+    cfg = stack.job_config("cluster", partitions=2, flink__checkpoint_interval_ms=1000, sink__kind="both",
+                           sink__path=out.as_uri(), sink__roll_interval_s=2.0)
+    job_yaml = cfg.to_yaml(tmp_path / "job.yaml")
+    reader = OutputReader(cfg.kafka.bootstrap_servers, cfg.kafka.output_topic, cfg.kafka.dead_letter_topic).start()
+    job_id = cluster.submit(job_yaml)
+    try:
+        assert cluster.rest(f"/jobs/{job_id}")["state"] in ("CREATED", "INITIALIZING", "RUNNING")
+        records, reasons = with_bad_events(demo_data.events(N_FIRST, stack.entities, seed=51, prefix="first"),
+                                           stack.entities, every=61, start=30)
+        first = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic, records, encode=demo_data.encode)
+        tally = reader.wait_for(set(first), timeout_s=300, stall_s=240)
+        assert not tally.missing(set(first)), f"predictions did not arrive:\n{cluster.log_tail()}"
+        expected_reasons = Counter(reasons.values())
+        assert tally.reasons() == expected_reasons
+
+        # metrics: REST API (what the Web UI shows) ...
+        good = N_FIRST - len(reasons)
+        expect = {"records_in": N_FIRST, "predictions_out": good, "dead_letters_out": len(reasons)}
+        expect.update({f"dead_letters.{r}": n for r, n in expected_reasons.items()})
+        metrics, seen = wait_for_metrics(cluster, job_id, expect)
+        for name, want in expect.items():
+            assert want in seen[name], f"{name}: REST shows {seen[name]}, expected {want}"
+        for latency in ("scoring_ms", "feature_lookup_ms", "poll_to_ack_ms"):
+            (dist,) = metric(metrics, latency)
+            count = int(re.search(r"count=(\d+)", dist).group(1))
+            assert count > 0, f"{latency}: {dist}"
+            assert int(metric(metrics, f"{latency}_p99")[0]) >= int(re.search(r"min=(\d+)", dist).group(1))
+        # ... and the Prometheus reporter configured in flink-conf/config.yaml
+        scraped = cluster.prometheus()
+        for name in ("records_in", "predictions_out", "scoring_ms_p99", "feature_lookup_ms_p50"):
+            assert re.search(rf"^flink_taskmanager_job_task_operator_{name}\{{.*job_id=\"{job_id}\"", scraped, re.M), \
+                f"{name} not exported to Prometheus"
+
+        # stop with a savepoint (the file sink commits its open files), resume from it
+        stopped = cluster.flink("stop", "--savepointPath", (tmp_path / "savepoints").as_uri(), job_id)
+        savepoint = re.search(r"Savepoint completed\. Path: (\S+)", stopped).group(1)
+        assert cluster.rest(f"/jobs/{job_id}")["state"] == "FINISHED"
+        job_id = cluster.submit(job_yaml, "--fromSavepoint", savepoint)
+        second = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic,
+                         demo_data.events(N_SECOND, stack.entities, seed=52, prefix="second"), encode=demo_data.encode)
+        everything = set(first) | set(second)
+        tally = reader.wait_for(everything, timeout_s=300, stall_s=240)
+        assert not tally.missing(everything), f"inputs lost across the savepoint:\n{cluster.log_tail()}"
+        # the savepoint held the offsets of everything scored before it: nothing was scored twice
+        assert tally.duplicate_predictions == 0 and tally.duplicate_dead_letters == 0
+
+        # the committed files agree: every prediction once (the last files commit after 2 s)
+        deadline = time.monotonic() + 60
+        while True:
+            ids = read_committed(out / "predictions", "prediction_id")
+            if set(tally.predictions) <= set(ids) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert sorted(ids) == sorted(tally.predictions)
+        assert sorted(read_committed(out / "dead_letters", "source")) == sorted(tally.dead_letters)
+        cluster.flink("cancel", job_id)
+    finally:
+        reader.stop()
