@@ -13,7 +13,8 @@ from pathlib import Path
 from connectors.feature_store import load_table
 from connectors.feature_store.plasma_store import PlasmaServer
 from connectors.kafka.clients import ensure_topics
-from connectors.kafka.embedded_broker import EmbeddedBroker
+from connectors.kafka.embedded_broker import EMBEDDED_PRODUCER_SETTINGS, EmbeddedBroker
+from connectors.kafka.local_s3 import LocalS3
 from jobs import demo_data
 from jobs.config import JobConfig
 from jobs.processes import JobProcess
@@ -21,16 +22,26 @@ from jobs.producer import produce
 from jobs.tally import OutputReader
 
 
-class EmbeddedStack:
-    """Broker + Plasma store (features loaded) + demo model, in a work directory."""
+DURABLE_FETCH_WAIT_MS = 500
 
-    def __init__(self, workdir: Path | None = None, entities: int = 100_000, say=print) -> None:
+
+class EmbeddedStack:
+    """Broker + Plasma store (features loaded) + demo model, in a work directory.
+
+    ``durable_broker``: the broker keeps its log in a local S3 server (alocals3) instead of
+    memory, so records survive a broker restart (slower: fetches wait up to 500 ms).
+    """
+
+    def __init__(self, workdir: Path | None = None, entities: int = 100_000, say=print,
+                 durable_broker: bool = False) -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="streamscore-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.entities = entities
         self.say = say
         self._stack = ExitStack()
+        self.durable_broker = durable_broker
+        self.s3: LocalS3 | None = None
         self.broker: EmbeddedBroker | None = None
         self.plasma: PlasmaServer | None = None
         self.model_path: Path | None = None
@@ -39,7 +50,12 @@ class EmbeddedStack:
     def start(self) -> "EmbeddedStack":
         try:
             self.say("starting the embedded Kafka-compatible broker (Tansu)…")
-            self.broker = self._stack.enter_context(EmbeddedBroker(log_path=self.workdir / "broker.log"))
+            storage, env = "memory://tansu/", {}
+            if self.durable_broker:
+                self.s3 = self._stack.enter_context(LocalS3(self.workdir / "s3"))
+                storage, env = self.s3.storage_url, self.s3.broker_env()
+            self.broker = self._stack.enter_context(
+                EmbeddedBroker(storage=storage, env=env, log_path=self.workdir / "broker.log"))
             self.say(f"  broker at {self.broker.bootstrap_servers}")
             table_mb = self.entities * 33 * 4 / 1e6
             memory = int(max(64e6, 4 * table_mb * 1e6))
@@ -72,6 +88,9 @@ class EmbeddedStack:
         cfg.features.store = self.feature_uri
         cfg.model.path = str(self.model_path)
         cfg.flink.checkpoint_dir = (self.workdir / "checkpoints" / name).as_uri()
+        cfg.kafka.producer.update(EMBEDDED_PRODUCER_SETTINGS)
+        if self.durable_broker:      # every fetch lists objects in S3: poll it less often
+            cfg.kafka.consumer["fetch.wait.max.ms"] = DURABLE_FETCH_WAIT_MS
         for dotted, value in overrides.items():
             section, key = dotted.split("__", 1)
             setattr(getattr(cfg, section), key, value)
@@ -91,7 +110,8 @@ class EmbeddedStack:
         scored (JVM, Python workers and model are up). Callers account for their own input
         coordinates only, so the warm-up events never count."""
         job = self.job(cfg, *extra_args, module=module).start()
-        reader = OutputReader(cfg.kafka.bootstrap_servers, cfg.kafka.output_topic, cfg.kafka.dead_letter_topic).start()
+        reader = OutputReader(cfg.kafka.bootstrap_servers, cfg.kafka.output_topic, cfg.kafka.dead_letter_topic,
+                              cfg.kafka.consumer).start()
         try:
             warm = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic,
                            demo_data.events(20, self.entities, seed=99, prefix="warmup"), encode=demo_data.encode)
