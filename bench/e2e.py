@@ -3,6 +3,7 @@
 Runs, in one invocation on the same data and the same embedded broker/store/model:
   flink  the PyFlink job (MiniCluster, process mode, checkpoints on)
   loop   a plain single-process Python loop doing the same work (the practical ceiling)
+  beam   the job's steps as stock Beam transforms (Enrichment, RunInference) on the DirectRunner
 For each: throughput draining a pre-filled topic, and event latency (creation → prediction
 readable on the output topic) at a fixed input rate. Prints a table, writes bench/results/e2e.json.
 
@@ -28,7 +29,7 @@ from jobs import demo_data  # noqa: E402
 from jobs.embedded import EmbeddedStack  # noqa: E402
 from jobs.producer import produce  # noqa: E402
 
-RUNNERS = {"flink": "jobs.score_stream", "loop": "bench.plain_loop"}
+RUNNERS = {"flink": "jobs.score_stream", "loop": "bench.plain_loop", "beam": "jobs.beam_score"}
 OVERRIDES: dict = {}   # --set section.key=value, applied to every runner's config
 console = Console(stderr=True)
 

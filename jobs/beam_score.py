@@ -20,6 +20,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from connectors.kafka.clients import consumer_config, partitions_of, producer_config
+from jobs.beam_cmd import add_arguments
 from jobs.config import JobConfig, load_config
 from operators.beam.kafka_io import ReadFromKafkaPartitions, partition_reads
 from operators.beam.pipeline import ScoreEvents, WriteScoredToFiles, WriteScoredToKafka
@@ -27,6 +28,7 @@ from operators.beam.pipeline import ScoreEvents, WriteScoredToFiles, WriteScored
 log = logging.getLogger("streamscore.beam")
 
 DIRECT_RUNNERS = {"DirectRunner", "SwitchingDirectRunner", "FnApiRunner"}
+IDLE_POLL_MS = 10   # least wait of a poll that finds nothing: the read is re-run at once after it
 
 
 def build(p: beam.Pipeline, cfg: JobConfig, *, start_offsets: dict[int, int] | None = None,
@@ -41,7 +43,7 @@ def build(p: beam.Pipeline, cfg: JobConfig, *, start_offsets: dict[int, int] | N
     reads = partition_reads(k.input_topic, partitions, start_offsets, stop_offsets)
     chunks = p | "ReadKafka" >> ReadFromKafkaPartitions(
         reads, consumer_config(k.bootstrap_servers, k.group_id, k.consumer), start=k.start_from,
-        max_records=cfg.batch.max_events, poll_timeout_s=max(cfg.batch.poll_timeout_ms, 10) / 1000)
+        max_records=cfg.batch.max_events, poll_timeout_s=max(cfg.batch.poll_timeout_ms, IDLE_POLL_MS) / 1000)
     scored = chunks | "Score" >> ScoreEvents(
         decoder=cfg.events.decoder_spec(), store_uri=f.store, model_path=cfg.model.path,
         retries=f.retries, retry_backoff_ms=f.retry_backoff_ms,
@@ -83,41 +85,20 @@ def run(cfg: JobConfig, args: argparse.Namespace) -> None:
     log.info("%s finished", cfg.job_name)
 
 
-def _offsets(text: str) -> dict[int, int]:
-    try:
-        return {int(p): int(o) for p, o in (item.split("=", 1) for item in text.split(",") if item)}
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected PARTITION=OFFSET[,PARTITION=OFFSET...], got {text!r}")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", help="job configuration YAML (the Flink job's; flink.* is ignored)")
-    parser.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config value, e.g. --set batch.max_events=1000 (repeatable)")
-    parser.add_argument("--start-offsets", type=_offsets, metavar="P=OFFSET,...",
-                        help="first offset to read per partition (default: kafka.start_from)")
-    parser.add_argument("--stop-offsets", type=_offsets, metavar="P=OFFSET,...",
-                        help="bounded read: stop before these offsets (every partition) and end the pipeline")
-    parser.add_argument("--output-files", metavar="PREFIX",
-                        help="write predictions and dead letters as JSON-lines files PREFIX-*.jsonl instead "
-                             "of Kafka (needs --stop-offsets)")
-    parser.add_argument("--watch-model", metavar="GLOB",
-                        help="hot-swap the model when a new file matching GLOB appears (RunInference's "
-                             "WatchFilePattern; a streaming runner such as Flink or Dataflow, not the DirectRunner)")
-    parser.add_argument("--watch-interval", type=float, default=10, help="seconds between --watch-model checks")
-    parser.add_argument("beam_args", nargs=argparse.REMAINDER,
-                        help="after --: Beam pipeline options (--runner, --flink_master, --project, ...)")
-
-
 def config_from_args(args: argparse.Namespace) -> JobConfig:
     if args.beam_args[:1] == ["--"]:
         args.beam_args = args.beam_args[1:]
     return load_config(args.config, list(args.set))
 
 
-def main(argv: list[str] | None = None) -> int:
+def configure_logging() -> None:
+    """Warnings from everything, progress from the job (Beam logs every bundle at INFO)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)

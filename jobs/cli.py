@@ -12,6 +12,7 @@ import sys
 COMMAND_MODULES = [
     "jobs.demo_cmd",       # streamscore demo
     "jobs.run_cmd",        # streamscore run (the Flink scoring job)
+    "jobs.beam_cmd",       # streamscore beam (the scoring job on Apache Beam)
     "jobs.models_cmd",     # streamscore models inspect|check|export
     "jobs.features_cmd",   # streamscore features load|serve|get
 ]

@@ -58,7 +58,7 @@ def test_bounded_read_of_a_fixed_offset_range_returns_exactly_that_range(topic, 
     assert [v for _, v in whole[0]] == sent[0] and [v for _, v in whole[1]] == sent[1][:3]
 
 
-def test_writer_acknowledges_dead_letters_with_reason_and_source(topic, tmp_path):
+def test_writer_acknowledges_dead_letters_with_reason_and_source(topic):
     bootstrap, name = topic
     decoder = JsonEventDecoder(EventSchema())
     letters = [DeadLetter(b"{broken", "invalid_json", "cut short", name, 1, 7),
@@ -66,10 +66,8 @@ def test_writer_acknowledges_dead_letters_with_reason_and_source(topic, tmp_path
     empty = decoder.decode([], [])
     batch = MicroBatch(name, 1, empty.events, letters)
     with beam.Pipeline(runner="DirectRunner") as p:
-        written = (p | beam.Create([batch], reshuffle=False)
-                   | beam.ParDo(WriteToKafkaFn(producer_config(bootstrap), f"{name}-out", f"{name}-dlq")))
-        collect(written, tmp_path / "written.pkl", "written")
-    assert load(tmp_path / "written.pkl") == [2]
+        (p | beam.Create([batch], reshuffle=False)
+         | beam.ParDo(WriteToKafkaFn(producer_config(bootstrap), f"{name}-out", f"{name}-dlq")))
     c = Consumer(consumer_config(bootstrap, "dlq-check"))
     c.assign([TopicPartition(f"{name}-dlq", 0, 0)])
     messages = []

@@ -25,6 +25,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
+from connectors.dead_letter import DeadLetter
 from connectors.kafka.partition_reader import PartitionReader, RecordChunk
 from connectors.kafka.writer import KafkaBatchWriter
 from operators import steps
@@ -69,12 +70,13 @@ class ReadPartitionFn(beam.DoFn):
     poll's wall-clock time (processing-time watermark)."""
 
     def __init__(self, consumer_config: Mapping[str, Any], start: str = "earliest", max_records: int = 2000,
-                 poll_timeout_s: float = 0.05, idle_resume_s: float = 0.0) -> None:
+                 poll_timeout_s: float = 0.05) -> None:
+        """``poll_timeout_s``: how long a poll waits when the consumer holds no records (the
+        DirectRunner resumes a deferred read at once, so this is what keeps an idle read cheap)."""
         self.consumer_config = dict(consumer_config)
         self.start = start
         self.max_records = max_records
         self.poll_timeout_s = poll_timeout_s
-        self.idle_resume_s = idle_resume_s
 
     def setup(self) -> None:
         self._readers: dict[tuple[str, int], PartitionReader] = {}
@@ -96,7 +98,10 @@ class ReadPartitionFn(beam.DoFn):
         if restriction.start < restriction.stop:
             # nothing claimed yet and no explicit start: the consumer resolves earliest/latest
             from_offset = None if read.start_offset is None and restriction.start == 0 else restriction.start
-            chunk = self._reader(read).read(from_offset, self.max_records, self.poll_timeout_s)
+            reader = self._reader(read)
+            chunk = reader.read(from_offset, self.max_records, 0)   # what the consumer holds already
+            if not chunk.offsets:                                  # idle: wait a little, not spin
+                chunk = reader.read(from_offset, self.max_records, self.poll_timeout_s)
             claimed = 0
             while claimed < len(chunk.offsets) and tracker.try_claim(chunk.offsets[claimed]):
                 claimed += 1
@@ -108,7 +113,7 @@ class ReadPartitionFn(beam.DoFn):
             # a failed claim, or the last offset of the range claimed: the range is done
             done = claimed < len(chunk.offsets) or (claimed and chunk.offsets[claimed - 1] >= restriction.stop - 1)
             if not done:
-                tracker.defer_remainder(Duration.of(0 if claimed else self.idle_resume_s))
+                tracker.defer_remainder(Duration.of(0))
 
     def teardown(self) -> None:
         for reader in getattr(self, "_readers", {}).values():
@@ -154,7 +159,9 @@ def partition_reads(topic: str, partitions: Iterable[int], start_offsets: Mappin
 
 class WriteToKafkaFn(beam.DoFn):
     """Writes scored micro-batches (predictions + dead letters), or micro-batches whose events
-    all became dead letters, and waits for the broker's acknowledgement of each."""
+    all became dead letters. A bundle's records are written together in ``finish_bundle`` and
+    acknowledged by the broker before it returns, so a bundle never commits over unacknowledged
+    records."""
 
     def __init__(self, producer_config: Mapping[str, Any], topic: str, dead_letter_topic: str) -> None:
         self.producer_config = dict(producer_config)
@@ -167,21 +174,37 @@ class WriteToKafkaFn(beam.DoFn):
         self._dead = Metrics.counter(METRICS_NAMESPACE, "dead_letters_out")
         self._latency = Metrics.distribution(METRICS_NAMESPACE, "poll_to_ack_ms")
 
-    def process(self, item: steps.ScoredBatch | MicroBatch) -> Iterable[int]:
+    def start_bundle(self) -> None:
+        self._values: list[bytes] = []
+        self._keys: list[bytes] = []
+        self._letters: list[DeadLetter] = []
+        self._polled_at_ms: list[float] = []
+
+    def process(self, item: steps.ScoredBatch | MicroBatch) -> Iterable[None]:
         if isinstance(item, MicroBatch):
             if item.events.num_rows:
                 raise ValueError("a MicroBatch reaching the writer must hold dead letters only")
-            values, keys, letters, source = [], None, item.dead_letters, item
+            source = item
         else:
             values, keys = steps.prediction_records(item)
-            letters, source = item.dead_letters, item.source
-        self._writer.write(values, keys, letters)
-        for reason, n in Counter(letter.reason for letter in letters).items():
+            self._values += values
+            self._keys += keys or []
+            source = item.source
+        self._letters += item.dead_letters
+        self._polled_at_ms.append(source.polled_at_ms)
+        return ()                   # written in finish_bundle; nothing goes downstream
+
+    def finish_bundle(self) -> None:
+        if not self._values and not self._letters:
+            return
+        self._writer.write(self._values, self._keys, self._letters)
+        for reason, n in Counter(letter.reason for letter in self._letters).items():
             Metrics.counter(f"{METRICS_NAMESPACE}.dead_letters", reason).inc(n)
-        self._predictions.inc(len(values))
-        self._dead.inc(len(letters))
-        self._latency.update(int(steps.now_ms() - source.polled_at_ms))
-        yield len(values) + len(letters)
+        self._predictions.inc(len(self._values))
+        self._dead.inc(len(self._letters))
+        acked = steps.now_ms()
+        for polled in self._polled_at_ms:
+            self._latency.update(int(acked - polled))
 
     def teardown(self) -> None:
         writer = getattr(self, "_writer", None)

@@ -81,13 +81,13 @@ class ScoreEvents(beam.PTransform):
                  watch_interval_s: float = 10, event_time_window_s: float | None = None) -> None:
         super().__init__()
         self.decoder = decoder
+        # a fixed batch size: Beam batches what a bundle holds, up to max_batch_events events
+        batching = {"min_batch_size": max_batch_events, "max_batch_size": max_batch_events}
         self.enrichment = FeatureStoreEnrichmentHandler(store_uri, decoder.schema.key_field, retries=retries,
-                                                        retry_backoff_ms=retry_backoff_ms,
-                                                        max_batch_size=max_batch_events)
+                                                        retry_backoff_ms=retry_backoff_ms, **batching)
         self.lookup_timeout_s = lookup_timeout_s
         self.model_handler = StreamscoreModelHandler(model_path, schema=decoder.schema,
-                                                     intra_op_threads=intra_op_threads,
-                                                     max_batch_size=max_batch_events)
+                                                     intra_op_threads=intra_op_threads, **batching)
         self.model_updates = model_updates
         self.watch_model_pattern = watch_model_pattern
         self.watch_interval_s = watch_interval_s
