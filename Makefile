@@ -5,12 +5,13 @@ BIN     = $(VENV)/bin
 EVENTS ?= 20000
 RATE   ?= 5000
 
-.PHONY: install demo test test-fast bench clean help
+.PHONY: install demo test test-fast bench bench-deps clean help
 
 help:
 	@echo "make demo [EVENTS=20000 RATE=5000]  run the scoring job end to end on embedded defaults"
 	@echo "make test                           run the test suite (real broker, Plasma, MiniCluster)"
 	@echo "make bench                          end-to-end, model-format and side-store benchmarks"
+	@echo "make bench-deps                     .venv-bench: Quix Streams and Bytewax for the e2e comparison"
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "streamscore needs Python 3.11 (PyFlink 2.3)"'
@@ -31,8 +32,14 @@ test: install
 test-fast: install
 	$(BIN)/pytest -m "not slow"
 
-bench: install
+# competitor frameworks conflict with the project's pins: their own venv (bench/competitors/)
+.venv-bench/.installed: bench/competitors/requirements.txt bench/competitors/setup.sh
+	bash bench/competitors/setup.sh $(PYTHON)
+
+bench-deps: .venv-bench/.installed
+
+bench: install bench-deps
 	$(BIN)/python bench/e2e.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-bench .pytest_cache

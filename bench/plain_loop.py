@@ -5,14 +5,31 @@ from __future__ import annotations
 
 import argparse
 
-from connectors.events import JsonEventDecoder
 from connectors.feature_store import open_store
 from connectors.kafka.clients import consumer_config, partitions_of, producer_config
-from connectors.kafka.partition_reader import PartitionReader
+from connectors.kafka.partition_reader import PartitionReader, RecordChunk
 from connectors.kafka.writer import KafkaBatchWriter
-from jobs.config import load_config
+from jobs.config import JobConfig, load_config
 from model_formats import load_model
 from operators import steps
+
+
+class ChunkScorer:
+    """Raw records of one partition → scored micro-batch (decode, lookup, join, score): the
+    job's steps in one call, for engines that hand over batches (this loop, Bytewax)."""
+
+    def __init__(self, cfg: JobConfig) -> None:
+        self.schema = cfg.events.schema()
+        self.decoder = cfg.events.decoder_spec().build()
+        self.store = open_store(cfg.features.store)
+        self.model = load_model(cfg.model.path, intra_op_num_threads=cfg.model.intra_op_threads)
+
+    def __call__(self, chunk: RecordChunk) -> steps.ScoredBatch:
+        batch = steps.decode(self.decoder, chunk)
+        if batch.events.num_rows:
+            features, found = self.store.lookup(steps.lookup_keys(batch, self.schema.key_field))
+            batch = steps.join_features(batch, features, self.store.dead_letter_mask(found))
+        return steps.score(batch, self.model, self.schema)
 
 
 def main() -> None:
@@ -20,10 +37,7 @@ def main() -> None:
     parser.add_argument("--config", required=True)
     cfg = load_config(parser.parse_args().config)
     k = cfg.kafka
-    schema = cfg.events.schema()
-    decoder = JsonEventDecoder(schema, cfg.events.max_bytes)
-    store = open_store(cfg.features.store)
-    model = load_model(cfg.model.path, intra_op_num_threads=cfg.model.intra_op_threads)
+    score = ChunkScorer(cfg)
     writer = KafkaBatchWriter(producer_config(k.bootstrap_servers, k.producer), k.output_topic, k.dead_letter_topic)
     readers = {p: PartitionReader(consumer_config(k.bootstrap_servers, k.group_id, k.consumer), k.input_topic, p, k.start_from)
                for p in partitions_of(k.bootstrap_servers, k.input_topic)}
@@ -34,11 +48,7 @@ def main() -> None:
             if not chunk.offsets:
                 continue
             offsets[p] = chunk.next_offset
-            batch = steps.decode(decoder, chunk)
-            if batch.events.num_rows:
-                features, found = store.lookup(steps.lookup_keys(batch, schema.key_field))
-                batch = steps.join_features(batch, features, store.dead_letter_mask(found))
-            scored = steps.score(batch, model, schema)
+            scored = score(chunk)
             writer.write(*steps.prediction_records(scored), scored.dead_letters)
 
 

@@ -11,7 +11,7 @@ import os
 import sys
 
 from pyflink.common import Configuration
-from pyflink.datastream import StreamExecutionEnvironment
+from pyflink.datastream import DataStream, StreamExecutionEnvironment
 
 from connectors.kafka.clients import consumer_config, partitions_of, producer_config
 from jobs.checkpoints import latest_checkpoint
@@ -62,11 +62,10 @@ def flink_configuration(cfg: JobConfig) -> Configuration:
     return conf
 
 
-def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
-    """Wire the pipeline onto ``env``."""
+def micro_batches(env: StreamExecutionEnvironment, cfg: JobConfig) -> DataStream:
+    """The job's source: decoded micro-batches from every partition of the input topic."""
     k = cfg.kafka
-    schema = cfg.events.schema()
-    batches = kafka_micro_batches(
+    return kafka_micro_batches(
         env,
         consumer_config=consumer_config(k.bootstrap_servers, k.group_id, k.consumer),
         topic=k.input_topic,
@@ -77,6 +76,13 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
         poll_timeout_s=cfg.batch.poll_timeout_ms / 1000.0,
         heartbeat_per_s=cfg.batch.heartbeat_per_s,
     )
+
+
+def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
+    """Wire the pipeline onto ``env``."""
+    k = cfg.kafka
+    schema = cfg.events.schema()
+    batches = micro_batches(env, cfg)
     enriched = enrich(batches, store_uri=cfg.features.store, key_field=schema.key_field,
                       timeout_ms=cfg.features.timeout_ms, capacity=cfg.features.capacity)
     scored = score(enriched, model_path=cfg.model.path, schema=schema,
