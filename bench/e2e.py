@@ -1,21 +1,39 @@
 """End-to-end benchmark: Kafka → enrich 32 features (Plasma) → gradient-boosting ONNX → Kafka.
 
-Runs, in one invocation on the same data and the same embedded broker/store/model:
-  flink  the PyFlink job (MiniCluster, process mode, checkpoints on)
-  loop   a plain single-process Python loop doing the same work (the practical ceiling)
-  beam   the job's steps as stock Beam transforms (Enrichment, RunInference) on the DirectRunner
-For each: throughput draining a pre-filled topic, and event latency (creation → prediction
-readable on the output topic) at a fixed input rate. Prints a table, writes bench/results/e2e.json.
+Runs, in one invocation on the same data and the same embedded broker/store/model, every runner
+doing the same work (consume JSON events, look up 32 features per event, score, produce one JSON
+prediction per event), each read back by the same OutputReader:
+  flink    the PyFlink job (MiniCluster, process mode, Arrow micro-batches, checkpoints every 2 s)
+  loop     a plain single-process Python loop calling the same steps (the practical ceiling)
+  naive    PyFlink written one event per record in Python maps (the baseline to beat 10x)
+  beam     the job's steps as stock Beam transforms (Enrichment, RunInference) on the DirectRunner
+  quix     Quix Streams (.venv-bench)         bytewax  Bytewax (.venv-bench)
+For each: throughput draining a pre-filled topic, and event latency at a fixed input rate.
+Prints a table, writes bench/results/e2e.json.
 
-    python bench/e2e.py [--events 100000] [--rate 5000] [--latency-seconds 20]
+Latency is event creation (the producer stamps ``ts`` into each event as it sends it) → the
+prediction read back from the output topic (stamped on arrival), on one clock (one machine).
+The rate-limited producer runs in its own process and is warmed up before the clock starts (a
+new idempotent producer holds its first records ~0.5 s); the reader consumes and stamps in a
+child process of its own, so neither the producer nor the bench's bookkeeping delays a stamp.
+The embedded broker answers a fetch only when fetch.wait.max.ms expires, so the reader fetches
+with a short wait (--reader-fetch-wait-ms) to see each prediction about when a real Kafka broker
+would hand it out. Hops: event→scored (``scored_ts`` in the prediction: input topic, polling,
+decoding, lookup, scoring) and scored→read (encoding, producing, the output topic).
+
+    python bench/e2e.py [--events 100000] [--rate 5000] [--latency-seconds 20] [--runners flink,loop]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import platform
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,25 +43,45 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import competitors  # noqa: E402
 from jobs import demo_data  # noqa: E402
 from jobs.embedded import EmbeddedStack  # noqa: E402
 from jobs.producer import produce  # noqa: E402
+from jobs.tally import OutputReader, Tally  # noqa: E402
 
-RUNNERS = {"flink": "jobs.score_stream", "loop": "bench.plain_loop", "beam": "jobs.beam_score"}
+
+@dataclass(frozen=True)
+class Runner:
+    module: str                 # python -m MODULE --config job.yaml
+    how: str                    # how it does the work (shown in the table)
+    bench_venv: bool = False    # needs .venv-bench (make bench-deps)
+
+
+RUNNERS = {
+    "flink": Runner("jobs.score_stream", "PyFlink job: Arrow micro-batches, async lookup; checkpoints 2 s"),
+    "loop": Runner("bench.plain_loop", "one Python process, the job's steps, no engine, no checkpoints"),
+    "beam": Runner("jobs.beam_score", "Beam DirectRunner: stock Enrichment + RunInference over Arrow micro-batches"),
+    "naive": Runner("bench.naive_flink", "PyFlink, one event per record in Python maps; checkpoints 2 s"),
+    "quix": Runner("bench.quix_runner", "Quix Streams: sdf.apply per message (no batch API); commits 2 s",
+                   bench_venv=True),
+    "bytewax": Runner("bench.bytewax_runner", "Bytewax: flat_map_batch over source batches; recovery epochs 2 s",
+                      bench_venv=True),
+}
 OVERRIDES: dict = {}   # --set section.key=value, applied to every runner's config
+HOPS = {"event→scored": ("event_ts", "scored_ts"), "scored→read": ("scored_ts", "_arrived_ms")}
 console = Console(stderr=True)
 
 
-def _wait_ready(stack, runner: str, module: str, tag: str):
+def _start(stack, name: str, runner: Runner, tag: str):
     """Start a runner on fresh topics and wait until it scores warm-up events."""
-    cfg = stack.job_config(f"bench-{runner}-{tag}", partitions=2, **OVERRIDES)
-    job, reader = stack.start_job(cfg, module=module)
+    cfg = stack.job_config(f"bench-{name}-{tag}", partitions=2, **OVERRIDES)
+    job, reader = stack.start_job(cfg, module=runner.module)
     return cfg, job, reader
 
 
-def throughput(stack, runner: str, module: str, n: int) -> dict:
+def throughput(stack, name: str, runner: Runner, n: int) -> dict:
     """Fill the input topic while the runner is paused, then measure how fast it drains it."""
-    cfg, job, reader = _wait_ready(stack, runner, module, "tput")
+    cfg, job, reader = _start(stack, name, runner, "tput")
     try:
         job.pause()
         coords = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic,
@@ -60,20 +98,106 @@ def throughput(stack, runner: str, module: str, n: int) -> dict:
         job.stop()
 
 
-def latency(stack, runner: str, module: str, rate: float, seconds: float) -> dict:
-    cfg, job, reader = _wait_ready(stack, runner, module, "lat")
-    try:
+def _percentiles(values: np.ndarray) -> dict:
+    return {"p50_ms": round(float(np.percentile(values, 50)), 2), "p90_ms": round(float(np.percentile(values, 90)), 2),
+            "p99_ms": round(float(np.percentile(values, 99)), 2), "max_ms": round(float(values.max()), 2)}
+
+
+def latency_stats(tally: Tally, inputs: list[str]) -> dict:
+    """Percentiles of the end-to-end latency and of each hop, over the predictions of ``inputs``."""
+    predictions = [tally.predictions[k] for k in inputs if k in tally.predictions]
+    if not predictions:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "hops": {}}
+
+    def column(field: str) -> np.ndarray:
+        return np.array([p[field] for p in predictions], dtype=np.float64)
+
+    stats = _percentiles(column("_arrived_ms") - column("event_ts"))
+    stats["hops"] = {hop: _percentiles(column(b) - column(a)) for hop, (a, b) in HOPS.items()}
+    return stats
+
+
+def latency(stack, name: str, runner: Runner, rate: float, seconds: float, reader_fetch_wait_ms: int) -> dict:
+    """Events at ``rate`` for ``seconds`` from a producer process; latency of each prediction."""
+    cfg, job, warm_reader = _start(stack, name, runner, "lat")
+    warm_reader.stop()
+    k = cfg.kafka
+    reader = OutputReader(k.bootstrap_servers, k.output_topic, k.dead_letter_topic,
+                          {**k.consumer, "fetch.wait.max.ms": reader_fetch_wait_ms}, isolated=True).start()
+    try:   # the isolated reader is up once it reads fresh predictions
+        warm = produce(k.bootstrap_servers, k.input_topic, demo_data.events(10, stack.entities, seed=23, prefix="warmup"),
+                       encode=demo_data.encode)
+        reader.wait_for(set(warm), timeout_s=120, stall_s=120, check=job.check_alive)
         n = int(rate * seconds)
-        coords = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic,
-                         demo_data.events(n, stack.entities, seed=19), rate=rate, encode=demo_data.encode)
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as producer:
+            coords = producer.submit(produce, k.bootstrap_servers, k.input_topic,
+                                     demo_data.events(n, stack.entities, seed=19), rate=rate, encode=demo_data.encode,
+                                     warm_up=demo_data.events(5, stack.entities, seed=29, prefix="warmup")).result()
         tally = reader.wait_for(set(coords), timeout_s=600, stall_s=120, check=job.check_alive)
-        lat = tally.latencies_ms(set(coords))
         return {"rate_eps": rate, "events": n, "missing": len(tally.missing(set(coords))),
-                "p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2),
-                "max_ms": round(float(lat.max()), 2)}
+                **latency_stats(tally, coords)}
     finally:
         reader.stop()
         job.stop()
+
+
+def _selected(names: str) -> dict[str, Runner]:
+    chosen = {}
+    for name in names.split(","):
+        if name not in RUNNERS:
+            raise SystemExit(f"unknown runner {name!r}; choose from {', '.join(RUNNERS)}")
+        if RUNNERS[name].bench_venv and not competitors.venv_ready():
+            console.print(f"[yellow]{name}: skipped[/] ({competitors.VENV.name} missing: run `{competitors.SETUP}`)")
+            continue
+        chosen[name] = RUNNERS[name]
+    return chosen
+
+
+def _ratio(results: dict, a: str, b: str) -> float | None:
+    x = results.get(a, {}).get("throughput", {}).get("events_per_s")
+    y = results.get(b, {}).get("throughput", {}).get("events_per_s")
+    return round(x / y, 3) if x and y and x == x and y == y else None
+
+
+def targets(results: dict) -> dict:
+    """The project's targets, met or not (None: a runner needed for it did not run)."""
+    flink = results.get("flink", {})
+    p99 = flink.get("latency", {}).get("p99_ms")
+    out = {"flink_vs_loop >= 0.5": _ratio(results, "flink", "loop"),
+           "flink_vs_naive >= 10": _ratio(results, "flink", "naive"),
+           "flink p99 <= 50 ms": p99}
+    checks = {"flink_vs_loop >= 0.5": lambda v: v >= 0.5, "flink_vs_naive >= 10": lambda v: v >= 10,
+              "flink p99 <= 50 ms": lambda v: v <= 50}
+    for other in ("quix", "bytewax", "beam"):
+        out[f"flink_vs_{other} > 1"] = _ratio(results, "flink", other)
+        checks[f"flink_vs_{other} > 1"] = lambda v: v > 1
+    return {key: {"value": v, "met": None if v is None else bool(checks[key](v))} for key, v in out.items()}
+
+
+def print_report(results: dict, runners: dict[str, Runner], rate: float, met: dict) -> None:
+    out = Console(width=200)
+    table = Table(title="end to end: Kafka → Plasma (32 features) → GBM ONNX → Kafka")
+    for col in ("runner", "events/s", "vs loop", f"p50 ms @{rate:.0f}/s", f"p99 ms @{rate:.0f}/s", "missing", "how"):
+        table.add_column(col, justify="left" if col == "how" else "right")
+    for name, r in results.items():
+        eps, lat = r["throughput"]["events_per_s"], r["latency"]
+        ratio = _ratio(results, name, "loop")
+        table.add_row(name, f"{eps:,.0f}", "-" if ratio is None else f"{ratio:.2f}", str(lat["p50_ms"]),
+                      str(lat["p99_ms"]), str(r["throughput"]["missing"] + lat["missing"]), runners[name].how)
+    out.print(table)
+    hops = Table(title=f"latency by hop at {rate:.0f} events/s, p50 / p99 ms")
+    hops.add_column("runner")
+    for hop in HOPS:
+        hops.add_column(hop, justify="right")
+    for name, r in results.items():
+        h = r["latency"].get("hops", {})
+        hops.add_row(name, *(f"{h[x]['p50_ms']} / {h[x]['p99_ms']}" if x in h else "-" for x in HOPS))
+    out.print(hops)
+    out.print("latency = event creation (producer stamp) → prediction read back (reader stamp), one clock; "
+              "event→scored includes the input topic and polling, scored→read the output topic.")
+    for key, t in met.items():
+        if t["value"] is not None:
+            out.print(f"target {key}: {t['value']} — {'met' if t['met'] else 'NOT met'}")
 
 
 def main() -> int:
@@ -81,39 +205,36 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=100_000, help="events for the throughput runs")
     parser.add_argument("--rate", type=float, default=5000, help="input rate of the latency runs (events/s)")
     parser.add_argument("--latency-seconds", type=float, default=20, help="duration of the latency runs")
-    parser.add_argument("--runners", default="flink,loop", help=f"comma-separated subset of {sorted(RUNNERS)}")
+    parser.add_argument("--runners", default=",".join(RUNNERS), help=f"comma-separated subset of {', '.join(RUNNERS)}")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="job config override for every runner, e.g. batch.heartbeat_per_s=50")
     parser.add_argument("--skip-throughput", action="store_true", help="only the latency runs")
+    parser.add_argument("--reader-fetch-wait-ms", type=int, default=1,
+                        help="fetch.wait.max.ms of the reader that stamps arrivals (the embedded broker "
+                             "holds every fetch this long)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "e2e.json")
     args = parser.parse_args()
     for item in args.set:
         key, value = item.split("=", 1)
         OVERRIDES[key.replace(".", "__")] = yaml.safe_load(value)
+    runners = _selected(args.runners)
     results: dict[str, dict] = {}
     with EmbeddedStack(say=lambda m: console.print(m)) as stack:
-        for runner in args.runners.split(","):
-            module = RUNNERS[runner]
-            results.setdefault(runner, {})["throughput"] = {"events_per_s": float("nan"), "missing": 0}
+        for name, runner in runners.items():
+            results.setdefault(name, {})["throughput"] = {"events_per_s": float("nan"), "missing": 0}
             if not args.skip_throughput:
-                console.print(f"[bold]{runner}[/]: throughput over {args.events:,} events…")
-                results[runner]["throughput"] = throughput(stack, runner, module, args.events)
-            console.print(f"[bold]{runner}[/]: latency at {args.rate:,.0f} events/s for {args.latency_seconds:.0f} s…")
-            results[runner]["latency"] = latency(stack, runner, module, args.rate, args.latency_seconds)
-    table = Table(title="end to end: Kafka → Plasma (32 features) → GBM ONNX → Kafka")
-    for col in ("runner", "events/s", "vs loop", f"p50 ms @{args.rate:.0f}/s", f"p99 ms @{args.rate:.0f}/s", "missing"):
-        table.add_column(col, justify="right")
-    base = results.get("loop", {}).get("throughput", {}).get("events_per_s")
-    for runner, r in results.items():
-        eps = r["throughput"]["events_per_s"]
-        table.add_row(runner, f"{eps:,.0f}", f"{eps / base:.2f}" if base else "-",
-                      str(r["latency"]["p50_ms"]), str(r["latency"]["p99_ms"]),
-                      str(r["throughput"]["missing"] + r["latency"]["missing"]))
-    Console().print(table)
-    report = {"benchmark": "e2e", "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
-              "settings": vars(args) | {"out": str(args.out)}, "results": results,
-              "ratio_flink_over_loop": round(results["flink"]["throughput"]["events_per_s"] / base, 3)
-              if base and "flink" in results else None}
+                console.print(f"[bold]{name}[/]: throughput over {args.events:,} events…")
+                results[name]["throughput"] = throughput(stack, name, runner, args.events)
+            console.print(f"[bold]{name}[/]: latency at {args.rate:,.0f} events/s for {args.latency_seconds:.0f} s…")
+            results[name]["latency"] = latency(stack, name, runner, args.rate, args.latency_seconds,
+                                               args.reader_fetch_wait_ms)
+    met = targets(results)
+    print_report(results, runners, args.rate, met)
+    report = {"benchmark": "e2e", "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                              "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
+              "settings": vars(args) | {"out": str(args.out)},
+              "runners": {name: {"module": r.module, "how": r.how} for name, r in runners.items()},
+              "results": results, "targets": met}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     console.print(f"wrote {args.out}")
