@@ -39,6 +39,8 @@ class StoreOptions:
     timeout_s: float = 5.0                 # any single network / IPC operation
     backoff_initial_s: float = 0.05
     backoff_max_s: float = 2.0
+    prefault: bool = True                  # shared memory: map every page of a version when it is
+                                           # opened (no page fault on a row's first lookup)
 
     @classmethod
     def build(cls, params: dict[str, str] | None = None, **overrides: Any) -> "StoreOptions":
@@ -66,6 +68,8 @@ class StoreOptions:
         for name in ("refresh_interval_s", "wait_timeout_s", "stale_grace_s", "timeout_s",
                      "backoff_initial_s", "backoff_max_s"):
             setattr(opts, name, float(getattr(opts, name)))
+        if isinstance(opts.prefault, str):
+            opts.prefault = opts.prefault.strip().lower() not in ("0", "false", "no", "off", "")
         return opts
 
 

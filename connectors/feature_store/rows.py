@@ -4,6 +4,12 @@ A row is the features of one key packed as a numpy structured record (for 32 flo
 128 bytes). The shared-memory stores keep one contiguous array of records; Redis and PostgreSQL
 keep each record as one binary value. The same codec turns selected records back into an Arrow
 RecordBatch (or a 2-D matrix when every feature has one dtype), so all backends answer alike.
+
+Building a RecordBatch column by column from Python costs ~1.5 µs per column (``from_buffers``)
+plus ~1 µs per column in ``RecordBatch.from_arrays``: ~90 µs for 32 columns, whatever the row
+count. When every feature shares one (non-boolean) dtype and no row is null, the codec instead
+writes the transposed rows behind a cached Arrow IPC message header for that row count and lets
+Arrow's C++ reader build all columns in one call (~10 µs for 32 columns).
 """
 from __future__ import annotations
 
@@ -14,6 +20,8 @@ import pyarrow as pa
 
 from connectors.feature_store.base import FeatureStoreError
 from connectors.feature_store.options import MissingPolicy
+
+MAX_LAYOUTS = 4096  # cached IPC headers per codec (~1.7 KiB each for 32 columns)
 
 
 def _check_field(f: pa.Field) -> np.dtype:
@@ -36,6 +44,11 @@ class RowCodec:
         kinds = {self.dtype.fields[n][0] for n in self.names}
         # one common dtype (e.g. all float32): records are rows of a 2-D matrix
         self.matrix_dtype: np.dtype | None = kinds.pop() if len(kinds) == 1 else None
+        # the schema of every batch the codec builds (no field metadata, nullable)
+        self.batch_schema = pa.schema([(n, t) for n, t in zip(self.names, self.types)])
+        # whether matrices can go through the IPC path (Arrow booleans are bit-packed)
+        self.ipc_ok = self.matrix_dtype is not None and self.matrix_dtype != np.bool_ and bool(self.names)
+        self._layouts: dict[int, tuple[np.ndarray, int]] = {}  # row count -> IPC header, padded length
 
     # ---- packing (loaders) -------------------------------------------------------------------
     def pack(self, table: pa.Table | pa.RecordBatch) -> np.ndarray:
@@ -82,6 +95,9 @@ class RowCodec:
         n = len(records)
         all_found = bool(found.all())
         use_defaults = policy is MissingPolicy.DEFAULTS and not all_found
+        if self.ipc_ok and (all_found or use_defaults):
+            matrix = records.view(self.matrix_dtype).reshape(n, len(self.names))
+            return self.matrix_batch(self.fill_missing(matrix, found, policy, defaults))
         validity = None
         if not all_found and not use_defaults:
             validity = pa.py_buffer(np.packbits(found, bitorder="little"))
@@ -104,6 +120,38 @@ class RowCodec:
             else:
                 arrays.append(pa.Array.from_buffers(ftype, n, [validity, pa.py_buffer(values)]))
         return pa.RecordBatch.from_arrays(arrays, names=self.names)
+
+    def matrix_batch(self, matrix: np.ndarray) -> pa.RecordBatch:
+        """RecordBatch of an (n, features) matrix of ``matrix_dtype`` without nulls (needs
+        ``ipc_ok``): the columns are written, transposed, after a cached IPC header for n rows
+        and read back by Arrow in one call. The batch owns a fresh buffer (no shared memory)."""
+        n = len(matrix)
+        prefix, padded = self._ipc_layout(n)
+        out = np.empty(len(prefix) + len(self.names) * padded * self.matrix_dtype.itemsize, dtype=np.uint8)
+        out[:len(prefix)] = prefix
+        body = out[len(prefix):].view(self.matrix_dtype).reshape(len(self.names), padded)
+        body[:, :n] = matrix.T
+        return pa.ipc.read_record_batch(pa.py_buffer(out), self.batch_schema)
+
+    def _ipc_layout(self, n: int) -> tuple[np.ndarray, int]:
+        layout = self._layouts.get(n)
+        if layout is None:
+            if len(self._layouts) >= MAX_LAYOUTS:
+                self._layouts.clear()
+            layout = self._layouts[n] = self._new_ipc_layout(n)
+        return layout
+
+    def _new_ipc_layout(self, n: int) -> tuple[np.ndarray, int]:
+        """The encapsulated IPC message header of an n-row batch of this schema, and the padded
+        per-column length (Arrow pads each buffer to 8 bytes): read off a serialised template."""
+        zeros = pa.array(np.zeros(n, dtype=self.matrix_dtype))
+        message = pa.RecordBatch.from_arrays([zeros] * len(self.names), schema=self.batch_schema).serialize()
+        body = pa.ipc.read_message(message).body.size
+        item = self.matrix_dtype.itemsize
+        padded = -(-n * item // 8) * 8 // item
+        if body != len(self.names) * padded * item:  # not the layout assumed above: refuse loudly
+            raise FeatureStoreError(f"unexpected Arrow IPC layout ({body} body bytes for {n} rows)")
+        return np.frombuffer(message, dtype=np.uint8, count=message.size - body).copy(), padded
 
     def to_matrix(self, records: np.ndarray, found: np.ndarray, policy: MissingPolicy,
                   defaults: dict[str, Any]) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -85,6 +85,7 @@ class Snapshot:
     num_rows: int
     source: object  # the buffer / mapping that keeps the memory alive
     matrix: np.ndarray | None = None  # (rows, features) zero-copy view when features share a dtype
+    _strided: pa.RecordBatch | None = field(default=None, repr=False)  # see `row_batch`
 
     @classmethod
     def open(cls, buffer: pa.Buffer | pa.NativeFile, source: object = None) -> "Snapshot":
@@ -115,6 +116,29 @@ class Snapshot:
 
     def locate(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.index.locate(query)
+
+    def row_batch(self, pos: int) -> pa.RecordBatch | None:
+        """Row ``pos`` as a one-row RecordBatch in ~2 µs: a zero-copy slice of the shared,
+        immutable matrix (it keeps this version mapped while referenced). None when the
+        features do not share one non-boolean dtype."""
+        strided = self._strided
+        if strided is None:
+            if self.matrix is None or not self.codec.ipc_ok:
+                return None
+            strided = self._strided = strided_columns(self.matrix, self.codec.types, self.codec.batch_schema)
+        return strided.slice(pos * self.matrix.shape[1], 1)
+
+
+def strided_columns(matrix: np.ndarray, types: list[pa.DataType], schema: pa.Schema) -> pa.RecordBatch:
+    """A batch over a C-contiguous (rows, width) matrix whose column j starts at element j of
+    the buffer: element ``i * width`` of column j is ``matrix[i, j]``, so
+    ``slice(i * width, 1)`` is row i, built by Arrow in C++ without copying. Built once per
+    snapshot (~100 µs)."""
+    rows, width = matrix.shape
+    buf = pa.py_buffer(matrix)
+    length = rows * width - (width - 1) if rows else 0
+    return pa.RecordBatch.from_arrays(
+        [pa.Array.from_buffers(t, length, [None, buf], offset=j) for j, t in enumerate(types)], schema=schema)
 
 
 def _fixed_view(arr: pa.FixedSizeBinaryArray, dtype: np.dtype) -> np.ndarray:
