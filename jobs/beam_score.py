@@ -4,10 +4,12 @@
     python -m jobs.beam_score --config job.yaml                      # DirectRunner, until killed
     python -m jobs.beam_score --config job.yaml --stop-offsets 0=5000,1=5000 --output-files out/run1
     python -m jobs.beam_score --config job.yaml -- --runner FlinkRunner --flink_master host:8081 \\
-        --flink_job_server_jar beam-runners-flink-1.18-job-server-2.61.0.jar --environment_type LOOPBACK --streaming
+        --flink_job_server_jar beam-runners-flink-1.19-job-server-2.61.0.jar --environment_type LOOPBACK --streaming
 
 Everything after ``--`` is a Beam pipeline option. The DirectRunner runs here as is; the
-portable runners need their job server on the user's side (see README, "Beam").
+portable runners need their job server on the user's side (see README, "Beam"). A streaming
+run commits each finished bundle's offsets to ``kafka.group_id`` and a new run starts there
+(at-least-once across restarts; the runner's own checkpoints take precedence where it has them).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from connectors.kafka.clients import consumer_config, partitions_of, producer_config
+from connectors.kafka.partition_reader import committed_offsets
 from jobs.beam_cmd import add_arguments
 from jobs.config import JobConfig, load_config
 from operators.beam.kafka_io import ReadFromKafkaPartitions, partition_reads
@@ -40,10 +43,16 @@ def build(p: beam.Pipeline, cfg: JobConfig, *, start_offsets: dict[int, int] | N
     partitions = partitions_of(k.bootstrap_servers, k.input_topic)
     if output_files and set(stop_offsets or {}) != set(partitions):
         raise ValueError(f"file output needs a bounded read: stop offsets for every partition {partitions}")
+    consumer = consumer_config(k.bootstrap_servers, k.group_id, k.consumer)
+    bounded = set(stop_offsets or {}) >= set(partitions)
+    if start_offsets is None and not bounded:
+        # a streaming run resumes where the last one's bundles were committed (kafka.group_id)
+        start_offsets = committed_offsets(consumer, k.input_topic, partitions)
+        log.info("starting from committed offsets %s (else kafka.start_from=%s)", start_offsets, k.start_from)
     reads = partition_reads(k.input_topic, partitions, start_offsets, stop_offsets)
     chunks = p | "ReadKafka" >> ReadFromKafkaPartitions(
-        reads, consumer_config(k.bootstrap_servers, k.group_id, k.consumer), start=k.start_from,
-        max_records=cfg.batch.max_events, poll_timeout_s=max(cfg.batch.poll_timeout_ms, IDLE_POLL_MS) / 1000)
+        reads, consumer, start=k.start_from, max_records=cfg.batch.max_events,
+        poll_timeout_s=max(cfg.batch.poll_timeout_ms, IDLE_POLL_MS) / 1000, commit_offsets=not bounded)
     scored = chunks | "Score" >> ScoreEvents(
         decoder=cfg.events.decoder_spec(), store_uri=f.store, model_path=cfg.model.path,
         retries=f.retries, retry_backoff_ms=f.retry_backoff_ms,

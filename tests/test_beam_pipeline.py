@@ -40,32 +40,40 @@ def mixed_records(entities: int, seed: int) -> tuple[list, list[dict], dict[int,
 @pytest.fixture(scope="module")
 def flink_and_beam(stack):
     """The Flink job and the streaming Beam job (``python -m jobs.beam_score``, unbounded read)
-    consume the same input topic; each writes to its own output topics."""
+    consume the same input topic; each writes to its own output topics. Then the Beam job is
+    killed (SIGKILL), more events arrive while it is down, and it is started again."""
     flink_cfg = stack.job_config(f"beam-vs-flink-{uuid.uuid4().hex[:6]}", partitions=2)
     beam_cfg = stack.job_config(f"{flink_cfg.job_name.removeprefix('streamscore-')}-beam", partitions=2)
     beam_cfg.kafka.input_topic = flink_cfg.kafka.input_topic
-    jobs, readers = [], []
+    jobs, readers = {}, {}
     try:
         with ThreadPoolExecutor(2) as pool:   # both warm up at the same time
-            started = [pool.submit(stack.start_job, cfg, module=module)
-                       for cfg, module in ((flink_cfg, "jobs.score_stream"), (beam_cfg, "jobs.beam_score"))]
-        for job, reader in (f.result() for f in started if f.exception() is None):
-            jobs.append(job)
-            readers.append(reader)
-        for future in started:
+            started = {name: pool.submit(stack.start_job, cfg, module=module) for name, cfg, module in
+                       (("flink", flink_cfg, "jobs.score_stream"), ("beam", beam_cfg, "jobs.beam_score"))}
+        for name, future in started.items():
+            if future.exception() is None:
+                jobs[name], readers[name] = future.result()
+        for future in started.values():
             if future.exception() is not None:
                 raise future.exception()
         records, good, reasons = mixed_records(stack.entities, seed=23)
         coords = produce(flink_cfg.kafka.bootstrap_servers, flink_cfg.kafka.input_topic, records,
                          encode=demo_data.encode)
-        tallies = [reader.wait_for(set(coords), timeout_s=300, stall_s=120, check=job.check_alive)
-                   for job, reader in zip(jobs, readers)]
-        yield {"coords": coords, "records": records, "good": good, "reasons": reasons,
-               "flink": tallies[0], "beam": tallies[1]}
+        tallies = {name: readers[name].wait_for(set(coords), timeout_s=300, stall_s=120, check=jobs[name].check_alive)
+                   for name in jobs}
+        jobs["beam"].kill()
+        readers.pop("beam").stop()
+        while_down = produce(flink_cfg.kafka.bootstrap_servers, flink_cfg.kafka.input_topic,
+                             demo_data.events(500, stack.entities, seed=24, prefix="down"), encode=demo_data.encode)
+        jobs["beam"], readers["beam"] = stack.start_job(beam_cfg, module="jobs.beam_score")
+        after_restart = readers["beam"].wait_for(set(coords + while_down), timeout_s=300, stall_s=120,
+                                                 check=jobs["beam"].check_alive)
+        yield {"coords": coords, "records": records, "good": good, "reasons": reasons, "flink": tallies["flink"],
+               "beam": tallies["beam"], "while_down": while_down, "after_restart": after_restart}
     finally:
-        for reader in readers:
+        for reader in readers.values():
             reader.stop()
-        for job in jobs:
+        for job in jobs.values():
             job.stop()
 
 
@@ -97,6 +105,15 @@ def test_beam_scores_equal_the_flink_jobs_scores(flink_and_beam, stack):
     ids = [beam.predictions[c]["event_id"] for c in predicted]
     expected = offline_scores(stack.model_path, stack.features, by_id, ids)
     assert np.abs(np.array([beam.predictions[c]["score"] for c in predicted]) - expected).max() <= 1e-6
+
+
+def test_restarted_beam_job_resumes_from_the_offsets_its_bundles_committed(flink_and_beam):
+    """Offsets are committed to the consumer group once a bundle's outputs are written: after a
+    SIGKILL the job scores what arrived while it was down and nothing it had already written."""
+    tally, coords, down = flink_and_beam["after_restart"], flink_and_beam["coords"], flink_and_beam["while_down"]
+    assert not tally.missing(set(coords + down))
+    assert {tally.predictions[c]["event_id"] for c in down} == {f"down-{i}" for i in range(500)}
+    assert tally.duplicate_predictions == 0 and tally.duplicate_dead_letters == 0
 
 
 def test_model_swap_mid_stream_changes_the_version_without_dropping_events(stack, tmp_path):

@@ -74,5 +74,23 @@ class PartitionReader:
             self._position = offsets[-1] + 1
         return RecordChunk(self.topic, self.partition, values, offsets)
 
+    def commit(self, next_offset: int, asynchronous: bool = True) -> None:
+        """Record ``next_offset`` as the consumer group's position in this partition, for a fresh
+        start to resume from (:func:`committed_offsets`); the caller's state stays the authority."""
+        self._consumer.commit(offsets=[TopicPartition(self.topic, self.partition, next_offset)],
+                              asynchronous=asynchronous)
+
     def close(self) -> None:
         self._consumer.close()
+
+
+def committed_offsets(consumer_config: dict[str, Any], topic: str, partitions: list[int],
+                      timeout_s: float = 10.0) -> dict[int, int]:
+    """The offsets the consumer group (``group.id``) committed for these partitions, by partition
+    (partitions without a commit are left out). No group membership is needed."""
+    consumer = Consumer(consumer_config)
+    try:
+        found = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout_s)
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset for tp in found if tp.error is None and tp.offset >= 0}

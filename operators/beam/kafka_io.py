@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Iterable, Mapping
 
 import apache_beam as beam
@@ -67,16 +68,22 @@ class _OffsetRanges(RestrictionProvider):
 class ReadPartitionFn(beam.DoFn):
     """Splittable DoFn: PartitionRead → RecordChunks (one per poll), offsets claimed in the
     restriction, for bounded reads (every read has a stop offset). Outputs are stamped with the
-    poll's wall-clock time (processing-time watermark)."""
+    poll's wall-clock time (processing-time watermark).
+
+    With ``commit_offsets``, the offsets a bundle read are committed to the consumer group once
+    the runner has committed the bundle (bundle finalization: its outputs are written), so a
+    fresh start can resume there (see :func:`committed_offsets`), as Beam's Java KafkaIO does
+    with ``commitOffsetsInFinalize``. The restriction stays the authority while running."""
 
     def __init__(self, consumer_config: Mapping[str, Any], start: str = "earliest", max_records: int = 2000,
-                 poll_timeout_s: float = 0.05) -> None:
+                 poll_timeout_s: float = 0.05, commit_offsets: bool = False) -> None:
         """``poll_timeout_s``: how long a poll waits when the consumer holds no records (the
         DirectRunner resumes a deferred read at once, so this is what keeps an idle read cheap)."""
         self.consumer_config = dict(consumer_config)
         self.start = start
         self.max_records = max_records
         self.poll_timeout_s = poll_timeout_s
+        self.commit_offsets = commit_offsets
 
     def setup(self) -> None:
         self._readers: dict[tuple[str, int], PartitionReader] = {}
@@ -90,10 +97,11 @@ class ReadPartitionFn(beam.DoFn):
             reader = self._readers[key] = PartitionReader(self.consumer_config, read.topic, read.partition, self.start)
         return reader
 
-    def process(self, read: PartitionRead,
+    def process(self, read: PartitionRead, finalizer=beam.DoFn.BundleFinalizerParam,
                 tracker=beam.DoFn.RestrictionParam(_OffsetRanges()),
                 _watermark=beam.DoFn.WatermarkEstimatorParam(WalltimeWatermarkEstimator.default_provider())
                 ) -> Iterable[TimestampedValue]:
+        # (the finalizer comes first: Beam passes it by position, the restriction by name)
         restriction = tracker.current_restriction()
         if restriction.start < restriction.stop:
             # nothing claimed yet and no explicit start: the consumer resolves earliest/latest
@@ -110,10 +118,16 @@ class ReadPartitionFn(beam.DoFn):
                 self._chunk_size.update(claimed)
                 yield TimestampedValue(RecordChunk(read.topic, read.partition, chunk.values[:claimed],
                                                    chunk.offsets[:claimed]), Timestamp.now())
+                if self.commit_offsets:
+                    finalizer.register(partial(self._commit, read, chunk.offsets[claimed - 1] + 1))
             # a failed claim, or the last offset of the range claimed: the range is done
             done = claimed < len(chunk.offsets) or (claimed and chunk.offsets[claimed - 1] >= restriction.stop - 1)
             if not done:
                 tracker.defer_remainder(Duration.of(0))
+
+    def _commit(self, read: PartitionRead, next_offset: int) -> None:
+        # asynchronous: a lost commit only means a longer replay after a restart, never a loss
+        self._reader(read).commit(next_offset, asynchronous=True)
 
     def teardown(self) -> None:
         for reader in getattr(self, "_readers", {}).values():
@@ -125,11 +139,11 @@ class ReadPartitionForeverFn(ReadPartitionFn):
     """ReadPartitionFn for open-ended reads: its output is an unbounded PCollection."""
 
     @beam.DoFn.unbounded_per_element()
-    def process(self, read: PartitionRead,
+    def process(self, read: PartitionRead, finalizer=beam.DoFn.BundleFinalizerParam,
                 tracker=beam.DoFn.RestrictionParam(_OffsetRanges()),
                 _watermark=beam.DoFn.WatermarkEstimatorParam(WalltimeWatermarkEstimator.default_provider())
                 ) -> Iterable[TimestampedValue]:
-        yield from super().process(read, tracker, _watermark)
+        yield from super().process(read, finalizer, tracker, _watermark)
 
 
 class ReadFromKafkaPartitions(beam.PTransform):
@@ -137,12 +151,13 @@ class ReadFromKafkaPartitions(beam.PTransform):
     a bounded PCollection when every read has a stop offset, else an unbounded one."""
 
     def __init__(self, reads: Iterable[PartitionRead], consumer_config: Mapping[str, Any], *,
-                 start: str = "earliest", max_records: int = 2000, poll_timeout_s: float = 0.05) -> None:
+                 start: str = "earliest", max_records: int = 2000, poll_timeout_s: float = 0.05,
+                 commit_offsets: bool = False) -> None:
         super().__init__()
         self.reads = list(reads)
         bounded = all(r.stop_offset is not None for r in self.reads)
         fn = ReadPartitionFn if bounded else ReadPartitionForeverFn
-        self.fn = fn(consumer_config, start, max_records, poll_timeout_s)
+        self.fn = fn(consumer_config, start, max_records, poll_timeout_s, commit_offsets)
 
     def expand(self, pbegin):
         return (pbegin
