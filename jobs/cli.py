@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "jobs.beam_cmd",       # streamscore beam (the scoring job on Apache Beam)
     "jobs.models_cmd",     # streamscore models inspect|check|export
     "jobs.features_cmd",   # streamscore features load|serve|get
+    "jobs.consume_cmd",    # streamscore consume [--dedupe]
 ]
 
 
