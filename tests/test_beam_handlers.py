@@ -3,6 +3,9 @@ rows → stock ``Enrichment`` (Plasma feature store) → stock ``RunInference`` 
 on the DirectRunner, with Beam's batching, metrics and dead-letter output."""
 from __future__ import annotations
 
+import shutil
+import uuid
+
 import apache_beam as beam
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import RunInference
 
 from beam_helpers import collect, load, onnx_variant
+from connectors.feature_store import load_table
 from jobs import demo_data
 from model_formats.export import export_onnx, export_skops
 from operators.beam.enrichment import Enrichment, FeatureStoreEnrichmentHandler
@@ -75,8 +79,18 @@ def counter(result, name: str) -> int:
     return sum(c.committed for c in found)
 
 
-@pytest.mark.parametrize("fmt", ["pmml", "onnx", "skops"])
-def test_rows_enriched_and_scored_by_stock_transforms(stack, logit, tmp_path, fmt):
+@pytest.fixture(scope="module")
+def feature_uris(stack):
+    """The demo features in the stack's Plasma store and in an arrow-shm store."""
+    shm = f"/dev/shm/streamscore-beam-test-{uuid.uuid4().hex[:8]}"
+    load_table(f"arrow-shm://{shm}", stack.features, key="entity_id")
+    yield {"plasma": stack.feature_uri, "arrow-shm": f"arrow-shm://{shm}"}
+    shutil.rmtree(shm, ignore_errors=True)
+
+
+@pytest.mark.parametrize("fmt,store", [("pmml", "plasma"), ("onnx", "plasma"), ("skops", "plasma"),
+                                       ("onnx", "arrow-shm")])
+def test_rows_enriched_and_scored_by_stock_transforms(stack, logit, feature_uris, tmp_path, fmt, store):
     rng = np.random.default_rng(9)
     entities = [int(e) for e in rng.integers(0, stack.entities, 300)]
     rows = [beam.Row(entity_id=e, amount=float(a)) for e, a in zip(entities, demo_data.amounts(300, rng))]
@@ -84,7 +98,7 @@ def test_rows_enriched_and_scored_by_stock_transforms(stack, logit, tmp_path, fm
     out = tmp_path / "results.pkl"
     p = beam.Pipeline(runner="DirectRunner")
     enriched = (p | beam.Create(rows + [unknown], reshuffle=False)
-                | Enrichment(FeatureStoreEnrichmentHandler(stack.feature_uri, "entity_id", max_batch_size=64)))
+                | Enrichment(FeatureStoreEnrichmentHandler(feature_uris[store], "entity_id", max_batch_size=64)))
     results = enriched | RunInference(StreamscoreModelHandler(str(logit[fmt]), max_batch_size=50))
     collect(results, out, "results")
     result = p.run()
@@ -113,6 +127,10 @@ def test_rows_enriched_and_scored_by_stock_transforms(stack, logit, tmp_path, fm
     assert counter(result, "model_input_rejected") == 1
     sizes = result.metrics().query(MetricsFilter().with_name("inference_request_batch_size"))["distributions"]
     assert sizes and max(d.committed.max for d in sizes) <= 50
+    # the enrichment batched its requests: one store call (RequestResponseIO request) per batch of
+    # up to 64 (BatchElements grows its batches from 1 while it learns their cost)
+    calls = result.metrics().query(MetricsFilter().with_namespace("streamscore.Enrichment").with_name("requests"))
+    assert (len(rows) + 1) / 64 <= sum(c.committed for c in calls["counters"]) <= (len(rows) + 1) / 10
 
 
 def test_failed_row_batch_goes_to_runinference_dead_letter_output(stack, tmp_path):

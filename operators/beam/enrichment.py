@@ -16,6 +16,7 @@ Beam batch. A request is either
 """
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from typing import Any, NamedTuple, Sequence
@@ -35,6 +36,8 @@ from connectors.feature_store import FeatureStoreUnavailable, open_store
 from operators import steps
 from operators.batch import MicroBatch
 from operators.beam.common import METRICS_NAMESPACE, as_dict
+
+log = logging.getLogger(__name__)
 
 
 class BatchRequest(NamedTuple):
@@ -61,14 +64,20 @@ def join_micro_batch(request: dict, response: dict) -> MicroBatch:
     """Enrichment ``join_fn`` for BatchRequests: the micro-batch with its features appended."""
     batch, features = request["batch"], FeatureRows(**response)
     if features.unavailable is not None:
+        Metrics.counter(METRICS_NAMESPACE, "feature_store_unavailable").inc(batch.events.num_rows)
         return steps.reject_all(batch, dl.FEATURE_STORE_UNAVAILABLE, features.unavailable)
     if features.features is None:
         return batch
+    Metrics.counter(METRICS_NAMESPACE, "unknown_entities").inc(int(features.unknown.sum()))
     return steps.join_features(batch, features.features, features.unknown)
 
 
 class FeatureStoreEnrichmentHandler(EnrichmentSourceHandler):
-    """Looks up the ``key_field`` of each request in the feature store at ``store_uri``."""
+    """Looks up the ``key_field`` of each request in the feature store at ``store_uri``.
+
+    RequestResponseIO calls the handler on a thread of its own, where Beam metrics are not
+    recorded: RequestResponseIO's own counters (namespace ``streamscore.Enrichment``: requests =
+    store lookups, failures, ...) and :func:`join_micro_batch`'s count what happens."""
 
     def __init__(self, store_uri: str, key_field: str, *, retries: int = 5, retry_backoff_ms: int = 500,
                  min_batch_size: int = 1, max_batch_size: int = 4000, **store_options: Any) -> None:
@@ -85,9 +94,6 @@ class FeatureStoreEnrichmentHandler(EnrichmentSourceHandler):
 
     def __enter__(self):
         self._store = open_store(self.store_uri, **self.store_options)
-        self._lookups = Metrics.distribution(METRICS_NAMESPACE, "feature_lookup_keys")
-        self._unknown = Metrics.counter(METRICS_NAMESPACE, "unknown_entities")
-        self._failed_attempts = Metrics.counter(METRICS_NAMESPACE, "feature_lookup_failed_attempts")
         return self
 
     def __exit__(self, *exc):
@@ -125,9 +131,7 @@ class FeatureStoreEnrichmentHandler(EnrichmentSourceHandler):
                 continue
             rows, hit = features.slice(part.start, n), found[part]
             if isinstance(request, BatchRequest):
-                unknown = self._store.dead_letter_mask(hit)
-                self._unknown.inc(int(unknown.sum()))
-                pairs.append((request, FeatureRows(rows, unknown)))
+                pairs.append((request, FeatureRows(rows, self._store.dead_letter_mask(hit))))
             else:
                 row_features = row_features or features.to_pylist()
                 pairs.append((request, beam.Row(**row_features[part.start])))
@@ -135,16 +139,15 @@ class FeatureStoreEnrichmentHandler(EnrichmentSourceHandler):
 
     def _fetch(self, keys: np.ndarray) -> tuple[pa.RecordBatch, np.ndarray]:
         """One lookup, tried again ``retries`` times while the store is unavailable."""
-        self._lookups.update(len(keys))
         attempt = 0
         while True:
             try:
                 return self._store.lookup(keys)
-            except FeatureStoreUnavailable:
-                self._failed_attempts.inc()
+            except FeatureStoreUnavailable as exc:
                 if attempt >= self.retries:
                     raise
                 attempt += 1
+                log.warning("feature lookup failed (attempt %d of %d): %s", attempt, self.retries + 1, exc)
                 time.sleep(self.retry_backoff_ms / 1000)
 
     def get_cache_key(self, request: Any) -> str:
