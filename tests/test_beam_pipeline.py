@@ -159,6 +159,18 @@ def test_runtime_failure_dead_letters_the_batch_through_runinference(stack, tmp_
     assert Counter(tally.dead_letters.values()) == Counter({dl.SCORING_ERROR: 400, dl.INVALID_JSON: 1})
 
 
+def test_unreachable_feature_store_dead_letters_events_after_the_retries(stack):
+    cfg = stack.job_config(f"beam-nostore-{uuid.uuid4().hex[:6]}", partitions=2)
+    cfg.features.store = f"arrow-shm:///dev/shm/streamscore-absent-{uuid.uuid4().hex[:8]}"
+    cfg.features.retries, cfg.features.retry_backoff_ms = 1, 10
+    records = demo_data.events(300, stack.entities, seed=35) + [b"{not json"]
+    coords = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic, records, encode=demo_data.encode)
+    run_bounded(cfg, coords)
+    tally = read_outputs(cfg, coords)
+    assert not tally.missing(set(coords)) and not tally.predictions
+    assert Counter(tally.dead_letters.values()) == Counter({dl.FEATURE_STORE_UNAVAILABLE: 300, dl.INVALID_JSON: 1})
+
+
 def test_bounded_run_writes_json_lines_files(stack, tmp_path):
     cfg = stack.job_config(f"beam-files-{uuid.uuid4().hex[:6]}", partitions=2)
     records, good, reasons = mixed_records(stack.entities, seed=37)
