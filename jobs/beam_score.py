@@ -30,7 +30,7 @@ from operators.beam.pipeline import ScoreEvents, WriteScoredToFiles, WriteScored
 
 log = logging.getLogger("streamscore.beam")
 
-DIRECT_RUNNERS = {"DirectRunner", "SwitchingDirectRunner", "FnApiRunner"}
+DIRECT_RUNNERS = {"direct", "switchingdirect", "fnapi", "bundlebaseddirect"}   # Beam accepts any case, "Runner" optional
 IDLE_POLL_MS = 10   # least wait of a poll that finds nothing: the read is re-run at once after it
 
 
@@ -76,7 +76,8 @@ def pipeline_options(cfg: JobConfig, beam_args: Sequence[str]) -> PipelineOption
 
 def is_direct(options: PipelineOptions) -> bool:
     runner = options.view_as(StandardOptions).runner
-    return (runner if isinstance(runner, str) else type(runner).__name__) in DIRECT_RUNNERS
+    name = (runner if isinstance(runner, str) else type(runner).__name__).rsplit(".", 1)[-1].lower()
+    return name.removesuffix("runner") in DIRECT_RUNNERS
 
 
 def run(cfg: JobConfig, args: argparse.Namespace) -> None:
