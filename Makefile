@@ -10,6 +10,7 @@ RATE   ?= 5000
 help:
 	@echo "make demo [EVENTS=20000 RATE=5000]  run the scoring job end to end on embedded defaults"
 	@echo "make test                           run the test suite (real broker, Plasma, MiniCluster)"
+	@echo "make cluster-test                   production path: standalone Flink cluster, file sink, compose file"
 	@echo "make bench                          end-to-end, model-format and side-store benchmarks"
 	@echo "make bench-deps                     .venv-bench: Quix Streams and Bytewax for the e2e comparison"
 
@@ -31,6 +32,10 @@ test: install
 
 test-fast: install
 	$(BIN)/pytest -m "not slow"
+
+.PHONY: cluster-test
+cluster-test: install
+	$(BIN)/pytest tests/test_cluster.py tests/test_file_sink.py tests/test_file_sink_job.py tests/test_compose.py
 
 # competitor frameworks conflict with the project's pins: their own venv (bench/competitors/)
 .venv-bench/.installed: bench/competitors/requirements.txt bench/competitors/setup.sh

@@ -89,6 +89,20 @@ def bad_event(kind: str, i: int, entities: int) -> bytes:
     return raw
 
 
+def with_bad_events(events: list[dict], entities: int, every: int = 100, start: int = 50,
+                    salt: int = 0) -> tuple[list, dict[int, str]]:
+    """Every ``every``-th record (from ``start``) replaced by a malformed one, each kind in turn:
+    (records, position → the dead-letter reason it must get)."""
+    kinds = list(BAD_KINDS)
+    records: list = list(events)
+    reasons = {}
+    for j, i in enumerate(range(start, len(records), every)):
+        kind = kinds[j % len(kinds)]
+        records[i] = bad_event(kind, salt + j, entities)
+        reasons[i] = BAD_KINDS[kind][1]
+    return records, reasons
+
+
 def encode(event: dict) -> bytes:
     """Stamp the creation time and encode one event."""
     event["ts"] = int(time.time() * 1000)

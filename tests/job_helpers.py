@@ -39,19 +39,6 @@ def decode_events(records: list) -> dict[str, dict]:
     return out
 
 
-def with_bad_events(events: list[dict], entities: int, every: int = 97, start: int = 40) -> tuple[list, dict[int, str]]:
-    """Every ``every``-th record (from ``start``) replaced by a malformed one, each kind in turn:
-    (records, position → the dead-letter reason it must get)."""
-    kinds = list(demo_data.BAD_KINDS)
-    records: list = list(events)
-    reasons = {}
-    for j, i in enumerate(range(start, len(records), every)):
-        kind = kinds[j % len(kinds)]
-        records[i] = demo_data.bad_event(kind, j, entities)
-        reasons[i] = demo_data.BAD_KINDS[kind][1]
-    return records, reasons
-
-
 def read_committed(path, column: str) -> list:
     """One column of every committed Parquet file under ``path`` (what a pyarrow.dataset reader sees)."""
     import pyarrow.dataset as ds

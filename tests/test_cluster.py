@@ -24,12 +24,13 @@ import yaml
 from jobs import demo_data
 from jobs.producer import produce
 from jobs.tally import OutputReader
-from job_helpers import read_committed, with_bad_events
+from job_helpers import read_committed
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 FLINK_HOME = Path(pyflink.__file__).resolve().parent
+SUBMIT = REPO / "flink-conf" / "submit-job.sh"     # the command docker-compose.yml runs too
 N_FIRST, N_SECOND = 3_000, 2_000
 
 
@@ -107,14 +108,23 @@ class StandaloneCluster:
                 raise RuntimeError(f"the cluster did not come up:\n{self.log_tail()}")
             time.sleep(0.5)
 
-    def stop(self) -> None:
-        subprocess.run([str(FLINK_HOME / "bin" / "stop-cluster.sh")], env=self.env, capture_output=True, timeout=60)
-        for pid_file in (self.workdir / "pid").glob("*.pid"):   # whatever stop-cluster left running
-            for pid in pid_file.read_text().split():
+    def stop(self, grace_s: float = 20) -> None:
+        """What stop-cluster.sh does, without its config-parsing JVMs: SIGTERM the daemons recorded
+        in this cluster's pid files (they stop their Python workers), SIGKILL what outlives grace_s."""
+        pids = [int(p) for f in (self.workdir / "pid").glob("*.pid") for p in f.read_text().split()]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
                 try:
-                    os.kill(int(pid), signal.SIGKILL)
+                    os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
+            deadline = time.monotonic() + grace_s
+            while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+                time.sleep(0.2)
+
+    def cancel(self, job_id: str) -> None:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.rest_port}/jobs/{job_id}?mode=cancel", method="PATCH")
+        urllib.request.urlopen(request, timeout=10).close()
 
     def rest(self, path: str):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.rest_port}{path}", timeout=10) as r:
@@ -122,7 +132,7 @@ class StandaloneCluster:
 
     def flink(self, *args: str, timeout_s: float = 180) -> str:
         """Run ``flink ARGS`` (or, for ``submit``, flink-conf/submit-job.sh) and return its output."""
-        cmd = [str(REPO / "flink-conf" / "submit-job.sh"), *args[1:]] if args[0] == "submit" else \
+        cmd = [str(SUBMIT), *args[1:]] if args[0] == "submit" else \
             [str(FLINK_HOME / "bin" / "flink"), *args]
         done = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout_s)
         if done.returncode:
@@ -161,6 +171,13 @@ class StandaloneCluster:
         return "\n".join(out)
 
 
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 @pytest.fixture
 def cluster(tmp_path):
     c = StandaloneCluster(tmp_path / "flink")
@@ -194,7 +211,7 @@ def test_submit_stop_with_savepoint_resume_on_a_standalone_cluster(cluster, stac
     job_id = cluster.submit(job_yaml)
     try:
         assert cluster.rest(f"/jobs/{job_id}")["state"] in ("CREATED", "INITIALIZING", "RUNNING")
-        records, reasons = with_bad_events(demo_data.events(N_FIRST, stack.entities, seed=51, prefix="first"),
+        records, reasons = demo_data.with_bad_events(demo_data.events(N_FIRST, stack.entities, seed=51, prefix="first"),
                                            stack.entities, every=61, start=30)
         first = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic, records, encode=demo_data.encode)
         tally = reader.wait_for(set(first), timeout_s=300, stall_s=240)
@@ -242,6 +259,6 @@ def test_submit_stop_with_savepoint_resume_on_a_standalone_cluster(cluster, stac
             time.sleep(0.5)
         assert sorted(ids) == sorted(tally.predictions)
         assert sorted(read_committed(out / "dead_letters", "source")) == sorted(tally.dead_letters)
-        cluster.flink("cancel", job_id)
+        cluster.cancel(job_id)
     finally:
         reader.stop()

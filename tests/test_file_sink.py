@@ -90,6 +90,18 @@ def test_jsonl_and_dead_letters(tmp_path):
     assert base64.b64decode(table.column("value")[0].as_py()) == b"\xff\x00not json"
 
 
+def test_rows_out_of_order_within_a_write(tmp_path):
+    """Dead letters of one micro-batch come in the order the steps split them off, not by offset."""
+    w = RollingFileWriter(FileTarget(tmp_path.as_uri()), "events-0")
+    w.write(*batch_of([7, 3, 9]), now=T0)
+    w.write(*batch_of([12, 10]), now=T0)
+    (commit,) = [w.commit()]
+    assert (commit.first, commit.last, commit.rows) == (3, 12, 5)
+    letters = [DeadLetter(b"x", "invalid_json", "", "events", 0, o) for o in (5, 2, 4)]
+    rows, offsets = dead_letter_rows(letters)
+    assert offsets.tolist() == [2, 4, 5] and rows.column("offset").to_pylist() == [2, 4, 5]
+
+
 def test_schema_change_starts_a_new_file(tmp_path):
     w = RollingFileWriter(FileTarget(tmp_path.as_uri()), "events-0")
     w.write(*batch_of(range(0, 5)), now=T0)

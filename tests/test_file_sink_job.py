@@ -17,7 +17,7 @@ from connectors.files import parse_part_name
 from jobs import demo_data
 from jobs.checkpoints import latest_checkpoint
 from jobs.producer import produce
-from job_helpers import read_committed, with_bad_events
+from job_helpers import read_committed
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def test_kill_mid_write_and_restore_commits_each_prediction_once(stack, tmp_path
     job, reader = stack.start_job(cfg)
     restarted = None
     try:
-        records, reasons = with_bad_events(demo_data.events(N_EVENTS, stack.entities, seed=41), stack.entities)
+        records, reasons = demo_data.with_bad_events(demo_data.events(N_EVENTS, stack.entities, seed=41), stack.entities)
         coords: list[str] = []
         producer = threading.Thread(target=lambda: coords.extend(produce(
             cfg.kafka.bootstrap_servers, cfg.kafka.input_topic, records, rate=3000, encode=demo_data.encode)))

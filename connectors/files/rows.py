@@ -20,7 +20,9 @@ DEAD_LETTER_SCHEMA = pa.schema([
 
 
 def dead_letter_rows(letters: Sequence[DeadLetter]) -> tuple[pa.RecordBatch, np.ndarray]:
-    """The dead letters as a record batch, and their offsets (sequence numbers for the writer)."""
+    """The dead letters as a record batch in offset order (the pipeline's steps append them out of
+    order), and their offsets (sequence numbers for the writer)."""
+    letters = sorted(letters, key=lambda d: d.offset)
     offsets = np.fromiter((d.offset for d in letters), dtype=np.int64, count=len(letters))
     batch = pa.RecordBatch.from_arrays([
         pa.array([d.source for d in letters], pa.string()),

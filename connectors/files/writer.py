@@ -153,7 +153,8 @@ class RollingFileWriter:
         return self._open.opened_at if self._open else None
 
     def write(self, batch: pa.RecordBatch, sequence: np.ndarray, now: float | None = None) -> list[Commit]:
-        """Stage ``batch`` (row i has sequence number ``sequence[i]``, increasing); durable when
+        """Stage ``batch`` (row i has sequence number ``sequence[i]``; every row of a write is above
+        every row of the writer's earlier writes, in any order within the batch); durable when
         this returns. Rows at or below :attr:`high` are skipped (replays). Returns the commits
         this write triggered."""
         now = time.time() if now is None else now
@@ -172,7 +173,7 @@ class RollingFileWriter:
         if self._segment is not None and self._segment.schema != batch.schema:
             commits += self._commit_list()          # a file holds one schema
         if self._open is None:
-            self._open = _OpenFile(self.target.bucket(now), now, int(sequence[0]), int(sequence[0]))
+            self._open = _OpenFile(self.target.bucket(now), now, int(sequence.min()), int(sequence.min()))
         if self._segment is None or not self._segment.is_open:
             self._segment = StagingSegment(self.fs, self._staging, batch.schema)
             self._open.segments.append([self._segment.path, 0])
