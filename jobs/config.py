@@ -58,13 +58,20 @@ class EventSettings(_Section):
 class FeatureSettings(_Section):
     store: str = Field("plasma:///tmp/streamscore/plasma.sock?name=features",
                        description="feature store URI (plasma://, arrow-shm://, redis://, postgresql://)")
-    timeout_ms: int = Field(5000, description="async lookup timeout; timed-out batches are dead-lettered")
+    timeout_ms: int = Field(1000, description="longest one lookup attempt may take")
+    retries: int = Field(5, ge=0, description="attempts after the first when a lookup times out or the store "
+                         "is unavailable; when they are used up the batch's events are dead-lettered "
+                         "(feature_store_unavailable). 0: dead-letter at once")
+    retry_backoff_ms: int = Field(500, ge=1, description="wait between lookup attempts")
     capacity: int = Field(16, description="micro-batches in flight in the async enrichment operator")
 
 
 class ModelSettings(_Section):
     path: str = "models/demo.onnx"
     intra_op_threads: int = 1
+    reload_interval_s: float = Field(5.0, ge=0, description="how often the scorer checks whether the model "
+                                     "file was replaced (then loads it; a file that fails to load is refused "
+                                     "and the serving model stays). 0: never")
 
 
 class BatchSettings(_Section):

@@ -37,6 +37,9 @@ def register(subparsers) -> None:
                        "released once no reader holds them.")
     p.add_argument("file", help="table file (.parquet, .csv, .arrow)")
     p.add_argument("--key", default="entity_id", help="entity key column (default entity_id)")
+    p.add_argument("--replace-schema", action="store_true",
+                   help="publish even if the features differ from the served version's (names, order, "
+                   "types); without it such a table is refused and the served version stays")
     _store_args(p)
     p.set_defaults(func=cmd_load)
 
@@ -86,7 +89,7 @@ def cmd_load(args: argparse.Namespace) -> int:
                       TextColumn("{task.completed:,}/{task.total:,} rows"), TimeElapsedColumn(),
                       console=console, transient=False) as progress:
             task = progress.add_task(f"loading {args.file}", total=table.num_rows)
-            version = load_table(uri, table, key=args.key,
+            version = load_table(uri, table, key=args.key, replace_schema=args.replace_schema,
                                  progress=lambda done, total: progress.update(task, completed=done))
     except (FeatureStoreError, OSError) as exc:
         console.print(f"[red]load failed:[/red] {exc}")

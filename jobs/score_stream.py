@@ -83,10 +83,11 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
     k = cfg.kafka
     schema = cfg.events.schema()
     batches = micro_batches(env, cfg)
-    enriched = enrich(batches, store_uri=cfg.features.store, key_field=schema.key_field,
-                      timeout_ms=cfg.features.timeout_ms, capacity=cfg.features.capacity)
+    f = cfg.features
+    enriched = enrich(batches, store_uri=f.store, key_field=schema.key_field, timeout_ms=f.timeout_ms,
+                      retries=f.retries, retry_backoff_ms=f.retry_backoff_ms, capacity=f.capacity)
     scored = score(enriched, model_path=cfg.model.path, schema=schema,
-                   intra_op_threads=cfg.model.intra_op_threads)
+                   intra_op_threads=cfg.model.intra_op_threads, reload_interval_s=cfg.model.reload_interval_s)
     s = cfg.sink
     if s.kind in ("kafka", "both"):
         write_to_kafka(scored, producer_config=producer_config(k.bootstrap_servers, k.producer),

@@ -43,11 +43,20 @@ def open_store(uri: str, **options: Any) -> FeatureStore:
     return PostgresFeatureStore(u, opts)
 
 
-def load_table(uri: str, table: pa.Table, key: str, progress: Progress | None = None) -> str:
+def load_table(uri: str, table: pa.Table, key: str, progress: Progress | None = None,
+               replace_schema: bool = False) -> str:
     """Publish ``table`` (keyed by column ``key``) as a new version of the store at ``uri``.
-    Readers switch to it atomically within their refresh interval; returns the version."""
+    Readers switch to it atomically within their refresh interval; returns the version.
+
+    A table whose features differ (names, order or types) from the version being served is
+    refused with :class:`FeatureStoreError`, and the served version stays: running jobs were
+    built for those features. ``replace_schema=True`` publishes it anyway."""
     u = parse_uri(uri)
     name = StoreOptions.build(u.params).name
+    if key not in table.column_names:
+        raise FeatureStoreError(f"the table has no key column {key!r} (columns: {table.column_names[:10]})")
+    if not replace_schema:
+        _refuse_schema_change(uri, pa.schema([f for f in table.schema if f.name != key]))
     if u.scheme == "plasma":
         from connectors.feature_store import plasma_store
         return plasma_store.publish(plasma_store.socket_path(u), name, table, key, progress)
@@ -61,8 +70,33 @@ def load_table(uri: str, table: pa.Table, key: str, progress: Progress | None = 
     return postgres_store.publish(u, name, table, key, progress)
 
 
+def _refuse_schema_change(uri: str, features: pa.Schema) -> None:
+    try:
+        store = open_store(uri, stale_grace_s=0)
+        try:
+            current = store.schema
+        finally:
+            store.close()
+    except FeatureStoreUnavailable:
+        return          # nothing published yet: any schema may be the first
+    if not features.equals(current):
+        old = ", ".join(f"{f.name}:{f.type}" for f in current)
+        new = ", ".join(f"{f.name}:{f.type}" for f in features)
+        raise FeatureStoreError(f"refusing to replace the features served at {uri}: the new table's features "
+                                f"differ from the current version's ({new[:300]} vs {old[:300]}); the current "
+                                "version keeps serving. Publish with replace_schema=True (CLI: --replace-schema) "
+                                "if every job reading this store expects the new features.")
+
+
 def read_table_file(path: str) -> pa.Table:
     """A Parquet, Feather/Arrow or CSV file as an Arrow table."""
+    try:
+        return _read_table_file(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise FeatureStoreError(f"cannot read the table file {path!r}: {exc}") from exc
+
+
+def _read_table_file(path: str) -> pa.Table:
     lower = path.lower()
     if lower.endswith((".parquet", ".pq")):
         import pyarrow.parquet as pq

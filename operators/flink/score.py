@@ -6,30 +6,42 @@ from pyflink.datastream import DataStream
 from pyflink.datastream.functions import MapFunction, RuntimeContext
 
 from connectors.events import EventSchema
-from model_formats import load_model
+from model_formats.reloading import ReloadingModel
 from operators import steps
 from operators.batch import MicroBatch
 from operators.flink.metrics import metric_group
 
 
 class ScoreMicroBatch(MapFunction):
-    """Validates each micro-batch against the model's schema and scores the valid rows."""
+    """Validates each micro-batch against the model's schema and scores the valid rows. A
+    replaced model file takes over once it loads (see ``model_formats.reloading``)."""
 
-    def __init__(self, model_path: str, schema: EventSchema, intra_op_threads: int = 1) -> None:
+    def __init__(self, model_path: str, schema: EventSchema, intra_op_threads: int = 1,
+                 reload_interval_s: float = 5.0) -> None:
         self.model_path = model_path
         self.schema = schema
         self.intra_op_threads = intra_op_threads
+        self.reload_interval_s = reload_interval_s
 
     def open(self, ctx: RuntimeContext) -> None:
-        self._model = load_model(self.model_path, intra_op_num_threads=self.intra_op_threads)
+        self._model = ReloadingModel(self.model_path, self.reload_interval_s,
+                                     intra_op_num_threads=self.intra_op_threads)
         metrics = metric_group(ctx)
         self._score_ms = metrics.distribution("scoring_ms")
         self._rejected = metrics.counter("model_input_rejected")
+        self._reloads = metrics.counter("model_reloads")
+        self._refused = metrics.counter("model_reloads_refused")
+        self._seen = (0, 0)
 
     def map(self, batch: MicroBatch) -> steps.ScoredBatch:
         started = steps.now_ms()
         before = len(batch.dead_letters)
-        scored = steps.score(batch, self._model, self.schema)
+        model = self._model.current()
+        if (self._model.reloads, self._model.failures) != self._seen:
+            self._reloads.inc(self._model.reloads - self._seen[0])
+            self._refused.inc(self._model.failures - self._seen[1])
+            self._seen = (self._model.reloads, self._model.failures)
+        scored = steps.score(batch, model, self.schema)
         self._score_ms.update(int(steps.now_ms() - started))
         self._rejected.inc(len(scored.dead_letters) - before)
         return scored
@@ -40,6 +52,8 @@ class ScoreMicroBatch(MapFunction):
             model.close()
 
 
-def score(stream: DataStream, *, model_path: str, schema: EventSchema, intra_op_threads: int) -> DataStream:
-    return (stream.map(ScoreMicroBatch(model_path, schema, intra_op_threads), Types.PICKLED_BYTE_ARRAY())
+def score(stream: DataStream, *, model_path: str, schema: EventSchema, intra_op_threads: int,
+          reload_interval_s: float = 5.0) -> DataStream:
+    return (stream.map(ScoreMicroBatch(model_path, schema, intra_op_threads, reload_interval_s),
+                       Types.PICKLED_BYTE_ARRAY())
             .name("score:model").uid("score-model"))
