@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
     console = Console(width=max(150, shutil.get_terminal_size().columns))
+    load_before = os.getloadavg()
     console.print(f"building {args.rows:,} x {args.features} float32 table ...")
     table = make_table(args.rows, args.features)
     table_mb = (table.nbytes) / 2**20
@@ -334,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[yellow]skipped {k}: {v}[/yellow]")
     out = {"rows": args.rows, "features": args.features, "table_mib": table_mb, "batch": BATCH,
            "duration_s": args.duration, "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-           "pyarrow": pa.__version__, "platform": platform.platform()},
+           "pyarrow": pa.__version__, "platform": platform.platform(),
+           # other work on the machine skews every number (2 cores): the 1-minute load average
+           "load_average_start_end": [round(load_before[0], 1), round(os.getloadavg()[0], 1)]},
            "notes": ["latencies are measured in one Python process through the public API "
                      "(lookup_numpy: the (n, 32) float32 matrix; lookup: an Arrow RecordBatch)",
                      "per-worker MiB = anonymous (unshared) memory a reader process added by opening the store "

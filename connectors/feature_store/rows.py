@@ -131,6 +131,7 @@ class RowCodec:
         out[:len(prefix)] = prefix
         body = out[len(prefix):].view(self.matrix_dtype).reshape(len(self.names), padded)
         body[:, :n] = matrix.T
+        body[:, n:] = 0  # Arrow's 8-byte padding: no uninitialised bytes behind the batch
         return pa.ipc.read_record_batch(pa.py_buffer(out), self.batch_schema)
 
     def _ipc_layout(self, n: int) -> tuple[np.ndarray, int]:
