@@ -219,7 +219,9 @@ def test_submit_stop_with_savepoint_resume_on_a_standalone_cluster(cluster, stac
         expected_reasons = Counter(reasons.values())
         assert tally.reasons() == expected_reasons
 
-        # metrics: REST API (what the Web UI shows) ...
+        # metrics: REST API (what the Web UI shows; the UI is served too) ...
+        with urllib.request.urlopen(f"http://127.0.0.1:{cluster.rest_port}/", timeout=10) as page:
+            assert b"<html" in page.read().lower()
         good = N_FIRST - len(reasons)
         expect = {"records_in": N_FIRST, "predictions_out": good, "dead_letters_out": len(reasons)}
         expect.update({f"dead_letters.{r}": n for r, n in expected_reasons.items()})
