@@ -230,3 +230,12 @@ def test_segment_prefix_survives_a_torn_tail(tmp_path):
     seg._stream.flush()
     from connectors.files.staging import read_segment
     assert [b.num_rows for b in read_segment(fs, seg.path, durable)] == [2]
+
+
+def test_job_targets_keep_uri_options():
+    from operators.flink.file_sink import file_targets
+    targets = file_targets("s3://bucket/out/?region=eu-west-1", "jsonl", "day=%d", 1 << 20, 60, True)
+    assert {k: t.uri for k, t in targets.items()} == {
+        "predictions": "s3://bucket/out/predictions?region=eu-west-1",
+        "dead_letters": "s3://bucket/out/dead_letters?region=eu-west-1"}
+    assert list(file_targets("file:///x", "parquet", "h=%H", 1, 1, False)) == ["predictions"]

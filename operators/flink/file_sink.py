@@ -118,8 +118,9 @@ def file_targets(path: str, fmt: str, partitioning: str, roll_bytes: int, roll_i
                  include_dead_letters: bool) -> dict[str, FileTarget]:
     """``<path>/predictions`` (and ``<path>/dead_letters``) with one write policy."""
     names = [PREDICTIONS, DEAD_LETTERS] if include_dead_letters else [PREDICTIONS]
-    return {name: FileTarget(f"{path.rstrip('/')}/{name}", fmt, partitioning, roll_bytes, roll_interval_s)
-            for name in names}
+    base, sep, options = path.partition("?")             # e.g. s3://b/p?endpoint_override=...
+    return {name: FileTarget(f"{base.rstrip('/')}/{name}{sep}{options}", fmt, partitioning, roll_bytes,
+                             roll_interval_s) for name in names}
 
 
 def write_to_files(stream: DataStream, targets: dict[str, FileTarget]):
