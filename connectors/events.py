@@ -66,13 +66,22 @@ def _loads(value: bytes):
     try:
         return orjson.loads(value)
     except orjson.JSONDecodeError:
-        return json.loads(value)
+        try:
+            return json.loads(value)
+        except RecursionError:     # nesting deeper than the interpreter's stack: not an event
+            raise ValueError("JSON nested too deeply") from None
 
 
 def _check_value(kind: str, value) -> str | None:
     """Why ``value`` is not a valid ``kind``, or None when it is."""
     if kind == "string":
-        return None if isinstance(value, str) else f"expected string, got {type(value).__name__}"
+        if not isinstance(value, str):
+            return f"expected string, got {type(value).__name__}"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:   # a lone surrogate escape (\ud800): no valid Unicode string
+            return "string holds a lone surrogate escape, out of Unicode's range"
+        return None
     if kind == "bool":
         return None if isinstance(value, bool) else f"expected bool, got {type(value).__name__}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
