@@ -11,6 +11,7 @@ help:
 	@echo "make demo [EVENTS=20000 RATE=5000]  run the scoring job end to end on embedded defaults"
 	@echo "make test                           run the test suite (real broker, Plasma, MiniCluster)"
 	@echo "make cluster-test                   production path: standalone Flink cluster, file sink, compose file"
+	@echo "make chaos [CHAOS_EVENTS=50000]     break the job on purpose (kills, outages): exact accounting table"
 	@echo "make bench                          end-to-end, model-format and side-store benchmarks"
 	@echo "make bench-deps                     .venv-bench: Quix Streams and Bytewax for the e2e comparison"
 
@@ -32,6 +33,12 @@ test: install
 
 test-fast: install
 	$(BIN)/pytest -m "not slow"
+
+CHAOS_EVENTS ?= 50000
+
+.PHONY: chaos
+chaos: install
+	$(BIN)/python tests/chaos/run_chaos.py --events $(CHAOS_EVENTS)
 
 .PHONY: cluster-test
 cluster-test: install

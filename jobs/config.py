@@ -82,6 +82,10 @@ class BatchSettings(_Section):
 
 class FlinkSettings(_Section):
     parallelism: int = 1
+    python_workers: Literal["auto", "process"] = Field(
+        "auto", description="where the Python operators run. auto: PyFlink's choice, inside the job's own "
+        "Python process on a local MiniCluster (loopback), separate worker processes on a cluster; "
+        "process: separate worker processes on a MiniCluster too, as on a cluster")
     checkpoint_interval_ms: int = 2000
     checkpoint_dir: str = "file:///tmp/streamscore/checkpoints"
     restore_from: str | None = Field(None, description="a checkpoint/savepoint path, or 'latest' in checkpoint_dir")

@@ -3,6 +3,7 @@ summary table, and one JSON object as the very last line."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -13,8 +14,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from connectors.kafka.embedded_broker import free_port
 from jobs import demo_data
 from jobs.embedded import EmbeddedStack
+from jobs.flink_rest import FlinkRest
 from jobs.producer import produce
 from jobs.tally import Tally
 
@@ -67,7 +70,10 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
     console = console or Console(stderr=True)
     say = console.print
     with EmbeddedStack(opts.workdir, opts.entities, say=say) as stack:
-        cfg = stack.job_config("demo", opts.partitions, flink__parallelism=opts.parallelism)
+        rest_port = free_port()
+        cfg = stack.job_config("demo", opts.partitions, flink__parallelism=opts.parallelism,
+                               flink__conf={"rest.port": rest_port, "rest.address": "127.0.0.1",
+                                            "rest.bind-address": "127.0.0.1"})
         with console.status("starting the scoring job in a local Flink MiniCluster (JVM, Python workers)…"):
             job, reader = stack.start_job(cfg)
         say(f"the scoring job is up (log: {job.log_path})")
@@ -97,10 +103,33 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
                     live.update(f"produced {len(records):,}/{len(records):,} · accounted {done:,}/{len(inputs):,}")
                 tally = reader.wait_for(set(inputs), timeout_s=opts.timeout_s, stall_s=120,
                                         on_progress=progress, check=job.check_alive)
-            return summarize(tally, inputs, started, opts)
+            summary = summarize(tally, inputs, started, opts)
+            summary["job_metrics"] = output_metrics(FlinkRest(f"http://127.0.0.1:{rest_port}"))
+            return summary
         finally:
             reader.stop()
             job.stop()
+
+
+_OUTPUT_METRIC = re.compile(r"\.(predictions_out|dead_letters_out|dead_letters\.\w+)$")
+
+
+def output_metrics(rest: FlinkRest) -> dict[str, float]:
+    """The job's own counters of what it wrote (``predictions_out``, ``dead_letters_out``,
+    ``dead_letters.<reason>``), read from its Flink REST API; {} when it cannot be reached."""
+    try:
+        jobs = rest.running_jobs()
+        if not jobs:
+            return {}
+        totals: dict[str, float] = {}
+        for metrics in rest.vertex_metrics(jobs[0]["jid"]).values():
+            for metric_id, value in metrics.items():
+                match = _OUTPUT_METRIC.search(metric_id)
+                if match:
+                    totals[match.group(1)] = totals.get(match.group(1), 0) + value
+        return dict(sorted(totals.items()))
+    except (OSError, ValueError, KeyError):
+        return {}
 
 
 def render(summary: dict, console: Console) -> None:
@@ -112,6 +141,8 @@ def render(summary: dict, console: Console) -> None:
         table.add_row(key, str(summary[key]))
     for reason, count in summary["dead_letter_reasons"].items():
         table.add_row(f"  dead letters: {reason}", str(count))
+    for name, value in summary.get("job_metrics", {}).items():
+        table.add_row(f"job metric {name}", f"{value:,.0f}")
     console.print(table)
 
 

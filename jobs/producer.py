@@ -12,7 +12,7 @@ from connectors.kafka.clients import producer_config
 def produce(bootstrap_servers: str, topic: str, records: Iterable[dict | bytes], rate: float | None = None,
             encode: Callable[[dict], bytes] | None = None,
             on_progress: Callable[[int], None] | None = None,
-            warm_up: Iterable[dict | bytes] = ()) -> list[str]:
+            warm_up: Iterable[dict | bytes] = (), settings: dict | None = None) -> list[str]:
     """Produce every record (dicts are encoded by ``encode`` at send time, which stamps the
     creation time) at about ``rate`` records/s (None: as fast as possible). Returns the input
     coordinates ``topic/partition/offset`` of every acknowledged record, in send order.
@@ -20,8 +20,9 @@ def produce(bootstrap_servers: str, topic: str, records: Iterable[dict | bytes],
     ``warm_up`` records are sent and acknowledged first, before the rate clock starts, and are
     not among the returned coordinates: a new idempotent producer holds its first records for
     ~0.5 s (it retries acquiring a producer id until a broker connection is up), a delay that
-    would otherwise show up in latency measurements as the pipeline's."""
-    producer = Producer(producer_config(bootstrap_servers, {"linger.ms": 2}))
+    would otherwise show up in latency measurements as the pipeline's.
+    ``settings``: extra producer settings (e.g. the job config's ``kafka.producer``)."""
+    producer = Producer(producer_config(bootstrap_servers, {"linger.ms": 2, **(settings or {})}))
     for record in warm_up:
         producer.produce(topic, encode(record) if isinstance(record, dict) else record)
     if producer.flush(60):

@@ -99,6 +99,8 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
 
 def run(cfg: JobConfig) -> None:
     """Build and run the job (blocks until it ends or is cancelled)."""
+    if cfg.flink.python_workers == "process":       # read by PyFlink when the job is submitted
+        os.environ["_python_worker_execution_mode"] = "process"
     env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(cfg))
     build(env, cfg)
     env.execute(cfg.job_name)

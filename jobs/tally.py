@@ -24,7 +24,7 @@ class Tally:
     dead_letters: dict[str, str] = field(default_factory=dict)   # input → reason
     dead_letter_times: dict[str, float] = field(default_factory=dict)    # input → arrival ms
     duplicate_predictions: int = 0
-    duplicate_ids: set[str] = field(default_factory=set)         # inputs predicted more than once
+    duplicate_ids: set[str] = field(default_factory=set)         # inputs with more than one output record
     duplicate_dead_letters: int = 0
 
     @property
@@ -140,6 +140,7 @@ class OutputReader:
             key = headers.get(SOURCE_HEADER, b"?").decode()
             if key in t.dead_letters:
                 t.duplicate_dead_letters += 1
+                t.duplicate_ids.add(key)
                 return
             t.dead_letters[key] = headers.get(REASON_HEADER, b"?").decode()
             t.dead_letter_times[key] = now_ms

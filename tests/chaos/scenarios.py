@@ -1,0 +1,288 @@
+"""Chaos scenarios: the scoring job broken on purpose, with real processes, and every input
+accounted for at the end (a prediction or a dead letter; duplicates reported; lost must be 0).
+
+Used by ``tests/chaos/test_chaos.py`` (short runs, in ``make test``) and by
+``tests/chaos/run_chaos.py`` (``make chaos``: full runs, a table, and a JSON last line).
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from connectors.feature_store import load_table
+from jobs import demo_data
+from jobs.demo import DemoOptions, demo_records
+from connectors.kafka.embedded_broker import free_port
+from jobs.embedded import EmbeddedStack
+from jobs.flink_rest import FlinkRest
+from jobs.producer import produce
+from latency_proxy import LatencyProxy
+
+JOB_TIMEOUT_S = 900
+
+
+@dataclass
+class Outcome:
+    """Accounting of one scenario: inputs = predicted + dead_lettered + lost."""
+
+    scenario: str
+    inputs: int
+    predicted: int            # inputs with a prediction
+    dead_lettered: int        # inputs with a dead letter and no prediction
+    duplicates: int           # inputs with more than one output record
+    lost: int                 # inputs with neither (must be 0)
+    seconds: float
+    failovers: int = 0        # in-process restarts Flink made in the last job process
+    reasons: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ChaosRun:
+    """One job on fresh topics, producer threads writing the scenario's fixed input (1 % of it
+    malformed or of unknown entities), and a reader of the prediction and dead-letter topics."""
+
+    def __init__(self, stack: EmbeddedStack, scenario: str, events: int, rate: float, **overrides) -> None:
+        self.stack = stack
+        self.scenario = scenario
+        overrides.setdefault("flink__checkpoint_interval_ms", 1000)
+        self.rest_port = free_port()
+        overrides.setdefault("flink__conf", {"rest.port": self.rest_port, "rest.address": "127.0.0.1",
+                                             "rest.bind-address": "127.0.0.1"})
+        self.cfg = stack.job_config(f"{scenario}-{uuid.uuid4().hex[:6]}", partitions=2, **overrides)
+        self.records = demo_records(DemoOptions(events=events, entities=stack.entities))
+        self.rate = rate
+        self.coords: list[str] = []
+        self.notes: list[str] = []
+        self._errors: list[BaseException] = []
+        self._feeders: list[threading.Thread] = []
+        self.job = self.reader = None
+        self.started = 0.0
+
+    def start(self, feed: bool = True) -> "ChaosRun":
+        """Start the job; ``feed``: produce the whole input in the background at once."""
+        self.job, self.reader = self.stack.start_job(self.cfg)
+        self.started = time.monotonic()
+        if feed:
+            self.feed(self.records)
+        return self
+
+    def __enter__(self) -> "ChaosRun":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Whatever happened, leave no job process or reader behind."""
+        if self.reader is not None:
+            self.reader.stop()
+            self.reader = None
+        if self.job is not None:
+            self.job.stop()
+
+    def feed(self, records: list) -> None:
+        """Produce ``records`` in a background thread (after any earlier feed has finished)."""
+        previous = self._feeders[-1] if self._feeders else None
+
+        def run() -> None:
+            if previous is not None:
+                previous.join()
+            try:
+                self.coords += produce(self.cfg.kafka.bootstrap_servers, self.cfg.kafka.input_topic, records,
+                                       rate=self.rate, encode=demo_data.encode, settings=self.cfg.kafka.producer)
+            except BaseException as exc:  # noqa: BLE001 - reported by finish()
+                self._errors.append(exc)
+
+        thread = threading.Thread(target=run, name="chaos-producer", daemon=True)
+        thread.start()
+        self._feeders.append(thread)
+
+    def scored(self) -> int:
+        """Outputs (predictions + dead letters) so far for this run's own input (not warm-up)."""
+        snap = self.reader.snapshot()
+        return (sum(not p["event_id"].startswith("warmup-") for p in snap.predictions.values())
+                + len(snap.dead_letters))
+
+    def wait_scored(self, more_than: int, timeout_s: float = 300) -> int:
+        """Wait until the job has written more than ``more_than`` outputs; the count."""
+        deadline = time.monotonic() + timeout_s
+        while (n := self.scored()) <= more_than:
+            self.job.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.scenario}: no progress past {more_than} outputs in {timeout_s}s:\n"
+                                   f"{self.job.log_tail()}")
+            time.sleep(0.1)
+        return n
+
+    def restarts(self) -> int:
+        """How often Flink failed the running job over (its REST API's ``numRestarts``)."""
+        rest = FlinkRest(f"http://127.0.0.1:{self.rest_port}")
+        return sum(rest.restarts(j["jid"]) for j in rest.running_jobs())
+
+    def kill_job(self) -> None:
+        """kill -9 the job (client, JVM and Python workers) and start it again from its latest
+        checkpoint."""
+        self.job.kill()
+        self.job = self.stack.job(self.cfg, "--restore", "latest").start()
+
+    def finish(self, timeout_s: float = JOB_TIMEOUT_S) -> Outcome:
+        """Wait for the producers and for every input to be accounted for; stop everything."""
+        try:
+            for feeder in self._feeders:
+                feeder.join(timeout=timeout_s)
+            if self._errors:
+                raise RuntimeError(f"{self.scenario}: producing the input failed") from self._errors[0]
+            inputs = set(self.coords)
+            tally = self.reader.wait_for(inputs, timeout_s=timeout_s, stall_s=240, check=self.job.check_alive)
+            failovers = self.restarts()
+        finally:
+            self.__exit__()
+        predicted = inputs & set(tally.predictions)
+        dead = (inputs & set(tally.dead_letters)) - predicted
+        reasons = Counter(tally.dead_letters[key] for key in dead)
+        return Outcome(self.scenario, len(inputs), len(predicted), len(dead),
+                       len(inputs & tally.duplicate_ids), len(inputs - predicted - dead),
+                       round(time.monotonic() - self.started, 1), failovers, dict(sorted(reasons.items())),
+                       self.notes)
+
+
+def kill_job(stack: EmbeddedStack, events: int = 50_000, kills: int = 3, rate: float = 2000,
+             seed: int | None = None) -> Outcome:
+    """Scenario 1: kill -9 the job process (MiniCluster and workers) ``kills`` times at random
+    points; restart it from the latest checkpoint each time.
+
+    The input goes in ``kills + 1`` segments, each fed once the (restarted) job is up, and each
+    kill falls at a random point of a segment's output: mid-stream however slow the machine."""
+    rng = random.Random(seed)
+    with ChaosRun(stack, "kill-job", events, rate) as run:
+        run.start(feed=False)
+        size = -(-len(run.records) // (kills + 1))
+        segments = [run.records[i:i + size] for i in range(0, len(run.records), size)]
+        done = 0
+        for i, segment in enumerate(segments[:kills]):
+            run.feed(segment)
+            done = run.wait_scored(done + int(rng.uniform(0.1, 0.9) * len(segment)))
+            run.notes.append(f"kill {i + 1} at {done} outputs")
+            run.kill_job()
+        for segment in segments[kills:]:
+            run.feed(segment)
+        return run.finish()
+
+
+def kill_python_worker(stack: EmbeddedStack, events: int = 50_000, rate: float = 2000) -> Outcome:
+    """Scenario 2: kill -9 the Python worker process only; Flink must fail the task over (its
+    restart strategy) and resume from the last checkpoint, with the job process still up.
+
+    The job runs its Python operators in separate worker processes, as on a cluster (on a local
+    MiniCluster PyFlink otherwise runs them inside the job's own process)."""
+    with ChaosRun(stack, "kill-worker", events, rate, flink__python_workers="process") as run:
+        run.start()
+        run.wait_scored(events // 5)
+        workers = python_workers(run.job.pid)
+        if not workers:
+            raise RuntimeError("no Python worker process found under the job process")
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        run.notes.append(f"killed Python worker(s) {workers} at {run.scored()} outputs")
+        deadline = time.monotonic() + 120
+        while not run.restarts() and time.monotonic() < deadline:   # Flink notices the lost worker
+            time.sleep(0.5)
+        return run.finish()
+
+
+def broker_outage(stack: EmbeddedStack, events: int = 50_000, outage_s: float = 10.0,
+                  rate: float = 2000) -> Outcome:
+    """Scenario 3: kill -9 the broker mid-stream, keep it down ``outage_s``, start it again on its
+    durable storage (``stack`` must be an ``EmbeddedStack(durable_broker=True)``)."""
+    if not stack.durable_broker:
+        raise ValueError("the broker-outage scenario needs a durable broker (memory:// loses everything)")
+    with ChaosRun(stack, "broker-outage", events, rate) as run:
+        run.start()
+        run.wait_scored(events // 5)
+        at = run.scored()
+        stack.broker.kill()
+        time.sleep(outage_s)
+        stack.broker.restart()
+        run.notes.append(f"broker down {outage_s:.0f}s at {at} outputs")
+        return run.finish()
+
+
+def plasma_restart(stack: EmbeddedStack, events: int = 50_000, down_s: float = 3.0,
+                   rate: float = 2000) -> Outcome:
+    """Scenario 4: kill -9 the Plasma store mid-stream, start a new one on the same socket and
+    load the features again (a new version); readers reconnect and switch to it.
+
+    Readers run with ``stale_grace_s=0``: every lookup while the store is gone fails and is
+    retried, so nothing is scored until they have reconnected to the new store. (By default a
+    reader keeps serving the snapshot it holds for 60 s, which would hide the reconnect.)"""
+    store = f"{stack.feature_uri}&stale_grace_s=0"
+    with ChaosRun(stack, "plasma-restart", events, rate, features__store=store, features__retries=20) as run:
+        run.start()
+        run.wait_scored(events // 5)
+        at = run.scored()
+        os.kill(stack.plasma.pid, signal.SIGKILL)
+        stack.plasma.stop()
+        time.sleep(down_s)
+        stack.plasma.start()
+        version = load_table(stack.feature_uri, stack.features, key="entity_id")
+        run.notes.append(f"plasma killed at {at} outputs, back after {down_s:.0f}s with version {version}")
+        return run.finish()
+
+
+def slow_store(stack: EmbeddedStack, redis_url: str, events: int = 50_000, slow_s: float = 6.0,
+               delay_s: float = 1.5, rate: float = 2000, retries: int = 5) -> Outcome:
+    """Scenario 5: the feature store (Redis, behind a latency-injecting proxy) answers each
+    request ``delay_s`` late for ``slow_s`` seconds: longer than the lookup timeout. The async
+    operator retries (``features.retries``) and dead-letters only what outlives its retries."""
+    with redis_features_behind_proxy(stack, redis_url) as (proxy, store_uri), \
+            ChaosRun(stack, "slow-store", events, rate, features__store=store_uri, features__timeout_ms=500,
+                     features__retries=retries, features__retry_backoff_ms=500) as run:
+        run.start()
+        run.wait_scored(events // 5)
+        at = run.scored()
+        proxy.delay_s = delay_s
+        time.sleep(slow_s)
+        proxy.delay_s = 0.0
+        run.notes.append(f"store {delay_s * 1000:.0f} ms slow for {slow_s:.0f}s from {at} outputs "
+                         f"(timeout 500 ms, {retries} retries)")
+        return run.finish()
+
+
+@contextmanager
+def redis_features_behind_proxy(stack: EmbeddedStack, redis_url: str):
+    """The stack's features loaded into Redis under a fresh name, reached through a
+    :class:`LatencyProxy`; yields ``(proxy, store URI through the proxy)``."""
+    target = urlsplit(redis_url)
+    proxy = LatencyProxy(target.hostname or "127.0.0.1", target.port or 6379).start()
+    uri = f"redis://127.0.0.1:{proxy.port}{target.path or '/0'}?name=chaos-{uuid.uuid4().hex[:6]}"
+    try:
+        load_table(uri, stack.features, key="entity_id")
+        yield proxy, uri
+    finally:
+        proxy.stop()
+
+
+def python_workers(job_pid: int) -> list[int]:
+    """PIDs of the Flink Python worker processes started under the job's process group."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == job_pid:
+            continue
+        try:
+            if os.getpgid(int(entry.name)) != job_pid:
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except (OSError, ProcessLookupError):
+            continue
+        if b"-m pyflink.fn_execution" in cmdline:      # python -m pyflink.fn_execution.beam.beam_boot
+            found.append(int(entry.name))
+    return sorted(found)
