@@ -31,7 +31,12 @@ def test_load_and_get(plasma_server, tmp_path, capsys):
     assert lines[1]["key"] == 123456 and lines[1]["found"] is False
 
     csv.write_csv(feature_table(10, n_features=2, scale=2.0), tmp_path / "g.csv")
-    assert main(["features", "load", str(tmp_path / "g.csv"), "--store", uri]) == 0
+    # other features than the served version's: refused unless asked for, version 1 keeps serving
+    assert main(["features", "load", str(tmp_path / "g.csv"), "--store", uri]) == 1
+    assert "refusing to replace the features" in capsys.readouterr().err
+    assert main(["features", "get", "--store", uri, "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == "1"
+    assert main(["features", "load", str(tmp_path / "g.csv"), "--store", uri, "--replace-schema"]) == 0
     capsys.readouterr()
     assert main(["features", "get", "--store", uri, "3"]) == 0
     line = json.loads(capsys.readouterr().out)
@@ -42,7 +47,7 @@ def test_load_errors_are_reported(plasma_server, tmp_path, capsys):
     pq.write_table(feature_table(10), tmp_path / "f.parquet")
     assert main(["features", "load", str(tmp_path / "f.parquet"), "--key", "nope",
                  "--store", plasma_server.uri()]) == 1
-    assert "not in table columns" in capsys.readouterr().err
+    assert "no key column 'nope'" in capsys.readouterr().err
     assert main(["features", "get", "--store", f"plasma://{short_tmpdir()}/x.sock", "1"]) == 1
     assert "feature_store_unavailable" in capsys.readouterr().err
 

@@ -75,7 +75,7 @@ def test_bad_tables_are_rejected(plasma_server):
     dup = pa.table({"entity_id": [1, 1], "f": [1.0, 2.0]})
     with pytest.raises(FeatureStoreError, match="duplicate"):
         load_table(uri, dup, key="entity_id")
-    with pytest.raises(FeatureStoreError, match="not in table"):
+    with pytest.raises(FeatureStoreError, match="no key column 'nope'"):
         load_table(uri, dup, key="nope")
     with pytest.raises(FeatureStoreError, match="only fixed-width"):
         load_table(uri, pa.table({"entity_id": [1], "s": ["a"]}), key="entity_id")

@@ -72,7 +72,7 @@ def load_table(uri: str, table: pa.Table, key: str, progress: Progress | None = 
 
 def _refuse_schema_change(uri: str, features: pa.Schema) -> None:
     try:
-        store = open_store(uri, stale_grace_s=0)
+        store = open_store(uri, stale_grace_s=0, prefault=False)  # only the schema is read
         try:
             current = store.schema
         finally:
