@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 import uuid
@@ -43,13 +44,13 @@ def plasma_server():
     server = PlasmaServer(os.path.join(d, "plasma.sock"), 256 << 20)
     with server:
         yield server
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
 def shm_dir():
     path = f"/dev/shm/streamscore-test-{uuid.uuid4().hex[:8]}"
     yield path
-    import shutil
     shutil.rmtree(path, ignore_errors=True)
 
 
