@@ -5,6 +5,7 @@ and file output."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,8 @@ import pytest
 
 from beam_helpers import onnx_variant, read_outputs, run_bounded, stop_offsets
 from connectors import dead_letter as dl
+from connectors.kafka.clients import consumer_config
+from connectors.kafka.partition_reader import committed_offsets
 from jobs import demo_data
 from jobs.beam_score import main as beam_main
 from jobs.producer import produce
@@ -61,6 +64,7 @@ def flink_and_beam(stack):
                          encode=demo_data.encode)
         tallies = {name: readers[name].wait_for(set(coords), timeout_s=300, stall_s=120, check=jobs[name].check_alive)
                    for name in jobs}
+        _wait_for_commits(beam_cfg, stop_offsets(coords))   # commits follow the outputs asynchronously
         jobs["beam"].kill()
         readers.pop("beam").stop()
         while_down = produce(flink_cfg.kafka.bootstrap_servers, flink_cfg.kafka.input_topic,
@@ -75,6 +79,18 @@ def flink_and_beam(stack):
             reader.stop()
         for job in jobs.values():
             job.stop()
+
+
+def _wait_for_commits(cfg, wanted: dict[int, int], timeout_s: float = 60) -> None:
+    """Until the Beam job's consumer group has committed at least ``wanted`` (partition → offset)."""
+    config = consumer_config(cfg.kafka.bootstrap_servers, cfg.kafka.group_id, cfg.kafka.consumer)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        committed = committed_offsets(config, cfg.kafka.input_topic, list(wanted))
+        if all(committed.get(p, -1) >= o for p, o in wanted.items()):
+            return
+        assert time.monotonic() < deadline, f"offsets {wanted} not committed after {timeout_s}s: {committed}"
+        time.sleep(0.2)
 
 
 def test_streaming_beam_job_accounts_for_every_event(flink_and_beam):
