@@ -320,7 +320,8 @@ def cmd_export(args) -> int:
                 print(f"error: {reason}", file=sys.stderr)
                 return 2
             else:
-                console.print(f"[yellow]skipping PMML: {reason}[/yellow]")
+                from rich.markup import escape   # the reason names the extra in [brackets]
+                console.print(f"[yellow]skipping PMML: {escape(reason)}[/yellow]")
     except (PmmlExportError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
