@@ -122,7 +122,7 @@ def output_metrics(rest: FlinkRest) -> dict[str, float]:
         if not jobs:
             return {}
         totals: dict[str, float] = {}
-        for metrics in rest.vertex_metrics(jobs[0]["jid"]).values():
+        for metrics in rest.vertex_metrics(jobs[0]["jid"], lambda m: bool(_OUTPUT_METRIC.search(m))).values():
             for metric_id, value in metrics.items():
                 match = _OUTPUT_METRIC.search(metric_id)
                 if match:

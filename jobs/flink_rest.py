@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, Callable
+from urllib.parse import quote
 
 
 class FlinkRest:
@@ -41,13 +42,19 @@ class FlinkRest:
         history = self.get(f"/jobs/{job_id}/exceptions").get("exceptionHistory", {}).get("entries", [])
         return [e.get("exceptionName", "") + ": " + (e.get("stacktrace") or "").split("\n")[0] for e in history]
 
-    def vertex_metrics(self, job_id: str, names: list[str] | None = None) -> dict[str, dict[str, float]]:
-        """Metrics of every operator chain (vertex name → metric → value, summed over subtasks).
-        ``names``: only these metric ids (e.g. ``0.score:model.predictions``); all when None."""
+    def vertex_metrics(self, job_id: str, select: Callable[[str], bool] | None = None,
+                       chunk: int = 20) -> dict[str, dict[str, float]]:
+        """Metrics of every operator chain (vertex name → metric id → value, summed over its
+        subtasks). ``select``: keep only the metric ids it accepts (all when None)."""
         out: dict[str, dict[str, float]] = {}
         for vertex in self.get(f"/jobs/{job_id}")["vertices"]:
             base = f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics"
-            wanted = names if names is not None else [m["id"] for m in self.get(base)]
-            values = self.get(f"{base}?get={','.join(wanted)}&agg=sum") if wanted else []
-            out[vertex["name"]] = {v["id"]: float(v["sum"]) for v in values if "sum" in v}
+            ids = [m["id"] for m in self.get(base) if select is None or select(m["id"])]
+            values: dict[str, float] = {}
+            for i in range(0, len(ids), chunk):     # long ?get= lists are refused
+                wanted = ",".join(quote(m, safe="") for m in ids[i:i + chunk])
+                for v in self.get(f"{base}?get={wanted}&agg=sum"):
+                    if "sum" in v:
+                        values[v["id"]] = float(v["sum"])
+            out[vertex["name"]] = values
         return out

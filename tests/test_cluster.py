@@ -5,7 +5,6 @@ flink-conf/submit-job.sh (the command docker-compose runs), stopped with a savep
 from it. Its metrics are read from the REST API and the Prometheus reporter."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -22,6 +21,7 @@ import pytest
 import yaml
 
 from jobs import demo_data
+from jobs.flink_rest import FlinkRest
 from jobs.producer import produce
 from jobs.tally import OutputReader
 from job_helpers import read_committed
@@ -127,8 +127,7 @@ class StandaloneCluster:
         urllib.request.urlopen(request, timeout=10).close()
 
     def rest(self, path: str):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.rest_port}{path}", timeout=10) as r:
-            return json.load(r)
+        return FlinkRest(f"http://127.0.0.1:{self.rest_port}", timeout_s=10).get(path)
 
     def flink(self, *args: str, timeout_s: float = 180) -> str:
         """Run ``flink ARGS`` (or, for ``submit``, flink-conf/submit-job.sh) and return its output."""

@@ -6,6 +6,7 @@ Schemes: ``plasma://`` (default, shared memory), ``arrow-shm://`` (Arrow IPC fil
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pyarrow as pa
@@ -71,6 +72,17 @@ def load_table(uri: str, table: pa.Table, key: str, progress: Progress | None = 
 
 
 def _refuse_schema_change(uri: str, features: pa.Schema) -> None:
+    # "nothing published yet" is the expected answer for a new store: not worth a warning
+    store_log = logging.getLogger("streamscore.feature_store")
+    level = store_log.level
+    store_log.setLevel(logging.ERROR)
+    try:
+        _compare_with_current(uri, features)
+    finally:
+        store_log.setLevel(level)
+
+
+def _compare_with_current(uri: str, features: pa.Schema) -> None:
     try:
         store = open_store(uri, stale_grace_s=0, prefault=False)  # only the schema is read
         try:
