@@ -11,8 +11,6 @@ import argparse
 import sys
 from datetime import timedelta
 from itertools import groupby
-from pathlib import Path
-from urllib.parse import urlparse
 
 if __name__ == "__main__":
     from bench.competitors import use_bench_venv
@@ -24,6 +22,7 @@ from bytewax.dataflow import Dataflow  # noqa: E402
 from bytewax.recovery import RecoveryConfig, init_db_dir  # noqa: E402
 from bytewax.run import cli_main  # noqa: E402
 
+from bench.competitors import state_dir  # noqa: E402
 from bench.plain_loop import ChunkScorer  # noqa: E402
 from connectors.kafka.clients import CONSUMER_DEFAULTS, PRODUCER_DEFAULTS  # noqa: E402
 from connectors.kafka.partition_reader import RecordChunk  # noqa: E402
@@ -58,7 +57,7 @@ def flow(cfg: JobConfig) -> Dataflow:
 
 def recovery(cfg: JobConfig) -> RecoveryConfig:
     """Bytewax's recovery store (SQLite), next to where the Flink job keeps its checkpoints."""
-    db_dir = Path(urlparse(cfg.flink.checkpoint_dir).path) / "bytewax-recovery"
+    db_dir = state_dir(cfg.flink.checkpoint_dir, "bytewax-recovery")
     if not db_dir.exists():
         db_dir.mkdir(parents=True)
         init_db_dir(db_dir, 1)

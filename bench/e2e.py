@@ -12,7 +12,8 @@ For each: throughput draining a pre-filled topic, and event latency at a fixed i
 Prints a table, writes bench/results/e2e.json.
 
 Latency is event creation (the producer stamps ``ts`` into each event as it sends it) → the
-prediction read back from the output topic (stamped on arrival), on one clock (one machine).
+prediction read back from the output topic (stamped on arrival), on one clock (one machine), in
+steady state: the first --ramp-seconds at the same rate are left out of the percentiles.
 The rate-limited producer runs in its own process and is warmed up before the clock starts (a
 new idempotent producer holds its first records ~0.5 s); the reader consumes and stamps in a
 child process of its own, so neither the producer nor the bench's bookkeeping delays a stamp.
@@ -37,7 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import competitors  # noqa: E402
 from jobs import demo_data  # noqa: E402
+from jobs.config import apply_overrides  # noqa: E402
 from jobs.embedded import EmbeddedStack  # noqa: E402
 from jobs.producer import produce  # noqa: E402
 from jobs.tally import OutputReader, Tally  # noqa: E402
@@ -117,8 +118,10 @@ def latency_stats(tally: Tally, inputs: list[str]) -> dict:
     return stats
 
 
-def latency(stack, name: str, runner: Runner, rate: float, seconds: float, reader_fetch_wait_ms: int) -> dict:
-    """Events at ``rate`` for ``seconds`` from a producer process; latency of each prediction."""
+def latency(stack, name: str, runner: Runner, rate: float, seconds: float, ramp_seconds: float,
+            reader_fetch_wait_ms: int) -> dict:
+    """Events at ``rate`` for ``ramp_seconds`` + ``seconds`` from a producer process; the latency of
+    each prediction after the ramp (every event must still come out)."""
     cfg, job, warm_reader = _start(stack, name, runner, "lat")
     warm_reader.stop()
     k = cfg.kafka
@@ -128,14 +131,17 @@ def latency(stack, name: str, runner: Runner, rate: float, seconds: float, reade
         warm = produce(k.bootstrap_servers, k.input_topic, demo_data.events(10, stack.entities, seed=23, prefix="warmup"),
                        encode=demo_data.encode)
         reader.wait_for(set(warm), timeout_s=120, stall_s=120, check=job.check_alive)
-        n = int(rate * seconds)
+        n, ramp = int(rate * seconds), int(rate * ramp_seconds)
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as producer:
             coords = producer.submit(produce, k.bootstrap_servers, k.input_topic,
-                                     demo_data.events(n, stack.entities, seed=19), rate=rate, encode=demo_data.encode,
+                                     demo_data.events(ramp + n, stack.entities, seed=19), rate=rate,
+                                     encode=demo_data.encode,
                                      warm_up=demo_data.events(5, stack.entities, seed=29, prefix="warmup")).result()
         tally = reader.wait_for(set(coords), timeout_s=600, stall_s=120, check=job.check_alive)
+        ramp_stats = latency_stats(tally, coords[:ramp]) if ramp else {}
         return {"rate_eps": rate, "events": n, "missing": len(tally.missing(set(coords))),
-                **latency_stats(tally, coords)}
+                **latency_stats(tally, coords[ramp:]),
+                "ramp": {"events": ramp, **{key: v for key, v in ramp_stats.items() if key != "hops"}}}
     finally:
         reader.stop()
         job.stop()
@@ -193,8 +199,9 @@ def print_report(results: dict, runners: dict[str, Runner], rate: float, met: di
         h = r["latency"].get("hops", {})
         hops.add_row(name, *(f"{h[x]['p50_ms']} / {h[x]['p99_ms']}" if x in h else "-" for x in HOPS))
     out.print(hops)
-    out.print("latency = event creation (producer stamp) → prediction read back (reader stamp), one clock; "
-              "event→scored includes the input topic and polling, scored→read the output topic.")
+    out.print("latency = event creation (producer stamp) → prediction read back (reader stamp), one clock, "
+              "after a ramp at the same rate; event→scored includes the input topic and polling, scored→read "
+              "the output topic. Timings depend on what else the machine runs (check the load in the JSON).")
     for key, t in met.items():
         if t["value"] is not None:
             out.print(f"target {key}: {t['value']} — {'met' if t['met'] else 'NOT met'}")
@@ -205,18 +212,21 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=100_000, help="events for the throughput runs")
     parser.add_argument("--rate", type=float, default=5000, help="input rate of the latency runs (events/s)")
     parser.add_argument("--latency-seconds", type=float, default=20, help="duration of the latency runs")
+    parser.add_argument("--ramp-seconds", type=float, default=2,
+                        help="the latency runs start with this long at the same rate, left out of the "
+                             "percentiles (first real load: JIT, buffers); their events must still come out")
     parser.add_argument("--runners", default=",".join(RUNNERS), help=f"comma-separated subset of {', '.join(RUNNERS)}")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="job config override for every runner, e.g. batch.heartbeat_per_s=50")
+                        help="job config override for every runner, e.g. batch.poll_timeout_ms=10 or "
+                             "kafka.consumer.fetch.wait.max.ms=10")
     parser.add_argument("--skip-throughput", action="store_true", help="only the latency runs")
-    parser.add_argument("--reader-fetch-wait-ms", type=int, default=1,
+    parser.add_argument("--reader-fetch-wait-ms", type=int, default=2,
                         help="fetch.wait.max.ms of the reader that stamps arrivals (the embedded broker "
-                             "holds every fetch this long)")
+                             "holds every fetch this long; at 1 ms its fetches stalled for minutes under load)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "e2e.json")
     args = parser.parse_args()
-    for item in args.set:
-        key, value = item.split("=", 1)
-        OVERRIDES[key.replace(".", "__")] = yaml.safe_load(value)
+    for section, values in apply_overrides({}, args.set).items():
+        OVERRIDES.update({f"{section}__{key}": value for key, value in values.items()})
     runners = _selected(args.runners)
     results: dict[str, dict] = {}
     with EmbeddedStack(say=lambda m: console.print(m)) as stack:
@@ -225,9 +235,10 @@ def main() -> int:
             if not args.skip_throughput:
                 console.print(f"[bold]{name}[/]: throughput over {args.events:,} events…")
                 results[name]["throughput"] = throughput(stack, name, runner, args.events)
-            console.print(f"[bold]{name}[/]: latency at {args.rate:,.0f} events/s for {args.latency_seconds:.0f} s…")
+            console.print(f"[bold]{name}[/]: latency at {args.rate:,.0f} events/s for "
+                          f"{args.ramp_seconds:.0f} + {args.latency_seconds:.0f} s…")
             results[name]["latency"] = latency(stack, name, runner, args.rate, args.latency_seconds,
-                                               args.reader_fetch_wait_ms)
+                                               args.ramp_seconds, args.reader_fetch_wait_ms)
     met = targets(results)
     print_report(results, runners, args.rate, met)
     report = {"benchmark": "e2e", "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

@@ -19,7 +19,6 @@ import orjson
 from confluent_kafka import Producer
 from pyflink.common import Types
 from pyflink.datastream import StreamExecutionEnvironment
-from pyflink.datastream.connectors import Sink
 from pyflink.datastream.functions import FlatMapFunction, MapFunction, RuntimeContext
 
 from bench.competitors.per_record import PerRecordScorer
@@ -28,6 +27,7 @@ from connectors.kafka.clients import producer_config
 from jobs.config import JobConfig, load_config
 from jobs.score_stream import flink_configuration, micro_batches
 from operators.batch import MicroBatch
+from operators.flink import discard
 
 
 class SplitIntoRecords(FlatMapFunction):
@@ -79,11 +79,10 @@ class Produce(MapFunction):
 
 
 def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
-    (micro_batches(env, cfg)
-     .flat_map(SplitIntoRecords(), Types.TUPLE([Types.STRING(), Types.STRING()])).name("records")
-     .map(Score(cfg)).name("score")
-     .map(Produce(cfg), Types.INT()).name("produce")
-     .sink_to(Sink("org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink")).name("done"))
+    discard(micro_batches(env, cfg)
+            .flat_map(SplitIntoRecords(), Types.TUPLE([Types.STRING(), Types.STRING()])).name("records")
+            .map(Score(cfg)).name("score")
+            .map(Produce(cfg), Types.INT()).name("produce"))
 
 
 def main() -> int:

@@ -17,6 +17,7 @@ if __name__ == "__main__":
 
 from quixstreams import Application, message_context  # noqa: E402
 
+from bench.competitors import state_dir  # noqa: E402
 from bench.competitors.per_record import PerRecordScorer  # noqa: E402
 from connectors.kafka.clients import CONSUMER_DEFAULTS, PRODUCER_DEFAULTS  # noqa: E402
 from jobs.config import JobConfig, load_config  # noqa: E402
@@ -29,10 +30,11 @@ def app(cfg: JobConfig) -> Application:
     k = cfg.kafka
     consumer = {key: v for key, v in {**CONSUMER_DEFAULTS, **k.consumer}.items() if key not in _MANAGED}
     application = Application(
-        broker_address=k.bootstrap_servers, consumer_group=f"{k.group_id}-quix", auto_offset_reset=k.start_from,
-        commit_interval=cfg.flink.checkpoint_interval_ms / 1000, consumer_extra_config=consumer,
-        producer_extra_config={**PRODUCER_DEFAULTS, **k.producer}, consumer_poll_timeout=0.1,
-        auto_create_topics=False, use_changelog_topics=False, loglevel="WARNING")
+        broker_address=k.bootstrap_servers, consumer_group=f"{k.group_id}-quix-{k.input_topic}",
+        auto_offset_reset=k.start_from, commit_interval=cfg.flink.checkpoint_interval_ms / 1000,
+        consumer_extra_config=consumer, producer_extra_config={**PRODUCER_DEFAULTS, **k.producer}, consumer_poll_timeout=0.1,
+        auto_create_topics=False, use_changelog_topics=False, loglevel="WARNING",
+        state_dir=state_dir(cfg.flink.checkpoint_dir, "quix-state"))
     scorer = PerRecordScorer(cfg)
 
     def score(event: dict) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 VENV = ROOT / ".venv-bench"
@@ -31,3 +32,8 @@ def use_bench_venv() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     module = sys.modules["__main__"].__spec__.name
     os.execve(str(VENV / "bin" / "python"), [str(VENV / "bin" / "python"), "-m", module, *sys.argv[1:]], env)
+
+
+def state_dir(checkpoint_dir: str, name: str) -> Path:
+    """A runner's local state folder, beside the Flink job's checkpoints (``flink.checkpoint_dir``)."""
+    return Path(urlparse(checkpoint_dir).path) / name
