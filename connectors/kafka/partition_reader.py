@@ -53,7 +53,8 @@ class PartitionReader:
 
     def read(self, next_offset: int | None, max_records: int, timeout_s: float) -> RecordChunk:
         """Up to ``max_records`` records from ``next_offset`` (None: the configured start),
-        waiting at most ``timeout_s`` when nothing is buffered yet."""
+        collecting for up to ``timeout_s`` (the call returns early only once ``max_records`` are
+        there, so ``timeout_s`` is also the most a record waits here)."""
         wanted = self._start if next_offset is None else next_offset
         if self._position is None or (next_offset is not None and next_offset != self._position):
             self._assign(wanted)

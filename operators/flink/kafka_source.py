@@ -1,16 +1,22 @@
 """A Kafka source written in Python for PyFlink (no Flink Kafka connector jar is needed).
 
-A periodic heartbeat (the bundled ``datagen`` table source) fans out to one element per topic
-partition; a keyed operator (key = partition) polls that partition once per heartbeat and emits
-one decoded micro-batch. The next offset of each partition lives in Flink keyed state, so a
-restore from a checkpoint resumes exactly where the checkpoint was taken. (Processing-time timers
-alone stall after a restore in PyFlink's process mode; the heartbeat input re-arms polling.)
+A heartbeat (the bundled ``datagen`` table source) fans out to one element per topic partition;
+a keyed operator (key = partition) polls that partition once per heartbeat and emits one decoded
+micro-batch. The next offset of each partition lives in Flink keyed state, so a restore from a
+checkpoint resumes exactly where the checkpoint was taken. (Processing-time timers alone stall
+after a restore in PyFlink's process mode; the heartbeat input re-arms polling.)
+
+Cadence: Flink's datagen emits a whole second's ticks at once and then sleeps until the next
+second, so polls follow that burst through the operators (each bundle of ticks is processed
+downstream before the next one is sent) rather than a steady clock; once a second's ticks are
+used up, polling pauses until the next second (a latency tail on an otherwise idle machine).
 
 Where the official Flink Kafka connector jar exists, ``KafkaSource`` can replace this operator:
 everything downstream consumes micro-batches of raw records the same way.
 """
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from pyflink.common import Types
@@ -24,9 +30,14 @@ from connectors.kafka.partition_reader import PartitionReader
 from operators import steps
 from operators.flink.metrics import metric_group
 
+# The Python worker runs this poller, the async lookup's event loop and the emitter thread that
+# scores and writes. At Python's default GIL switch interval (5 ms) every hand-off between them
+# (and every return from a blocking Kafka/Plasma call) can wait up to 5 ms for the GIL.
+GIL_SWITCH_INTERVAL_S = 0.0005
+
 
 def heartbeat(env: StreamExecutionEnvironment, per_second: int) -> DataStream:
-    """An unbounded stream of ``per_second`` ticks a second (datagen table source)."""
+    """An unbounded stream of ``per_second`` ticks a second (datagen table source: one burst a second)."""
     t_env = StreamTableEnvironment.create(env)
     t_env.execute_sql(
         "CREATE TEMPORARY TABLE streamscore_heartbeat (tick INT) WITH ("
@@ -58,6 +69,7 @@ class PollKafkaPartition(KeyedProcessFunction):
         self.poll_timeout_s = poll_timeout_s
 
     def open(self, ctx: RuntimeContext) -> None:
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self._next_offset = ctx.get_state(ValueStateDescriptor("next_offset", Types.LONG()))
         self._readers: dict[int, PartitionReader] = {}
         self._decoder = self.decoder.build()
