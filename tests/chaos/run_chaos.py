@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             table.add_row(name, f"{r['inputs']:,}", f"{r['predicted']:,}", f"{r['dead_lettered']:,}",
                           f"{r['duplicates']:,}", f"{r['lost']:,}", str(r["failovers"]), f"{r['seconds']:.0f}",
                           "; ".join(r["notes"]))
-    Console().print(table)
+    Console(width=200).print(table)
     print(json.dumps(results, sort_keys=True))
     failed = [n for n, r in results.items() if "error" in r or r["lost"]]
     return 1 if failed else 0
