@@ -220,9 +220,10 @@ def main() -> int:
                         help="job config override for every runner, e.g. batch.poll_timeout_ms=10 or "
                              "kafka.consumer.fetch.wait.max.ms=10")
     parser.add_argument("--skip-throughput", action="store_true", help="only the latency runs")
-    parser.add_argument("--reader-fetch-wait-ms", type=int, default=2,
+    parser.add_argument("--reader-fetch-wait-ms", type=int, default=5,
                         help="fetch.wait.max.ms of the reader that stamps arrivals (the embedded broker "
-                             "holds every fetch this long; at 1 ms its fetches stalled for minutes under load)")
+                             "holds every fetch this long; below ~3 ms its fetches stall, see "
+                             "connectors/kafka/clients.py)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "e2e.json")
     args = parser.parse_args()
     for section, values in apply_overrides({}, args.set).items():
