@@ -76,8 +76,12 @@ class ModelSettings(_Section):
 
 class BatchSettings(_Section):
     max_events: int = Field(2000, description="most events in one micro-batch")
-    poll_timeout_ms: int = Field(0, description="how long one poll waits when nothing is buffered")
-    heartbeat_per_s: int = Field(200, description="polls per second per partition when idle")
+    poll_timeout_ms: int = Field(5, description="how long one poll collects records while fewer than max_events "
+                                 "are buffered; the Flink source polls back to back, so this sets its cadence")
+    heartbeat_per_s: int = Field(100_000, description="ticks per second that trigger the Flink source's polls. "
+                                 "Flink's datagen emits each second's ticks at once, then sleeps until the next "
+                                 "second: a rate far above what the polls take keeps ticks queued "
+                                 "(backpressure), so polling never waits for the next second")
 
 
 class FlinkSettings(_Section):
