@@ -5,11 +5,12 @@ BIN     = $(VENV)/bin
 EVENTS ?= 20000
 RATE   ?= 5000
 
-.PHONY: install demo test test-fast bench bench-deps clean help
+.PHONY: install demo test test-fast services bench bench-deps clean help
 
 help:
 	@echo "make demo [EVENTS=20000 RATE=5000]  run the scoring job end to end on embedded defaults"
 	@echo "make test                           run the test suite (real broker, Plasma, MiniCluster)"
+	@echo "make services                       install (Debian) and start PostgreSQL :5432 and Redis :6379 for the tests"
 	@echo "make cluster-test                   production path: standalone Flink cluster, file sink, compose file"
 	@echo "make chaos [CHAOS_EVENTS=50000]     break the job on purpose (kills, outages): exact accounting table"
 	@echo "make bench                          end-to-end, model-format and side-store benchmarks"
@@ -24,6 +25,10 @@ $(BIN)/.installed: pyproject.toml
 	@touch $@
 
 install: $(BIN)/.installed
+
+# PostgreSQL and Redis on loopback for the feature-store tests (root: apt-get, pg_ctlcluster)
+services:
+	bash .ci/services.sh
 
 demo: install
 	$(BIN)/streamscore demo --events $(EVENTS) --rate $(RATE)

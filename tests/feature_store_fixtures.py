@@ -66,18 +66,26 @@ REDIS_URL = os.environ.get("STREAMSCORE_TEST_REDIS", "redis://127.0.0.1:6379/15"
 POSTGRES_URL = os.environ.get("STREAMSCORE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+def service_missing(reason: str):
+    """Skip a test whose service is absent; fail it instead where the services must be there
+    (``STREAMSCORE_REQUIRE_SERVICES=1``, which ``.ci/run`` sets after starting them)."""
+    if os.environ.get("STREAMSCORE_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason} (STREAMSCORE_REQUIRE_SERVICES=1: run `make services`)", pytrace=False)
+    pytest.skip(reason)
+
+
 def redis_uri(name: str) -> str:
     """A Redis store URI, or skip when Redis is not there."""
     try:
         import redis
     except ImportError:
-        pytest.skip("redis client not installed (pip install '.[stores]')")
+        service_missing("redis client not installed (pip install '.[stores]')")
     if not _port_open(6379):
-        pytest.skip("Redis is not running on 127.0.0.1:6379")
+        service_missing("Redis is not running on 127.0.0.1:6379")
     try:
         redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
     except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"Redis at {REDIS_URL} not usable: {exc}")
+        service_missing(f"Redis at {REDIS_URL} not usable: {exc}")
     return f"{REDIS_URL}?name={name}"
 
 
@@ -86,13 +94,13 @@ def postgres_uri(table: str) -> str:
     try:
         import psycopg
     except ImportError:
-        pytest.skip("psycopg not installed (pip install '.[stores]')")
+        service_missing("psycopg not installed (pip install '.[stores]')")
     if not _port_open(5432):
-        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
+        service_missing("PostgreSQL is not running on 127.0.0.1:5432")
     try:
         psycopg.connect(POSTGRES_URL, connect_timeout=2).close()
     except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"PostgreSQL at {POSTGRES_URL} not usable: {exc}")
+        service_missing(f"PostgreSQL at {POSTGRES_URL} not usable: {exc}")
     return f"{POSTGRES_URL}?table={table}"
 
 
