@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from connectors.kafka.embedded_broker import free_port
+from connectors.embedded.tansu import free_port
 from jobs import demo_data
 from jobs.embedded import EmbeddedStack
 from jobs.flink_rest import FlinkRest

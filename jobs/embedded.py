@@ -13,8 +13,8 @@ from pathlib import Path
 from connectors.feature_store import load_table
 from connectors.feature_store.plasma_store import PlasmaServer
 from connectors.kafka.clients import ensure_topics
-from connectors.kafka.embedded_broker import EMBEDDED_PRODUCER_SETTINGS, EmbeddedBroker
-from connectors.kafka.local_s3 import LocalS3
+from connectors.embedded.tansu import EMBEDDED_PRODUCER_SETTINGS, EmbeddedBroker
+from connectors.embedded.local_s3 import LocalS3
 from jobs import demo_data
 from jobs.config import JobConfig
 from jobs.processes import JobProcess

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from connectors.kafka.embedded_broker import free_port
+from connectors.embedded.tansu import free_port
 from fuzz_events import MAX_BYTES, FuzzEvents
 from jobs.flink_rest import FlinkRest
 from jobs.producer import produce

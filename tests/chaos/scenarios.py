@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from connectors.feature_store import load_table
 from jobs import demo_data
 from jobs.demo import DemoOptions, demo_records
-from connectors.kafka.embedded_broker import free_port
+from connectors.embedded.tansu import free_port
 from jobs.embedded import EmbeddedStack
 from jobs.flink_rest import FlinkRest
 from jobs.producer import produce

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from connectors.kafka.embedded_broker import BrokerError, free_port
+from connectors.embedded.tansu import BrokerError, free_port
 
 
 def _server_binary() -> str:

