@@ -14,7 +14,6 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from connectors.embedded.tansu import free_port
 from jobs import demo_data
 from jobs.embedded import EmbeddedStack
 from jobs.flink_rest import FlinkRest
@@ -36,13 +35,16 @@ class DemoOptions:
 
 def demo_records(opts: DemoOptions) -> list[dict | bytes]:
     """Good events with a sprinkling of each kind of bad event."""
-    records: list[dict | bytes] = list(demo_data.events(opts.events, opts.entities))
-    kinds = list(demo_data.BAD_KINDS)
+    return demo_records_with_reasons(opts)[0]
+
+
+def demo_records_with_reasons(opts: DemoOptions) -> tuple[list[dict | bytes], dict[int, str]]:
+    """:func:`demo_records` and, per position of a bad event, the dead-letter reason it must get."""
+    events = list(demo_data.events(opts.events, opts.entities))
     every = int(1 / opts.bad_fraction) if opts.bad_fraction > 0 else 0
-    if every:
-        for j, i in enumerate(range(every // 2, opts.events, every)):
-            records[i] = demo_data.bad_event(kinds[j % len(kinds)], j, opts.entities)
-    return records
+    if not every:
+        return events, {}
+    return demo_data.with_bad_events(events, opts.entities, every=every, start=every // 2)
 
 
 def summarize(tally: Tally, inputs: list[str], started: float, opts: DemoOptions) -> dict:
@@ -70,10 +72,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
     console = console or Console(stderr=True)
     say = console.print
     with EmbeddedStack(opts.workdir, opts.entities, say=say) as stack:
-        rest_port = free_port()
-        cfg = stack.job_config("demo", opts.partitions, flink__parallelism=opts.parallelism,
-                               flink__conf={"rest.port": rest_port, "rest.address": "127.0.0.1",
-                                            "rest.bind-address": "127.0.0.1"})
+        cfg = stack.job_config("demo", opts.partitions, flink__parallelism=opts.parallelism)
         with console.status("starting the scoring job in a local Flink MiniCluster (JVM, Python workers)…"):
             job, reader = stack.start_job(cfg)
         say(f"the scoring job is up (log: {job.log_path})")
@@ -104,7 +103,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
                 tally = reader.wait_for(set(inputs), timeout_s=opts.timeout_s, stall_s=120,
                                         on_progress=progress, check=job.check_alive)
             summary = summarize(tally, inputs, started, opts)
-            summary["job_metrics"] = output_metrics(FlinkRest(f"http://127.0.0.1:{rest_port}"))
+            summary["job_metrics"] = output_metrics(job.rest())
             return summary
         finally:
             reader.stop()

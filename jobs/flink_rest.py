@@ -1,4 +1,4 @@
-"""A small client for Flink's REST API (the MiniCluster's, when ``rest.port`` is set, or a
+"""A small client for Flink's REST API (a MiniCluster's, found by ``JobProcess.rest()``, or a
 cluster's JobManager): job status, restarts, and operator metrics."""
 from __future__ import annotations
 

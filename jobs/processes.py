@@ -9,6 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+from connectors.embedded.ports import PortError, wait_listening
+from jobs.flink_rest import FlinkRest
+
 
 class JobProcess:
     """``python -m MODULE --config CFG`` (default: the Flink scoring job) in its own process group."""
@@ -20,6 +23,7 @@ class JobProcess:
         self.extra_args = extra_args or []
         self.module = module
         self._proc: subprocess.Popen | None = None
+        self._rest: FlinkRest | None = None
 
     def start(self) -> "JobProcess":
         log = open(self.log_path, "ab")
@@ -27,7 +31,26 @@ class JobProcess:
         self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                       cwd=Path(__file__).resolve().parent.parent)
         log.close()
+        self._rest = None
         return self
+
+    def rest(self, timeout_s: float = 120.0) -> FlinkRest:
+        """The REST API of this job's MiniCluster. Flink binds it to a port of its own choosing
+        (``rest.port`` unset or 0): the port is found among the sockets the job's process tree
+        listens on, as the one that answers Flink's ``/config``."""
+        if self._rest is None:
+            def is_flink_rest(port: int) -> bool:
+                try:
+                    return "flink-version" in FlinkRest(f"http://127.0.0.1:{port}", timeout_s=2).get("/config")
+                except Exception:      # noqa: BLE001 - another server of the job (gRPC, blob) or not up yet
+                    return False
+            try:
+                port = wait_listening(self._proc.pid, timeout_s=timeout_s, what="the job's REST API",
+                                      alive=self.is_running, accept=is_flink_rest)
+            except PortError as exc:
+                raise RuntimeError(f"{exc}; last log lines:\n{self.log_tail()}") from exc
+            self._rest = FlinkRest(f"http://127.0.0.1:{port}")
+        return self._rest
 
     @property
     def pid(self) -> int | None:

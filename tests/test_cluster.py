@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pyflink
 import pytest
 import yaml
 
+from connectors.embedded.ports import PortError, free_port, listening_ports, wait_listening
 from jobs import demo_data
 from jobs.flink_rest import FlinkRest
 from jobs.producer import produce
@@ -32,12 +32,6 @@ REPO = Path(__file__).resolve().parent.parent
 FLINK_HOME = Path(pyflink.__file__).resolve().parent
 SUBMIT = REPO / "flink-conf" / "submit-job.sh"     # the command docker-compose.yml runs too
 N_FIRST, N_SECOND = 3_000, 2_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def set_key(config: dict, dotted: str, value) -> None:
@@ -80,8 +74,8 @@ class StandaloneCluster:
         }
         for key, value in overrides.items():
             set_key(config, key, value)
-        self.conf_dir.mkdir(parents=True)
-        self.log_dir.mkdir()
+        self.conf_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(exist_ok=True)
         (self.conf_dir / "config.yaml").write_text(yaml.safe_dump(config))
         (self.conf_dir / "masters").write_text(f"127.0.0.1:{self.rest_port}\n")
         (self.conf_dir / "workers").write_text("127.0.0.1\n")
@@ -93,25 +87,52 @@ class StandaloneCluster:
         return {**os.environ, "FLINK_HOME": str(FLINK_HOME), "FLINK_CONF_DIR": str(self.conf_dir),
                 "FLINK_LOG_DIR": str(self.log_dir)}
 
-    def start(self, timeout_s: float = 120) -> "StandaloneCluster":
-        self.write_config()
-        subprocess.run([str(FLINK_HOME / "bin" / "start-cluster.sh")], env=self.env, check=True,
-                       capture_output=True, timeout=60)
+    def daemon_pids(self) -> list[int]:
+        """PIDs of the JobManager and TaskManager daemons (from this cluster's pid files)."""
+        return [int(p) for f in sorted((self.workdir / "pid").glob("*.pid")) for p in f.read_text().split()]
+
+    def start(self, timeout_s: float = 120, attempts: int = 3) -> "StandaloneCluster":
+        """Start the daemons; once the JobManager listens on its REST port (it, not another
+        process: asked from /proc) and a slot is free, the cluster is up. Ports someone else took
+        meanwhile: stop and try again on new ones."""
+        for attempt in range(1, attempts + 1):
+            self.write_config()
+            subprocess.run([str(FLINK_HOME / "bin" / "start-cluster.sh")], env=self.env, check=True,
+                           capture_output=True, timeout=60)
+            try:
+                self._wait_up(timeout_s)
+                return self
+            except PortError:
+                self.stop()
+                if attempt == attempts:
+                    raise
+                self.rest_port = free_port()
+
+    def _wait_up(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
+        while not (pid_file := next((self.workdir / "pid").glob("*standalonesession.pid"), None)):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the JobManager wrote no pid file:\n{self.log_tail()}")
+            time.sleep(0.2)
+        jobmanager = int(pid_file.read_text().split()[-1])
+        wait_listening(jobmanager, self.rest_port, timeout_s=timeout_s, what="the JobManager's REST endpoint",
+                       alive=lambda: _running(jobmanager))
+        last = None
         while True:
             try:
-                if self.rest("/overview")["slots-available"] >= 1:
-                    return self
-            except OSError:
-                pass
+                last = self.rest("/overview")
+                if last["slots-available"] >= 1:
+                    return
+            except OSError as exc:
+                last = exc
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the cluster did not come up:\n{self.log_tail()}")
+                raise RuntimeError(f"no free task slot within {timeout_s}s (last /overview: {last}):\n{self.log_tail()}")
             time.sleep(0.5)
 
     def stop(self, grace_s: float = 20) -> None:
         """What stop-cluster.sh does, without its config-parsing JVMs: SIGTERM the daemons recorded
         in this cluster's pid files (they stop their Python workers), SIGKILL what outlives grace_s."""
-        pids = [int(p) for f in (self.workdir / "pid").glob("*.pid") for p in f.read_text().split()]
+        pids = self.daemon_pids()
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in pids:
                 try:
@@ -121,6 +142,8 @@ class StandaloneCluster:
             deadline = time.monotonic() + grace_s
             while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
                 time.sleep(0.2)
+        for pid_file in (self.workdir / "pid").glob("*.pid"):      # a restart starts from fresh pid files
+            pid_file.unlink()
 
     def cancel(self, job_id: str) -> None:
         request = urllib.request.Request(f"http://127.0.0.1:{self.rest_port}/jobs/{job_id}?mode=cancel", method="PATCH")
@@ -154,8 +177,11 @@ class StandaloneCluster:
         return values
 
     def prometheus(self) -> str:
+        """Scrape the Prometheus reporters: each daemon takes the first free port of the configured
+        range, so ask each daemon which port of the range it listens on."""
         text = []
-        for port in self.prom_ports:
+        ports = {p for pid in self.daemon_pids() for p in listening_ports(pid, tree=False) if p in self.prom_ports}
+        for port in sorted(ports):
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
                     text.append(r.read().decode())

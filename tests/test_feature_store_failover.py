@@ -14,11 +14,12 @@ import time
 import numpy as np
 import pytest
 
+from connectors.embedded.ports import free_port, wait_listening
 from connectors.feature_store import (
     FeatureStoreUnavailable, PlasmaServer, load_table, open_store, parse_uri,
 )
 from feature_store_fixtures import (  # noqa: F401
-    feature_table, plasma_server, postgres_uri, short_tmpdir, unique_name,
+    feature_table, plasma_server, postgres_uri, service_missing, short_tmpdir, unique_name,
 )
 
 FAST = dict(refresh_interval_s=0.0, backoff_initial_s=0.01, backoff_max_s=0.05)
@@ -102,33 +103,24 @@ def test_wait_policy_gives_up_after_its_timeout():
         store.lookup(np.array([1]))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_redis(port: int, workdir: str) -> subprocess.Popen:
+    """A private redis-server on ``port``, once it is the process listening there."""
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no", "--dir", workdir],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.02)
+    try:
+        wait_listening(proc.pid, port, timeout_s=30, what="redis-server", alive=lambda: proc.poll() is None)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
 
 
 def test_redis_restart():
     pytest.importorskip("redis", reason="redis client not installed (pip install '.[stores]')")
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server executable not installed: cannot restart a private Redis")
-    port, d = _free_port(), short_tmpdir()
+        service_missing("redis-server executable not installed: cannot restart a private Redis")
+    port, d = free_port(), short_tmpdir()     # below the ephemeral range: still free for the restart
     uri = f"redis://127.0.0.1:{port}/0?name=feat"
     proc = _start_redis(port, d)
     try:
@@ -161,14 +153,17 @@ def test_redis_restart():
 def test_unreachable_network_stores_raise_unavailable_fast():
     pytest.importorskip("redis")
     pytest.importorskip("psycopg")
-    port = _free_port()  # nothing listens there
-    for uri in (f"redis://127.0.0.1:{port}/0?name=x", f"postgresql://postgres@127.0.0.1:{port}/test?table=x"):
-        store = open_store(uri, timeout_s=1)
-        with pytest.raises(FeatureStoreUnavailable, match="unavailable"):
-            store.lookup(np.array([1]))
-        with pytest.raises(FeatureStoreUnavailable):
-            asyncio.run(store.lookup_async(np.array([1])))
-        store.close()
+    # a port bound but never listened on: connections to it are refused for as long as we hold it
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        for uri in (f"redis://127.0.0.1:{port}/0?name=x", f"postgresql://postgres@127.0.0.1:{port}/test?table=x"):
+            store = open_store(uri, timeout_s=1)
+            with pytest.raises(FeatureStoreUnavailable, match="unavailable"):
+                store.lookup(np.array([1]))
+            with pytest.raises(FeatureStoreUnavailable):
+                asyncio.run(store.lookup_async(np.array([1])))
+            store.close()
 
 
 def test_postgres_connection_loss_reconnects():

@@ -3,13 +3,10 @@ hostile event lands in the dead-letter topic with its reason, every valid one is
 the job never fails over because of its input."""
 from __future__ import annotations
 
-import time
 
 import pytest
 
-from connectors.embedded.tansu import free_port
 from fuzz_events import MAX_BYTES, FuzzEvents
-from jobs.flink_rest import FlinkRest
 from jobs.producer import produce
 
 pytestmark = pytest.mark.slow
@@ -18,10 +15,7 @@ BAD, GOOD = 10_000, 10_000
 
 
 def test_hostile_input_never_restarts_the_job_and_is_all_accounted_for(stack):
-    port = free_port()
-    cfg = stack.job_config("fuzz", partitions=2, events__max_bytes=MAX_BYTES,
-                           flink__conf={"rest.port": port, "rest.address": "127.0.0.1",
-                                        "rest.bind-address": "127.0.0.1"})
+    cfg = stack.job_config("fuzz", partitions=2, events__max_bytes=MAX_BYTES)
     records = list(FuzzEvents(stack.entities, seed=21).mixed(bad=BAD, good=GOOD))
     job, reader = stack.start_job(cfg)
     try:
@@ -29,7 +23,7 @@ def test_hostile_input_never_restarts_the_job_and_is_all_accounted_for(stack):
                          settings=cfg.kafka.producer)
         expected = dict(zip(coords, (reason for _, reason in records)))
         tally = reader.wait_for(set(coords), timeout_s=600, stall_s=180, check=job.check_alive)
-        rest = FlinkRest(f"http://127.0.0.1:{port}")
+        rest = job.rest()
         running = rest.running_jobs()
         assert len(running) == 1, running
         restarts = rest.restarts(running[0]["jid"])

@@ -17,7 +17,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from connectors.embedded.tansu import BrokerError, free_port
+from connectors.embedded.ports import PortError, free_port, wait_listening
+from connectors.embedded.tansu import BrokerError
 
 
 def _server_binary() -> str:
@@ -32,6 +33,7 @@ class LocalS3:
 
     def __init__(self, root: Path, port: int | None = None, bucket: str = "tansu") -> None:
         self.root = Path(root)
+        self._fixed_port = port is not None
         self.port = port or free_port()
         self.bucket = bucket
         self._proc: subprocess.Popen | None = None
@@ -51,22 +53,38 @@ class LocalS3:
         return {"AWS_ENDPOINT": self.endpoint, "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": "streamscore",
                 "AWS_SECRET_ACCESS_KEY": "streamscore", "AWS_DEFAULT_REGION": "us-east-1"}
 
-    def start(self, timeout_s: float = 20.0) -> "LocalS3":
+    def start(self, timeout_s: float = 20.0, attempts: int = 5) -> "LocalS3":
+        """Start the server and create the bucket; a port someone else took meanwhile is retried
+        on a new one (unless the port was given)."""
         self.root.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_once(timeout_s)
+                break
+            except PortError as exc:
+                self.kill()
+                if self._fixed_port or attempt == attempts:
+                    raise BrokerError(f"alocals3 could not listen on 127.0.0.1:{self.port}: {exc} "
+                                      f"(log: {self.root / 'alocals3.log'})") from exc
+                self.port = free_port()
+        self._create_bucket()
+        return self
+
+    def _start_once(self, timeout_s: float) -> None:
         cmd = [_server_binary(), "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "WARNING",
                "--storage-root", str(self.root / "objects"),
                "--database-url", f"sqlite:///{self.root / 'metadata.db'}"]
         log = open(self.root / "alocals3.log", "ab")
         self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
+        wait_listening(self._proc.pid, self.port, timeout_s=timeout_s, what="alocals3",
+                       alive=lambda: self._proc.poll() is None)
         deadline = time.monotonic() + timeout_s
         while not self._healthy():
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 self.kill()
                 raise BrokerError(f"alocals3 did not start (log: {self.root / 'alocals3.log'})")
             time.sleep(0.1)
-        self._create_bucket()
-        return self
 
     def _healthy(self) -> bool:
         try:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
+from connectors.embedded.ports import PortError, free_port, wait_listening
 from connectors.kafka.clients import wait_for_broker
 
 
@@ -28,13 +28,6 @@ EMBEDDED_PRODUCER_SETTINGS = {"enable.idempotence": False, "acks": "all",
 
 class BrokerError(RuntimeError):
     """The embedded broker could not be started."""
-
-
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tansu_binary() -> Path:
@@ -62,6 +55,7 @@ class EmbeddedBroker:
 
     def __init__(self, port: int | None = None, storage: str = "memory://tansu/",
                  log_path: Path | None = None, env: dict[str, str] | None = None) -> None:
+        self._fixed_port = port is not None
         self.port = port or free_port()
         self.storage = storage
         self.log_path = log_path
@@ -73,13 +67,29 @@ class EmbeddedBroker:
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 20.0) -> "EmbeddedBroker":
+    def start(self, timeout_s: float = 20.0, attempts: int = 5) -> "EmbeddedBroker":
+        """Start the broker and wait until it answers. A port someone else took in the meantime is
+        retried on a new one (unless the port was given, or this is a restart)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start_once(timeout_s)
+            except PortError as exc:
+                self.stop()
+                if self._fixed_port or attempt == attempts:
+                    raise BrokerError(f"tansu could not listen on 127.0.0.1:{self.port}: {exc} "
+                                      f"(log: {self.log_path})") from exc
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout_s: float) -> "EmbeddedBroker":
         url = f"tcp://127.0.0.1:{self.port}"
         cmd = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
                "--storage-engine", self.storage]
         self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                       env={**os.environ, **self.env}, start_new_session=True)
+        # our process must be the one on the port before any client talks to it
+        wait_listening(self._proc.pid, self.port, timeout_s=timeout_s, what="tansu", alive=self.is_running)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -113,9 +123,15 @@ class EmbeddedBroker:
             self._log = None
 
     def restart(self, timeout_s: float = 20.0) -> "EmbeddedBroker":
-        """Start again on the same port and storage (after :meth:`kill` or :meth:`stop`)."""
+        """Start again on the same port and storage (after :meth:`kill` or :meth:`stop`): clients
+        know this address, so the port is kept (it lies outside the ephemeral range, where no
+        client connection can take it while the broker is down)."""
         self.stop()
-        return self.start(timeout_s)
+        fixed, self._fixed_port = self._fixed_port, True
+        try:
+            return self.start(timeout_s)
+        finally:
+            self._fixed_port = fixed
 
     def __enter__(self) -> "EmbeddedBroker":
         return self.start()

@@ -18,9 +18,10 @@ class LatencyProxy:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="latency-proxy", daemon=True)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        # the proxy binds its own listening socket now and keeps it: no other process can take
+        # the port between choosing it and serving on it
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
 
     def start(self) -> "LatencyProxy":
         self._thread.start()
@@ -29,7 +30,7 @@ class LatencyProxy:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
+        server = self._loop.run_until_complete(asyncio.start_server(self._handle, sock=self._sock))
         self._ready.set()
         try:
             self._loop.run_forever()

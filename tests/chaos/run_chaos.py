@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                           "; ".join(r["notes"]))
     Console(width=200).print(table)
     print(json.dumps(results, sort_keys=True))
-    failed = [n for n, r in results.items() if "error" in r or r["lost"]]
+    failed = [n for n, r in results.items() if "error" in r or r["lost"] or r.get("wrong_reasons")]
     return 1 if failed else 0
 
 
