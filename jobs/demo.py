@@ -117,16 +117,7 @@ def output_metrics(rest: FlinkRest) -> dict[str, float]:
     """The job's own counters of what it wrote (``predictions_out``, ``dead_letters_out``,
     ``dead_letters.<reason>``), read from its Flink REST API; {} when it cannot be reached."""
     try:
-        jobs = rest.running_jobs()
-        if not jobs:
-            return {}
-        totals: dict[str, float] = {}
-        for metrics in rest.vertex_metrics(jobs[0]["jid"], lambda m: bool(_OUTPUT_METRIC.search(m))).values():
-            for metric_id, value in metrics.items():
-                match = _OUTPUT_METRIC.search(metric_id)
-                if match:
-                    totals[match.group(1)] = totals.get(match.group(1), 0) + value
-        return dict(sorted(totals.items()))
+        return rest.operator_totals(_OUTPUT_METRIC)
     except (OSError, ValueError, KeyError):
         return {}
 

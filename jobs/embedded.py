@@ -13,6 +13,7 @@ from pathlib import Path
 from connectors.feature_store import load_table
 from connectors.feature_store.plasma_store import PlasmaServer
 from connectors.kafka.clients import ensure_topics
+from connectors.embedded.ports import free_port
 from connectors.embedded.tansu import EMBEDDED_PRODUCER_SETTINGS, EmbeddedBroker
 from connectors.embedded.local_s3 import LocalS3
 from jobs import demo_data
@@ -89,6 +90,11 @@ class EmbeddedStack:
         cfg.model.path = str(self.model_path)
         cfg.flink.checkpoint_dir = (self.workdir / "checkpoints" / name).as_uri()
         cfg.kafka.producer.update(EMBEDDED_PRODUCER_SETTINGS)
+        # the MiniCluster's REST API on loopback, in a range of its own below the ephemeral ports:
+        # Flink binds the first free port of it, JobProcess.rest() finds which
+        first = free_port()
+        cfg.flink.conf.update({"rest.bind-port": f"{first}-{first + 49}", "rest.address": "127.0.0.1",
+                               "rest.bind-address": "127.0.0.1"})
         if self.durable_broker:      # every fetch lists objects in S3: poll it less often
             cfg.kafka.consumer["fetch.wait.max.ms"] = DURABLE_FETCH_WAIT_MS
         for dotted, value in overrides.items():

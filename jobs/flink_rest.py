@@ -3,6 +3,7 @@ cluster's JobManager): job status, restarts, and operator metrics."""
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from typing import Any, Callable
@@ -12,7 +13,7 @@ from urllib.parse import quote
 class FlinkRest:
     """``FlinkRest("http://127.0.0.1:8081")``."""
 
-    def __init__(self, url: str, timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 30.0) -> None:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
 
@@ -58,3 +59,18 @@ class FlinkRest:
                         values[v["id"]] = float(v["sum"])
             out[vertex["name"]] = values
         return out
+
+    def operator_totals(self, pattern: "re.Pattern[str]", job_id: str | None = None) -> dict[str, float]:
+        """Operator metrics whose id matches ``pattern`` (its group 1 names the total), summed over
+        vertices and subtasks, of ``job_id`` or else the one running job; {} when none runs."""
+        if job_id is None:
+            running = self.running_jobs()
+            if not running:
+                return {}
+            job_id = running[0]["jid"]
+        totals: dict[str, float] = {}
+        for metrics in self.vertex_metrics(job_id, lambda m: bool(pattern.search(m))).values():
+            for metric_id, value in metrics.items():
+                name = pattern.search(metric_id).group(1)
+                totals[name] = totals.get(name, 0.0) + value
+        return dict(sorted(totals.items()))

@@ -35,18 +35,20 @@ class JobProcess:
         return self
 
     def rest(self, timeout_s: float = 120.0) -> FlinkRest:
-        """The REST API of this job's MiniCluster. Flink binds it to a port of its own choosing
-        (``rest.port`` unset or 0): the port is found among the sockets the job's process tree
-        listens on, as the one that answers Flink's ``/config``."""
+        """The REST API of this job's MiniCluster. The job's config gives Flink a range of ports
+        (``flink.conf["rest.bind-port"]``, set by ``EmbeddedStack.job_config``); Flink binds the
+        first free one, and the one it bound is the port of that range the job's process tree
+        listens on (asked from /proc: nothing is sent to the job's other servers)."""
         if self._rest is None:
-            def is_flink_rest(port: int) -> bool:
-                try:
-                    return "flink-version" in FlinkRest(f"http://127.0.0.1:{port}", timeout_s=2).get("/config")
-                except Exception:      # noqa: BLE001 - another server of the job (gRPC, blob) or not up yet
-                    return False
+            from jobs.config import load_config
+            bind = str(load_config(self.config_path).flink.conf.get("rest.bind-port", ""))
+            low, _, high = bind.partition("-")
+            if not low.isdigit():
+                raise RuntimeError(f"{self.config_path}: flink.conf has no rest.bind-port range to find the REST API in")
+            span = range(int(low), int(high or low) + 1)
             try:
                 port = wait_listening(self._proc.pid, timeout_s=timeout_s, what="the job's REST API",
-                                      alive=self.is_running, accept=is_flink_rest)
+                                      alive=self.is_running, accept=span.__contains__)
             except PortError as exc:
                 raise RuntimeError(f"{exc}; last log lines:\n{self.log_tail()}") from exc
             self._rest = FlinkRest(f"http://127.0.0.1:{port}")

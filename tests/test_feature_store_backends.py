@@ -118,9 +118,12 @@ def test_new_version_is_picked_up_without_restart(store_uri):
         # old versions are dropped (or held until released): either way no half-written table
         m, found = store.lookup_numpy(np.array([10, 700]))
         assert m[0, 0] in (10.0, 30.0)
-        store.refresh() if hasattr(store, "refresh") else None
         import time
-        time.sleep(0.25)
+        deadline = time.monotonic() + 30       # the reader refreshes every 0.2 s
+        while store.version != "2":
+            assert time.monotonic() < deadline, f"the reader still serves version {store.version} after 30 s"
+            time.sleep(0.05)
+            store.lookup_numpy(np.array([10]))
         m, found = store.lookup_numpy(np.array([10, 700]))
         assert store.version == "2" and found.all() and m[0, 0] == 30.0 and m[1, 0] == 2100.0
 

@@ -3,6 +3,7 @@ with a clear error, and what was serving keeps serving."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 
@@ -129,7 +130,18 @@ def test_running_job_keeps_serving_through_a_bad_model_deploy_and_takes_a_good_o
     model_path = tmp_path / "serving.onnx"
     shutil.copy(stack.model_path, model_path)
     cfg = stack.job_config("model-swap", partitions=1, model__path=str(model_path), model__reload_interval_s=0.5)
+    cfg.flink.conf["metrics.fetcher.update-interval"] = 500         # REST metrics: fresh
     job, reader = stack.start_job(cfg)
+
+    def wait_counter(name: str, at_least: int, timeout_s: float = 120) -> None:
+        """Until the job's own counter ``name`` (REST API) reaches ``at_least``."""
+        pattern = re.compile(rf"\.({re.escape(name)})$")
+        deadline = time.monotonic() + timeout_s
+        while (seen := job.rest().operator_totals(pattern).get(name, 0)) < at_least:
+            job.check_alive()
+            assert time.monotonic() < deadline, f"{name} stayed at {seen} (< {at_least}) for {timeout_s}s"
+            time.sleep(0.2)
+
     try:
         def run_batch(seed: int) -> dict[str, str]:
             coords = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic,
@@ -140,13 +152,19 @@ def test_running_job_keeps_serving_through_a_bad_model_deploy_and_takes_a_good_o
             return {c: tally.predictions[c]["model_version"] for c in coords}
 
         assert set(run_batch(1).values()) == {"1"}
+        # The scorer looks at its file before a micro-batch once reload_interval_s has passed since
+        # its last look: after this pause (elapsed time, not a wait on the job) the next batch's
+        # first micro-batch checks the file, however slow the machine.
+        pause_s = 4 * cfg.model.reload_interval_s
         _replace(model_path, model_path.read_bytes()[:5000])      # a broken deploy
-        time.sleep(2)                                               # several reload checks
+        time.sleep(pause_s)
         assert set(run_batch(2).values()) == {"1"}, "the serving model must stay after a broken deploy"
+        wait_counter("model_reloads_refused", 1)                    # ... and the job said why, in its metrics
         onnx_variant(stack.model_path, tmp_path / "v2.onnx", version="2")
         os.replace(tmp_path / "v2.onnx", model_path)                # a good deploy
-        time.sleep(2)
+        time.sleep(pause_s)
         assert set(run_batch(3).values()) == {"2"}
+        wait_counter("model_reloads", 1)
     finally:
         reader.stop()
         job.stop()
