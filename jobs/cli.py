@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "jobs.models_cmd",     # streamscore models inspect|check|export
     "jobs.features_cmd",   # streamscore features load|serve|get
     "jobs.consume_cmd",    # streamscore consume [--dedupe]
+    "jobs.produce_cmd",    # streamscore produce FILE
     "jobs.dev_cmd",        # streamscore dev up|down|status
 ]
 

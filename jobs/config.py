@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from connectors.events import DecoderSpec, EventSchema
+if TYPE_CHECKING:                      # connectors.events imports pyarrow: only when a job needs it
+    from connectors.events import DecoderSpec, EventSchema
+
+# The default event fields (connectors.events.EventSchema's), spelled out so that reading a
+# config does not import pyarrow.
+DEFAULT_EVENT_FIELDS = {"id": "string", "entity_id": "int", "amount": "float", "ts": "int"}
 
 
 class _Section(BaseModel):
@@ -28,7 +33,7 @@ class KafkaSettings(_Section):
 
 class EventSettings(_Section):
     format: Literal["json", "avro"] = "json"
-    fields: dict[str, str] = Field(default_factory=lambda: dict(EventSchema().fields))
+    fields: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_EVENT_FIELDS))
     id_field: str = "id"
     key_field: str = "entity_id"
     timestamp_field: str = "ts"
@@ -39,6 +44,14 @@ class EventSettings(_Section):
     avro_schema_id: int | None = Field(None, description="format avro, confluent: the only schema id accepted "
                                        "(others are dead-lettered); unset: any id, decoded with avro_schema")
 
+    @field_validator("fields")
+    @classmethod
+    def _known_types(cls, v: dict[str, str]) -> dict[str, str]:
+        wrong = {name: kind for name, kind in v.items() if kind not in ("string", "int", "float", "bool")}
+        if wrong:
+            raise ValueError(f"unsupported field types {wrong}; use string, int, float or bool")
+        return v
+
     @model_validator(mode="after")
     def _avro_needs_schema(self) -> "EventSettings":
         if self.format == "avro" and not self.avro_schema:
@@ -46,11 +59,15 @@ class EventSettings(_Section):
         return self
 
     def schema(self) -> EventSchema:
+        from connectors.events import EventSchema
+
         return EventSchema(fields=dict(self.fields), id_field=self.id_field, key_field=self.key_field,
                            timestamp_field=self.timestamp_field)
 
     def decoder_spec(self) -> DecoderSpec:
         """What the engines build their decoder from (JSON or Avro)."""
+        from connectors.events import DecoderSpec
+
         return DecoderSpec(self.schema(), self.format, self.max_bytes, self.avro_schema,
                            self.avro_wire_format, self.avro_schema_id)
 

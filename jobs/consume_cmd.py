@@ -7,12 +7,6 @@ import sys
 import time
 import uuid
 
-import orjson
-from confluent_kafka import Consumer, TopicPartition
-
-from connectors.dead_letter import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER
-from connectors.kafka.clients import consumer_config, partitions_of
-from connectors.kafka.dedupe import Deduplicator
 
 
 def register(subparsers) -> None:
@@ -57,6 +51,8 @@ def _target(args: argparse.Namespace) -> tuple[str, str]:
 def dead_letter_record(message) -> dict:
     """A dead-letter Kafka record as a JSON-able dict. The original bytes are printed as text
     when they are UTF-8, else as hex (``value_encoding: hex``)."""
+    from connectors.dead_letter import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER
+
     headers = {k: v.decode("utf-8", "replace") for k, v in (message.headers() or [])}
     record = {"source": headers.get(SOURCE_HEADER), "reason": headers.get(REASON_HEADER),
               "detail": headers.get(DETAIL_HEADER), "value": None}
@@ -70,6 +66,12 @@ def dead_letter_record(message) -> dict:
 
 
 def _consume(args: argparse.Namespace) -> int:
+    import orjson
+    from confluent_kafka import Consumer, TopicPartition
+
+    from connectors.kafka.clients import consumer_config, partitions_of
+    from connectors.kafka.dedupe import Deduplicator
+
     servers, topic = _target(args)
     group = args.group or f"streamscore-consume-{uuid.uuid4().hex[:8]}"
     consumer = Consumer(consumer_config(servers, group, {"enable.auto.commit": bool(args.group),

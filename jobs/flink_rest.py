@@ -28,6 +28,9 @@ class FlinkRest:
         except (urllib.error.URLError, OSError, ValueError):
             return False
 
+    def job_state(self, job_id: str) -> str:
+        return self.get(f"/jobs/{job_id}")["state"]
+
     def running_jobs(self) -> list[dict]:
         """Jobs whose state is RUNNING or RESTARTING (id, name, state)."""
         jobs = self.get("/jobs/overview")["jobs"]
@@ -44,9 +47,10 @@ class FlinkRest:
         return [e.get("exceptionName", "") + ": " + (e.get("stacktrace") or "").split("\n")[0] for e in history]
 
     def vertex_metrics(self, job_id: str, select: Callable[[str], bool] | None = None,
-                       chunk: int = 20) -> dict[str, dict[str, float]]:
-        """Metrics of every operator chain (vertex name → metric id → value, summed over its
-        subtasks). ``select``: keep only the metric ids it accepts (all when None)."""
+                       chunk: int = 20, agg: str = "sum") -> dict[str, dict[str, float]]:
+        """Metrics of every operator chain (vertex name → metric id → value, aggregated over its
+        subtasks by ``agg``: sum, max, min or avg). ``select``: keep only the metric ids it
+        accepts (all when None)."""
         out: dict[str, dict[str, float]] = {}
         for vertex in self.get(f"/jobs/{job_id}")["vertices"]:
             base = f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics"
@@ -54,9 +58,9 @@ class FlinkRest:
             values: dict[str, float] = {}
             for i in range(0, len(ids), chunk):     # long ?get= lists are refused
                 wanted = ",".join(quote(m, safe="") for m in ids[i:i + chunk])
-                for v in self.get(f"{base}?get={wanted}&agg=sum"):
-                    if "sum" in v:
-                        values[v["id"]] = float(v["sum"])
+                for v in self.get(f"{base}?get={wanted}&agg={agg}"):
+                    if agg in v:
+                        values[v["id"]] = float(v[agg])
             out[vertex["name"]] = values
         return out
 

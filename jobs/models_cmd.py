@@ -6,8 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 
 def register(subparsers) -> None:
     models = subparsers.add_parser("models", help="inspect, cross-check and export model files",
@@ -151,6 +149,8 @@ def read_sample(path: str, limit: int | None = None):
 
 def compare_models(models, batch, tol: float = 1e-6, max_flips: int = 0) -> dict:
     """Score ``batch`` with every model; compare each to the first. Returns a JSON-able report."""
+    import numpy as np
+
     from model_formats import LABEL, PROBABILITY_PREFIX, SCORE
 
     ref = models[0]

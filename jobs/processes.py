@@ -17,11 +17,14 @@ class JobProcess:
     """``python -m MODULE --config CFG`` (default: the Flink scoring job) in its own process group."""
 
     def __init__(self, config_path: Path, log_path: Path, extra_args: list[str] | None = None,
-                 module: str = "jobs.score_stream") -> None:
+                 module: str = "jobs.score_stream", cwd: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.config_path = Path(config_path)
         self.log_path = Path(log_path)
         self.extra_args = extra_args or []
         self.module = module
+        self.cwd = cwd or Path(__file__).resolve().parent.parent   # relative paths in the config
+        self.env = env
         self._proc: subprocess.Popen | None = None
         self._rest: FlinkRest | None = None
 
@@ -29,7 +32,7 @@ class JobProcess:
         log = open(self.log_path, "ab")
         cmd = [sys.executable, "-m", self.module, "--config", str(self.config_path), *self.extra_args]
         self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                      cwd=Path(__file__).resolve().parent.parent)
+                                      cwd=self.cwd, env={**os.environ, **self.env} if self.env else None)
         log.close()
         self._rest = None
         return self

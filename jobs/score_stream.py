@@ -15,7 +15,8 @@ from pyflink.datastream import DataStream, StreamExecutionEnvironment
 
 from connectors.kafka.clients import consumer_config, partitions_of, producer_config
 from jobs.checkpoints import latest_checkpoint
-from jobs.config import JobConfig, load_config
+from jobs.config import JobConfig
+from jobs.run_cmd import add_job_arguments, config_from_args  # noqa: F401 (also this module's API)
 from operators.flink.enrich import enrich
 from operators.flink.file_sink import file_targets, write_to_files
 from operators.flink.kafka_sink import write_to_kafka
@@ -110,21 +111,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_job_arguments(parser)
     return parser.parse_args(argv)
-
-
-def add_job_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", help="job configuration YAML (see flink-conf/job.example.yaml)")
-    parser.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config value, e.g. --set flink.parallelism=2 (repeatable)")
-    parser.add_argument("--restore", metavar="PATH|latest",
-                        help="restore from this checkpoint/savepoint, or 'latest' in flink.checkpoint_dir")
-
-
-def config_from_args(args: argparse.Namespace) -> JobConfig:
-    overrides = list(args.set)
-    if args.restore:
-        overrides.append(f"flink.restore_from={args.restore}")
-    return load_config(args.config, overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,18 @@ class PartitionReader:
         if offsets:
             self._position = offsets[-1] + 1
         return RecordChunk(self.topic, self.partition, values, offsets)
+
+    def lag(self) -> int | None:
+        """Records between the read position and the partition's end as the broker last reported
+        it in a fetch (no request is made); None before the first read or when unknown."""
+        if self._position is None or self._position < 0:
+            return None
+        try:
+            _low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, self.partition),
+                                                              cached=True)
+        except KafkaException:
+            return None
+        return max(0, high - self._position) if high is not None and high >= 0 else None
 
     def commit(self, next_offset: int, asynchronous: bool = True) -> None:
         """Record ``next_offset`` as the consumer group's position in this partition, for a fresh

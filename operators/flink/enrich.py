@@ -83,4 +83,4 @@ def enrich(stream: DataStream, *, store_uri: str, key_field: str, timeout_ms: in
     else:
         enriched = AsyncDataStream.ordered_wait(
             stream, function, Time.milliseconds(total_ms), capacity, Types.PICKLED_BYTE_ARRAY())
-    return enriched.name("enrich:feature-store").uid("enrich-feature-store")
+    return enriched.name("enrich").uid("enrich-feature-store")

@@ -127,6 +127,6 @@ def write_to_files(stream: DataStream, targets: dict[str, FileTarget]):
     """Write scored micro-batches to ``targets`` (see :func:`file_targets`)."""
     written = (stream.key_by(writer_id, Types.STRING())
                .process(WriteFiles(targets), Types.INT())
-               .name(f"file-sink:{PREDICTIONS}").uid("file-sink"))
+               .name("files").uid("file-sink"))
     return discard(written)
 

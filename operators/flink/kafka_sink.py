@@ -44,5 +44,5 @@ class WriteToKafka(MapFunction):
 
 def write_to_kafka(stream: DataStream, *, producer_config: dict[str, Any], topic: str, dead_letter_topic: str):
     written = (stream.map(WriteToKafka(producer_config, topic, dead_letter_topic), Types.INT())
-               .name(f"kafka-sink:{topic}").uid(f"kafka-sink-{topic}"))
+               .name("sink").uid(f"kafka-sink-{topic}"))
     return discard(written)

@@ -77,6 +77,8 @@ class PollKafkaPartition(KeyedProcessFunction):
         self._decoder = self.decoder.build()
         metrics = metric_group(ctx)
         self._records_in = metrics.counter("records_in")
+        self._events_per_s = metrics.meter("events_in_per_s")
+        metrics.gauge("records_lag", lambda: sum(r.lag() or 0 for r in self._readers.values()))
         self._decode_rejects = metrics.counter("records_undecodable")
 
     def process_element(self, partition: int, ctx):
@@ -90,6 +92,7 @@ class PollKafkaPartition(KeyedProcessFunction):
         self._next_offset.update(chunk.next_offset)
         batch = steps.decode(self._decoder, chunk)
         self._records_in.inc(len(chunk.offsets))
+        self._events_per_s.mark_event(len(chunk.offsets))
         self._decode_rejects.inc(len(batch.dead_letters))
         yield batch
 
@@ -108,4 +111,4 @@ def kafka_micro_batches(env: StreamExecutionEnvironment, *, consumer_config: dic
             .key_by(lambda p: p, Types.INT())
             .process(PollKafkaPartition(consumer_config, topic, start, decoder, max_events, poll_timeout_s),
                      Types.PICKLED_BYTE_ARRAY())
-            .name(f"kafka-source:{topic}").uid(f"kafka-source-{topic}"))
+            .name("source").uid(f"kafka-source-{topic}"))

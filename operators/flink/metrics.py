@@ -60,6 +60,19 @@ class Counter:
         cell.inc(n)
 
 
+class Meter:
+    """Events per second (Flink's MeterView over ``time_span_s``), safe to mark from any thread.
+
+    PyFlink's process mode sends a meter to Flink as a counter whose namespace carries the time
+    span; Flink turns it into a rate (``<name>`` in REST, ``..._<name>`` in Prometheus)."""
+
+    def __init__(self, name: MetricName) -> None:
+        self._counter = Counter(name)
+
+    def mark_event(self, n: int = 1) -> None:
+        self._counter.inc(n)
+
+
 class Distribution:
     """A distribution (count/sum/min/max in Flink) plus recent-quantile gauges."""
 
@@ -108,6 +121,13 @@ class MetricGroup:
     def distribution(self, name: str) -> Distribution:
         return Distribution(MetricName(self._namespace, name), self._group)
 
+    def meter(self, name: str, time_span_s: int = 10) -> Meter:
+        return Meter(MetricName(self._group._get_namespace(time_span_s), name))
+
+    def gauge(self, name: str, read) -> None:
+        """A value Flink reads at the end of each bundle (``read()`` returns an int)."""
+        self._group.gauge(name, read)
+
     def add_group(self, name: str) -> "MetricGroup":
         return MetricGroup(self._group.add_group(name))
 
@@ -119,16 +139,18 @@ def metric_group(ctx: RuntimeContext) -> MetricGroup:
 
 class OutputMetrics:
     """What every sink counts: ``predictions_out``, ``dead_letters_out`` and
-    ``dead_letters.<reason>``."""
+    ``dead_letters.<reason>``, plus the rate meter ``predictions_per_s``."""
 
     def __init__(self, group: MetricGroup) -> None:
         self._group = group
         self._predictions = group.counter("predictions_out")
+        self._predictions_per_s = group.meter("predictions_per_s")
         self._dead = group.counter("dead_letters_out")
         self._by_reason: dict[str, Any] = {}
 
     def count(self, predictions: int, dead_letters) -> None:
         self._predictions.inc(predictions)
+        self._predictions_per_s.mark_event(predictions)
         self._dead.inc(len(dead_letters))
         for letter in dead_letters:
             counter = self._by_reason.get(letter.reason)

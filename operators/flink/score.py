@@ -56,4 +56,4 @@ def score(stream: DataStream, *, model_path: str, schema: EventSchema, intra_op_
           reload_interval_s: float = 5.0) -> DataStream:
     return (stream.map(ScoreMicroBatch(model_path, schema, intra_op_threads, reload_interval_s),
                        Types.PICKLED_BYTE_ARRAY())
-            .name("score:model").uid("score-model"))
+            .name("score").uid("score-model"))

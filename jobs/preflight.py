@@ -1,0 +1,117 @@
+"""Checks before a job is submitted: what can be found wrong now is reported in one line instead
+of failing inside a running task (where Flink would restart it over and over).
+
+* the model file exists, loads, and its required inputs are event fields or features of the
+  store, with compatible types;
+* the feature store answers and serves a table;
+* the broker answers and the input, prediction and dead-letter topics exist.
+
+Failures raise :class:`jobs.errors.UserError` with the message to print. Transient trouble
+after the job has started (a store restart, a broker outage) is left to the job's retries and
+Flink's restarts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from jobs.config import JobConfig
+from jobs.errors import UserError
+
+_NUMERIC_MODEL = {"float", "double", "integer"}
+_EVENT_KINDS = {"int": "numeric", "float": "numeric", "bool": "boolean", "string": "string"}
+
+
+def check_model(cfg: JobConfig, where: str = "model.path"):
+    """Load the model (raises UserError naming the file); returns it (caller closes it)."""
+    path = Path(cfg.model.path)
+    if "://" not in cfg.model.path and not path.exists():      # before importing the model runtimes
+        raise UserError(f"model file not found: {cfg.model.path} ({where})")
+    from model_formats import ModelLoadError, load_model
+
+    try:
+        return load_model(cfg.model.path)
+    except (ModelLoadError, OSError, ValueError) as exc:
+        raise UserError(f"model file {cfg.model.path} does not load: {' '.join(str(exc).split())}") from exc
+
+
+def feature_columns(cfg: JobConfig, timeout_s: float = 5.0) -> dict[str, str]:
+    """The store's feature names → Arrow type names (raises UserError when it cannot be read)."""
+    from connectors.feature_store import FeatureStoreError, open_store
+
+    uri = cfg.features.store
+    try:
+        with open_store(uri, timeout_s=timeout_s, wait_timeout_s=timeout_s) as store:
+            schema = store.schema
+            schema = schema() if callable(schema) else schema
+    except FeatureStoreError as exc:
+        raise UserError(f"feature store {uri} (features.store) is not usable: {' '.join(str(exc).split())}") from exc
+    except Exception as exc:  # noqa: BLE001 - any backend's connection error is the same problem here
+        raise UserError(f"feature store {uri} (features.store) is not reachable: "
+                        f"{type(exc).__name__}: {' '.join(str(exc).split())}") from exc
+    return {f.name: str(f.type) for f in schema}
+
+
+def check_model_fits(model, cfg: JobConfig, features: dict[str, str]) -> None:
+    """Every required model input must be an event field or a feature, of a usable type."""
+    events = cfg.events.fields
+    problems = []
+    for spec in model.schema.inputs:
+        if spec.name in features:
+            kind = "string" if features[spec.name] in ("string", "large_string") else "numeric"
+        elif spec.name in events:
+            kind = _EVENT_KINDS.get(events[spec.name], "string")
+        else:
+            if spec.required:
+                problems.append(f"input {spec.name!r} is neither an event field nor a feature")
+            continue
+        if spec.dtype in _NUMERIC_MODEL and kind == "string":
+            problems.append(f"input {spec.name!r} is numeric in the model but a string in the "
+                            f"{'store' if spec.name in features else 'events'}")
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise UserError(f"model {cfg.model.path} does not fit the events and features: {shown} "
+                        f"(events.fields: {', '.join(events)}; the store has {len(features)} features)")
+
+
+def check_topics(cfg: JobConfig, timeout_s: float = 5.0) -> dict[str, int]:
+    """The broker answers and the job's topics exist (listed, never auto-created);
+    returns topic → partitions."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    k = cfg.kafka
+    admin = AdminClient({"bootstrap.servers": k.bootstrap_servers, "log_level": 0,
+                         **{key: v for key, v in k.consumer.items() if key.startswith(("security.", "sasl.", "ssl."))}})
+    try:
+        topics = admin.list_topics(timeout=timeout_s).topics
+    except KafkaException as exc:
+        raise UserError(f"no Kafka broker answers at {k.bootstrap_servers} (kafka.bootstrap_servers) "
+                        f"within {timeout_s:.0f} s; start one with `streamscore dev up`") from exc
+    wanted = {"kafka.input_topic": k.input_topic}
+    if cfg.sink.kind in ("kafka", "both"):
+        wanted.update({"kafka.output_topic": k.output_topic, "kafka.dead_letter_topic": k.dead_letter_topic})
+    found = {}
+    for key, name in wanted.items():
+        md = topics.get(name)
+        if md is None or md.error is not None or not md.partitions:
+            existing = sorted(t for t in topics if not t.startswith("__"))
+            raise UserError(f"unknown topic {name!r} ({key}) on {k.bootstrap_servers}; it has: "
+                            f"{', '.join(existing[:12]) or 'no topics'} (create it, or `streamscore dev up "
+                            f"--config job.yaml` creates the topics the config names)")
+        found[name] = len(md.partitions)
+    return found
+
+
+def preflight(cfg: JobConfig, say: Callable[[str], None] = print) -> None:
+    """Run every check (cheapest first); raises UserError with one line at the first failure."""
+    say(f"checking the model {cfg.model.path}…")
+    model = check_model(cfg)
+    try:
+        say(f"checking the feature store {cfg.features.store}…")
+        features = feature_columns(cfg)
+        check_model_fits(model, cfg, features)
+    finally:
+        model.close()
+    say(f"checking the topics on {cfg.kafka.bootstrap_servers}…")
+    check_topics(cfg)
