@@ -29,7 +29,7 @@ _STAGES = [(re.compile(r"Still waiting for startup of environment"), "waiting fo
            (re.compile(r"Completed checkpoint \d+ for job"), "first checkpoint completed")]
 _REST_LISTENING = re.compile(r"Rest endpoint listening at ([^:\s]+):(\d+)")
 # Log lines worth a console line: model swaps and refusals (model_formats.reloading), restarts.
-_ECHO = re.compile(r"(model .* replaced: now .*|model file .* is refused .*|switched from \w+ to (?:RESTARTING|FAILED).*)")
+_ECHO = re.compile(r"(restoring from .*|model .* replaced: now .*|model file .* is refused .*|switched from \w+ to (?:RESTARTING|FAILED).*)")
 
 
 def log_dir_for(option: str | None) -> Path:
@@ -256,15 +256,18 @@ def _raise_stop(signum, frame) -> None:
     raise _Stop()
 
 
-def status_printer() -> Callable[[str], None]:
-    """Rewrites one line on a terminal; prints a line per update otherwise (logs, pipes)."""
+def status_printer(quiet_repeat_s: float = 60.0) -> Callable[[str], None]:
+    """Rewrites one line on a terminal. Elsewhere (logs, pipes) prints a line per change, and an
+    unchanged line again only after ``quiet_repeat_s``, so an idle job does not flood its log."""
     tty = sys.stderr.isatty()
+    last = {"text": None, "at": 0.0}
 
     def show(text: str) -> None:
         stamp = time.strftime("%H:%M:%S")
         if tty:
             sys.stderr.write(f"\r\x1b[2K{stamp} {text}")
-        else:
+        elif text != last["text"] or time.monotonic() - last["at"] >= quiet_repeat_s:
             sys.stderr.write(f"{stamp} status: {text}\n")
+            last.update(text=text, at=time.monotonic())
         sys.stderr.flush()
     return show
