@@ -71,6 +71,14 @@ def _store_args(p: argparse.ArgumentParser) -> None:
 def _store_uri(args: argparse.Namespace) -> str:
     if args.store:
         return args.store
+    if args.config and getattr(args, "func", None) is cmd_get:
+        # a light command: read the one key it needs, without validating the whole config
+        import yaml
+        with open(args.config) as f:
+            data = yaml.safe_load(f)
+        store = (data.get("features") or {}).get("store") if isinstance(data, dict) else None
+        if isinstance(store, str):
+            return store
     from jobs.config import load_config
     return load_config(args.config).features.store
 

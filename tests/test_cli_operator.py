@@ -59,6 +59,11 @@ def test_help_and_light_commands_import_no_engine(tmp_path, stack):
     assert json.loads(result.stdout.splitlines()[0])["found"] is True
     assert not modules & {"pyflink", "onnxruntime", "apache_beam"}, sorted(modules & {"pyflink", "onnxruntime", "apache_beam"})
 
+    job = write_job(tmp_path, features={"store": stack.feature_uri})
+    modules, result = imported("features", "get", "1", "--config", job, cwd=tmp_path)
+    assert result.returncode == 0 and json.loads(result.stdout)["found"] is True, result.stderr[-2000:]
+    assert not modules & {"pyflink", "onnxruntime", "apache_beam", "pydantic"}, sorted(modules)
+
     modules, result = imported("models", "inspect", str(stack.model_path), "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert not modules & {"pyflink", "apache_beam"}, sorted(modules & {"pyflink", "apache_beam"})

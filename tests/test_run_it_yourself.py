@@ -37,6 +37,11 @@ def code_block(section: str, language: str, first_line: str) -> str:
     raise AssertionError(f"README 'Run it yourself' has no {language} block starting {first_line!r}")
 
 
+def rest(url: str, path: str):
+    with urllib.request.urlopen(url + path, timeout=30) as response:
+        return json.loads(response.read())
+
+
 def commands(section: str) -> list[list[str]]:
     block = code_block(section, "bash", "streamscore dev up")
     return [shlex.split(line.split("  #")[0].split(" # ")[0]) for line in block.splitlines() if line.strip()]
@@ -73,8 +78,7 @@ def test_readme_run_it_yourself(tmp_path):
         started = time.monotonic()
         console = Console(*run, "--status-interval", "1", cwd=tmp_path)
         url = console.wait_for(r"Flink Web UI: (http://127\.0\.0\.1:\d+)", 600, "the Web UI URL").group(1)
-        with urllib.request.urlopen(url + "/overview", timeout=30) as response:
-            assert "taskmanagers" in json.loads(response.read())
+        assert "taskmanagers" in rest(url, "/overview")
         console.wait_for(r"job RUNNING after", 600, "the job running")
         job_pgid = pids_with(str(tmp_path / "streamscore-logs" / "job.yaml"))[0]
 
@@ -99,6 +103,14 @@ def test_readme_run_it_yourself(tmp_path):
         assert "invalid_json 1" in status.group(4) and "unknown_entity" in status.group(4)
         assert int(status.group(6).replace(",", "")) >= int(status.group(5).replace(",", "")) >= 0
         assert int(status.group(6).replace(",", "")) > 0
+
+        # the job's metrics under short names, with the events/s and predictions/s meters
+        job_id = rest(url, "/jobs/overview")["jobs"][0]["jid"]
+        ids = {m["id"] for v in rest(url, f"/jobs/{job_id}")["vertices"]
+               for m in rest(url, f"/jobs/{job_id}/vertices/{v['id']}/subtasks/metrics")}
+        for name in ("records_in", "events_in_per_s", "predictions_out", "predictions_per_s", "records_lag",
+                     "dead_letters.unknown_entity", "poll_to_ack_ms_p99"):
+            assert f"source__enrich__score__sink.{name}" in ids, (name, sorted(i for i in ids if "." in i))
 
         # a broken model file replaces the served one: refused on the console, scoring goes on
         (tmp_path / "model.onnx.new").write_bytes(b"not a model")
@@ -129,7 +141,8 @@ def test_readme_run_it_yourself(tmp_path):
         wait_gone(members, 60, "the job after Ctrl-C")
         assert not group_members(job_pgid), "processes of the job's group outlived Ctrl-C"
         assert "Traceback" not in "\n".join(console.lines)
-        print(f"time to the first scores: {first_scores_s:.1f} s; status: {status.group(0)}")
+        last_status = [ln for ln in console.lines if " status: " in ln][-1]
+        print(f"\ntime to the first scores: {first_scores_s:.1f} s; last status line: {last_status}")
     finally:
         if console is not None:
             console.kill()
