@@ -158,3 +158,19 @@ def test_dev_up_names_the_brokers_it_has(tmp_path):
     line = one_error_line(streamscore("dev", "up", "--broker", "kafka", "--port", "0", "--state-dir", "st",
                                       cwd=tmp_path, timeout=60))
     assert "unknown broker 'kafka'; available: tansu" in line
+
+
+def test_grafana_dashboard_shows_metrics_the_job_registers():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    dashboard = json.loads((root / "flink-conf" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"flink_taskmanager_job_task_operator_(\w+)", e)}
+    source = "\n".join(p.read_text() for p in (root / "operators" / "flink").glob("*.py"))
+    registered = set(re.findall(r'\.(?:counter|meter|distribution|gauge)\(\s*"(\w+)"', source))
+    registered |= {f"{d}_p{q}" for d in re.findall(r'\.distribution\(\s*"(\w+)"', source) for q in (50, 95, 99)}
+    assert {"records_in", "events_in_per_s", "predictions_per_s", "records_lag", "poll_to_ack_ms"} <= registered
+    unknown = {m for m in used if m not in registered and not m.startswith("dead_letters_")}
+    assert not unknown, f"the dashboard shows metrics no operator registers: {sorted(unknown)}"
+    assert "dead_letters_out" in registered and len(dashboard["panels"]) >= 6
