@@ -30,11 +30,12 @@ STATE_FILE = "dev.json"
 def _start_tansu(port: int, workdir: Path):
     from connectors.embedded.tansu import EmbeddedBroker
 
-    return EmbeddedBroker(port=port, log_path=workdir / "broker.log").start()
+    return EmbeddedBroker(port=port or None, log_path=workdir / "broker.log").start()
 
 
-# Embedded brokers `dev up --broker NAME` can start: NAME → start(port, workdir) returning an
-# object with ``bootstrap_servers``, ``is_running()``, ``stop()`` and ``_proc`` (its process).
+# Embedded brokers `dev up --broker NAME` can start: NAME → start(port, workdir) (port 0: any free
+# port, retried if taken meanwhile; raises BrokerError) returning an object with
+# ``bootstrap_servers``, ``is_running()``, ``stop()`` and ``_proc`` (its process).
 # An Apache Kafka broker (connectors/embedded) plugs in here as "kafka".
 BROKERS: dict[str, Callable] = {"tansu": _start_tansu}
 
@@ -113,7 +114,7 @@ def alive(pid: int) -> bool:
 def up(opts: DevOptions, say: Callable[[str], None], status: Callable[[str], None],
        status_interval_s: float = 2.0) -> int:
     """Start everything, print the addresses, then supervise until stopped."""
-    from connectors.embedded.tansu import BrokerError, free_port
+    from connectors.embedded.tansu import BrokerError
     from connectors.kafka.clients import ensure_topics
 
     state_dir = opts.state_dir.resolve()
@@ -133,18 +134,13 @@ def up(opts: DevOptions, say: Callable[[str], None], status: Callable[[str], Non
     with ExitStack() as stack:
         try:
             port = broker_port(opts)
-            say(f"starting the embedded Kafka-compatible broker ({opts.broker}) on 127.0.0.1:{port if port else '(free port)'}…")
-            broker = None
-            for attempt in range(3):
-                try:
-                    broker = BROKERS[opts.broker](port or free_port(), state_dir)
-                    break
-                except BrokerError as exc:
-                    if port:       # a fixed port: taken, most likely
-                        raise UserError(f"the broker could not start on port {port} ({exc}); is the port in use? "
-                                        f"--port 0 takes any free port") from exc
-            if broker is None:
-                raise UserError(f"the broker did not start (log: {state_dir / 'broker.log'})")
+            say(f"starting the embedded Kafka-compatible broker ({opts.broker}) on "
+                f"127.0.0.1:{port if port else '(a free port)'}…")
+            try:
+                broker = BROKERS[opts.broker](port, state_dir)
+            except BrokerError as exc:
+                hint = "; is the port in use? --port 0 takes any free port" if port else ""
+                raise UserError(f"the broker did not start: {exc}{hint}") from exc
             stack.callback(broker.stop)
             state = DevState(os.getpid(), opts.broker, broker.bootstrap_servers, None,
                              child_pids=[broker._proc.pid])

@@ -21,13 +21,12 @@ from jobs.config import JobConfig
 from jobs.errors import UserError
 
 DEFAULT_LOG_DIR = "streamscore-logs"
-# The MiniCluster's REST endpoint (Web UI) binds to the first free port of this range; the
-# port is read back from the JVM log, so two jobs never race for one port.
+# The MiniCluster's REST endpoint (Web UI) binds to the first free port of this range (below the
+# ephemeral ports); JobProcess.rest() finds which one from /proc, so two jobs never race for one.
 DEFAULT_REST_PORTS = "8081-8199"
 # Start-up stages worth saying, from the logs (once each).
 _STAGES = [(re.compile(r"Still waiting for startup of environment"), "waiting for the Python workers to start…"),
            (re.compile(r"Completed checkpoint \d+ for job"), "first checkpoint completed")]
-_REST_LISTENING = re.compile(r"Rest endpoint listening at ([^:\s]+):(\d+)")
 # Log lines worth a console line: model swaps and refusals (model_formats.reloading), restarts.
 _ECHO = re.compile(r"(restoring from .*|model .* replaced: now .*|model file .* is refused .*|switched from \w+ to (?:RESTARTING|FAILED).*)")
 
@@ -151,7 +150,6 @@ def run_locally(cfg: JobConfig, *, log_dir: Path, status_interval_s: float = 2.0
                 first_status_timeout_s: float = 600.0) -> int:
     """Check, start the job in its own process group, watch it until it ends or is stopped.
     Returns the exit code (0 stopped by the user, 1 the job failed)."""
-    from jobs.flink_rest import FlinkRest
     from jobs.preflight import preflight
     from jobs.processes import JobProcess
 
@@ -191,18 +189,15 @@ def run_locally(cfg: JobConfig, *, log_dir: Path, status_interval_s: float = 2.0
                 echo = _ECHO.search(line)
                 if echo:
                     say(f"  {echo.group(1).strip()[:300]}")
-                if rest is None:
-                    match = _REST_LISTENING.search(line)
-                    if match:
-                        host = match.group(1) if match.group(1) not in ("0.0.0.0", "localhost") else "127.0.0.1"
-                        rest = FlinkRest(f"http://{host}:{match.group(2)}", timeout_s=3.0)
-                        say(f"Flink Web UI: {rest.url}  (after {time.monotonic() - started:.1f} s)")
             if not job.is_running():
                 cause = last_error(lines + job.log_tail(200).splitlines())
                 raise UserError(f"the job exited (code {job._proc.returncode})"
                                 + (f": {cause[:400]}" if cause else "") + f"; log: {job.log_path}")
             if rest is None:
-                if time.monotonic() - started > first_status_timeout_s:
+                rest = _find_rest(job, conf)
+                if rest is not None:
+                    say(f"Flink Web UI: {rest.url}  (after {time.monotonic() - started:.1f} s)")
+                elif time.monotonic() - started > first_status_timeout_s:
                     raise UserError(f"the job's REST API did not come up within {first_status_timeout_s:.0f} s; "
                                     f"log: {job.log_path}")
                 continue
@@ -244,6 +239,21 @@ def run_locally(cfg: JobConfig, *, log_dir: Path, status_interval_s: float = 2.0
         job.stop(grace_s=10.0)
         signal.signal(signal.SIGTERM, previous_handler)
         signal.signal(signal.SIGINT, previous_int)
+
+
+def _find_rest(job, conf: dict):
+    """The job's REST API once it listens (None before)."""
+    from jobs.flink_rest import FlinkRest
+
+    if "rest.bind-port" not in conf:               # the user fixed rest.port
+        rest = FlinkRest(f"http://{conf.get('rest.address', '127.0.0.1')}:{conf['rest.port']}", timeout_s=10.0)
+        return rest if rest.is_up() else None
+    try:
+        found = job.rest(timeout_s=0.2)
+    except RuntimeError:
+        return None
+    found.timeout_s = 10.0        # a status tick should not hang on a busy machine
+    return found
 
 
 def _say(text: str) -> None:

@@ -174,3 +174,17 @@ def test_grafana_dashboard_shows_metrics_the_job_registers():
     unknown = {m for m in used if m not in registered and not m.startswith("dead_letters_")}
     assert not unknown, f"the dashboard shows metrics no operator registers: {sorted(unknown)}"
     assert "dead_letters_out" in registered and len(dashboard["panels"]) >= 6
+
+
+def test_dev_up_on_a_taken_port_is_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = streamscore("dev", "up", "--port", str(port), "--state-dir", "st",
+                             "--plasma-socket", str(tmp_path / "p.sock"), cwd=tmp_path, timeout=120)
+    line = one_error_line(result)
+    assert "the broker did not start" in line and "is the port in use?" in line, line
+    assert not (tmp_path / "st" / "dev.json").exists()
