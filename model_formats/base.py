@@ -85,11 +85,25 @@ def as_record_batch(batch: Batch) -> pa.RecordBatch:
 
 
 def feature_matrix(batch: pa.RecordBatch, names: Sequence[str], dtype=np.float32) -> np.ndarray:
-    """Stack the named columns into a 2-D C-contiguous matrix (rows × features)."""
+    """Stack the named columns into a 2-D C-contiguous matrix (rows × features).
+
+    Raises ``ValueError`` when a name is absent from the batch (or present twice): scoring another
+    column in its place would be silently wrong."""
     out = np.empty((batch.num_rows, len(names)), dtype=dtype)
     for j, name in enumerate(names):
-        out[:, j] = batch.column(batch.schema.get_field_index(name)).to_numpy(zero_copy_only=False)
+        out[:, j] = column_of(batch, name).to_numpy(zero_copy_only=False)
     return out
+
+
+def column_of(batch: pa.RecordBatch, name: str) -> pa.Array:
+    """The column ``name`` of ``batch``; ``ValueError`` naming what is there when it is absent."""
+    idx = batch.schema.get_field_index(name)
+    if idx < 0:
+        have = batch.schema.names
+        why = "twice" if have.count(name) > 1 else "absent"
+        raise ValueError(f"input column {name!r} is {why} in the batch (columns {have}); "
+                         "predict() takes the rows validate() returns")
+    return batch.column(idx)
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from model_formats.base import (
-    Batch, FieldSpec, ModelBase, ModelLoadError, ModelSchema, as_record_batch, classifier_outputs,
+    Batch, FieldSpec, ModelBase, ModelLoadError, ModelSchema, as_record_batch, classifier_outputs, column_of,
     empty_outputs, output_fields, regressor_outputs,
 )
 
@@ -248,7 +248,7 @@ class PmmlModel(ModelBase):
     format = "pmml"
 
     def __init__(self, path: str | os.PathLike, *, name: str | None = None, version: str | None = None,
-                 **_ignored) -> None:
+                 input_names: list[str] | None = None) -> None:
         p = Path(path)
         self.path = str(p)
         data, root = read_pmml_safely(p)
@@ -278,6 +278,9 @@ class PmmlModel(ModelBase):
             raise ModelLoadError(f"{p.name}: PMML function {doc.function!r} is not supported (classification, regression)")
         if not doc.inputs:
             raise ModelLoadError(f"{p.name}: PMML model without active input fields")
+        if input_names is not None and list(input_names) != [f.name for f in doc.inputs]:
+            raise ModelLoadError(f"{p.name}: a PMML file names its inputs ({[f.name for f in doc.inputs]}); "
+                                 f"input_names {list(input_names)} differ")
         self.schema = ModelSchema(inputs=tuple(doc.inputs), outputs=output_fields(self.task, self.classes))
 
         gateway = PmmlRuntime.acquire()
@@ -295,7 +298,7 @@ class PmmlModel(ModelBase):
         names = self.schema.input_names
         cols = []
         for name in names:
-            col = rb.column(rb.schema.get_field_index(name))
+            col = column_of(rb, name)
             if pa.types.is_floating(col.type):
                 values = col.to_numpy(zero_copy_only=False)
                 if np.isnan(values).any():  # JSON has no NaN: a NaN is a missing value in PMML

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from model_formats.base import (
-    Batch, FieldSpec, ModelBase, ModelLoadError, ModelSchema, as_record_batch, classifier_outputs,
+    Batch, FieldSpec, ModelBase, ModelLoadError, ModelSchema, as_record_batch, classifier_outputs, column_of,
     empty_outputs, feature_matrix, output_fields, regressor_outputs,
 )
 
@@ -43,7 +43,7 @@ SKOPS_META_MEMBER = "streamscore.json"
 
 
 def load_skops(path: Path, *, trusted_types: list[str] | None = None, name: str | None = None,
-               version: str | None = None, **_ignored) -> "SklearnModel":
+               version: str | None = None, feature_names: list[str] | None = None) -> "SklearnModel":
     try:
         import skops.io as sio
     except ImportError as exc:
@@ -69,7 +69,7 @@ def load_skops(path: Path, *, trusted_types: list[str] | None = None, name: str 
     except Exception:
         meta = {}
     return SklearnModel(estimator, path=path, name=name or meta.get("name"), version=version or meta.get("version"),
-                        feature_names=meta.get("feature_names"), metadata={"loader": "skops", **_str_meta(meta)})
+                        feature_names=feature_names or meta.get("feature_names"), metadata={"loader": "skops", **_str_meta(meta)})
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -81,7 +81,7 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 
 def load_pickle(path: Path, *, trust_pickle: bool = False, sha256: str | None = None, name: str | None = None,
-                version: str | None = None, feature_names: list[str] | None = None, **_ignored) -> "SklearnModel":
+                version: str | None = None, feature_names: list[str] | None = None) -> "SklearnModel":
     if not trust_pickle:
         raise ModelLoadError(f"{path.name}: pickle/joblib files run code while loading; refused. Convert the model "
                              "to .skops or .onnx (streamscore models export), or pass trust_pickle=True with the "
@@ -130,6 +130,9 @@ class SklearnModel(ModelBase):
         except Exception:
             pass
         names = getattr(estimator, "feature_names_in_", None)
+        if names is not None and feature_names and [str(n) for n in names] != [str(n) for n in feature_names]:
+            raise ModelLoadError(f"{self.name}: the estimator was fitted on columns {[str(n) for n in names]}; "
+                                 f"input_names {list(feature_names)} differ")
         names = [str(n) for n in names] if names is not None else (list(feature_names) if feature_names else None)
         if names is None:
             n = getattr(estimator, "n_features_in_", None)
@@ -161,7 +164,7 @@ class SklearnModel(ModelBase):
         if self._frame:
             import pandas as pd
 
-            return pd.DataFrame({n: rb.column(rb.schema.get_field_index(n)).to_numpy(zero_copy_only=False)
+            return pd.DataFrame({n: column_of(rb, n).to_numpy(zero_copy_only=False)
                                  for n in names}, columns=names)
         return feature_matrix(rb, names, np.float64)
 

@@ -1,0 +1,238 @@
+"""Conformance: models exported the way users export them, scored through ``load_model(...).predict``
+and compared per row with the native model (or a reference evaluator), tolerance 1e-6 absolute or
+relative.
+
+Exporters: skl2onnx with its defaults (ZipMap classifiers, no metadata) and non-default options,
+onnxmltools for LightGBM and XGBoost, skops pipelines. PMML conformance (hand-written files, one
+feature each, against the JPMML reference evaluator) is in test_model_conformance_pmml.py.
+Every model is tiny (a few hundred rows, a few trees): each test takes about a second.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from model_formats import LABEL, SCORE, ModelLoadError, load_model
+
+TOL = 1e-6
+N = 400
+
+
+def close(got, ref, tol: float = TOL) -> bool:
+    """Per element: within ``tol`` absolute or ``tol`` relative."""
+    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    diff = np.abs(got - ref)
+    return bool(np.all((diff <= tol) | (diff <= tol * np.abs(ref))))
+
+
+def data(seed: int = 0, nan_share: float = 0.0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(N, 4)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(np.int64)
+    y3 = np.digitize(X[:, 0], [-0.5, 0.5]).astype(np.int64)
+    if nan_share:
+        X[rng.random(X.shape) < nan_share] = np.nan
+    return X, y, y3
+
+
+def arrow_batch(X: np.ndarray, names=None) -> pa.RecordBatch:
+    """NaN becomes Arrow null, as pandas -> Arrow does."""
+    names = names or [f"x{j}" for j in range(X.shape[1])]
+    return pa.RecordBatch.from_arrays([pa.array(X[:, j], from_pandas=True) for j in range(X.shape[1])], names=names)
+
+
+def probabilities(out: pa.RecordBatch, classes) -> np.ndarray:
+    return np.column_stack([out.column(f"probability_{c}").to_numpy(zero_copy_only=False) for c in classes])
+
+
+def save(proto, path):
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
+def assert_matches_native(model, est, X: np.ndarray, names=None):
+    """Every row valid, probabilities/values and labels as the native estimator's."""
+    r = model.validate(arrow_batch(X, names))
+    assert r.valid.num_rows == len(X), r.reasons[:5]
+    out = model.predict(r.valid)
+    if model.task == "regression":
+        assert close(out.column(SCORE).to_numpy(), est.predict(X))
+        return out
+    proba = est.predict_proba(X)
+    assert close(probabilities(out, model.classes), proba), np.abs(probabilities(out, model.classes) - proba).max()
+    assert [str(v) for v in out.column(LABEL).to_pylist()] == [str(v) for v in est.predict(X)]
+    return out
+
+
+# --- skl2onnx, default options: ZipMap classifiers, no metadata --------------------------------
+
+@pytest.mark.parametrize("tensor", ["float", "double"])
+@pytest.mark.parametrize("kind", ["logreg", "forest_strings", "hgb_multi"])
+def test_skl2onnx_default_zipmap_classifiers(kind, tensor, tmp_path):
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    X, y, y3 = data()
+    if tensor == "double":
+        X = X.astype(np.float64)
+    est, target = {
+        "logreg": (LogisticRegression(), y),
+        "forest_strings": (RandomForestClassifier(n_estimators=5, max_depth=4, random_state=0),
+                           np.array(["fraud", "ok", "review"])[y3]),
+        "hgb_multi": (HistGradientBoostingClassifier(max_iter=5, random_state=0), y3),
+    }[kind]
+    est.fit(X, target)
+    Tensor = FloatTensorType if tensor == "float" else DoubleTensorType
+    proto = to_onnx(est, initial_types=[("X", Tensor([None, 4]))])  # default: ZipMap output
+    assert any(n.op_type == "ZipMap" for n in proto.graph.node)
+    model = load_model(save(proto, tmp_path / "m.onnx"))  # double ZipMap: onnxruntime alone refuses it
+    assert model.input_names == ["x0", "x1", "x2", "x3"]
+    assert [str(c) for c in model.classes] == [str(c) for c in est.classes_]
+    assert "zipmap" in model.metadata
+    assert_matches_native(model, est, X)
+
+
+def test_skl2onnx_non_default_options(tmp_path):
+    """zipmap=False, raw scores and a columnar (one input per column) pipeline with strings."""
+    import pandas as pd
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    X, y, _ = data()
+    est = LogisticRegression().fit(X, y)
+    proto = to_onnx(est, X[:1], options={id(est): {"zipmap": False, "output_class_labels": True}})
+    assert_matches_native(load_model(save(proto, tmp_path / "plain.onnx")), est, X)
+
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"amount": X[:, 0], "channel": rng.choice(["web", "pos", "atm"], N)})
+    target = ((df.amount > 0) ^ (df.channel == "atm")).astype(int)
+    pipe = Pipeline([("ct", ColumnTransformer([("n", StandardScaler(), ["amount"]),
+                                              ("c", OneHotEncoder(handle_unknown="ignore"), ["channel"])])),
+                     ("clf", LogisticRegression())]).fit(df, target)
+    proto = to_onnx(pipe, initial_types=[("amount", FloatTensorType([None, 1])),
+                                         ("channel", StringTensorType([None, 1]))])  # ZipMap too
+    model = load_model(save(proto, tmp_path / "cols.onnx"))
+    assert [(f.name, f.dtype) for f in model.schema.inputs] == [("amount", "float"), ("channel", "string")]
+    out = model.predict(model.validate(pa.RecordBatch.from_pandas(df, preserve_index=False)).valid)
+    assert close(probabilities(out, model.classes), pipe.predict_proba(df))
+
+
+def test_skl2onnx_regressor_without_metadata(tmp_path):
+    from skl2onnx import to_onnx
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    X, _, _ = data()
+    est = GradientBoostingRegressor(n_estimators=10, max_depth=3, random_state=0).fit(X, X[:, 0] * 3 - X[:, 1])
+    model = load_model(save(to_onnx(est, X[:1]), tmp_path / "reg.onnx"))
+    assert model.task == "regression"
+    out = model.predict(model.validate(arrow_batch(X)).valid)
+    # float32 trees: thresholds and leaf sums in single precision
+    assert close(out.column(SCORE).to_numpy(), est.predict(X), tol=1e-5)
+
+
+def test_onnxruntime_refusal_points_to_models_export(tmp_path):
+    import onnx
+
+    path = tmp_path / "broken.onnx"
+    X, y, _ = data()
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    proto = to_onnx(LogisticRegression().fit(X, y), X[:1], options={"zipmap": False})
+    proto.graph.node[0].op_type = "NoSuchOp"
+    onnx.save_model(proto, str(path))
+    with pytest.raises(ModelLoadError, match="streamscore models export"):
+        load_model(path)
+
+
+# --- NaN: tree ensembles that route missing values (HGB, LightGBM, XGBoost) ----------------------
+
+def test_hgb_export_without_metadata_accepts_nan_and_null(tmp_path):
+    from skl2onnx import to_onnx
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+
+    X, y, _ = data(nan_share=0.1)
+    hgb = HistGradientBoostingClassifier(max_iter=10, random_state=0).fit(X, y)
+    model = load_model(save(to_onnx(hgb, X[:1], options={"zipmap": False}), tmp_path / "hgb.onnx"))
+    assert all(f.allow_nan for f in model.schema.inputs)
+    assert arrow_batch(X).column(0).null_count > 0  # NaN arrived as Arrow null
+    assert_matches_native(model, hgb, X)
+
+    # a RandomForest accepts NaN in scikit-learn but its ONNX graph routes it differently: refused
+    clean, _, _ = data()
+    rf = RandomForestClassifier(n_estimators=5, max_depth=4, random_state=0).fit(clean, y)
+    model = load_model(save(to_onnx(rf, clean[:1]), tmp_path / "rf.onnx"))
+    assert not any(f.allow_nan for f in model.schema.inputs)
+    r = model.validate(arrow_batch(X))
+    assert len(r.rejected_index) and all(reason.startswith("missing:") for reason in r.reasons)
+
+
+def _lightgbm(task: str, X, y):
+    import lightgbm as lgb
+
+    est = (lgb.LGBMRegressor if task == "regression" else lgb.LGBMClassifier)(
+        n_estimators=10, num_leaves=7, min_child_samples=5, verbose=-1, random_state=0)
+    return est.fit(X, y)
+
+
+def _xgboost(task: str, X, y):
+    import xgboost as xgb
+
+    est = (xgb.XGBRegressor if task == "regression" else xgb.XGBClassifier)(n_estimators=10, max_depth=3,
+                                                                            random_state=0)
+    return est.fit(X, y)
+
+
+@pytest.mark.parametrize("library", ["lightgbm", "xgboost"])
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_onnxmltools_exports_with_missing_values(library, task, tmp_path):
+    pytest.importorskip(library)
+    pytest.importorskip("onnxmltools")
+    from onnxmltools import convert_lightgbm, convert_xgboost
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    X, y, y3 = data(seed=2, nan_share=0.1)
+    target = {"binary": y, "multiclass": y3, "regression": np.nan_to_num(X[:, 0]) * 2.0 + 1.0}[task]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = (_lightgbm if library == "lightgbm" else _xgboost)(task, X, target)
+        convert = convert_lightgbm if library == "lightgbm" else convert_xgboost
+        proto = convert(est, initial_types=[("input", FloatTensorType([None, 4]))], target_opset=15)
+    model = load_model(save(proto, tmp_path / f"{library}.onnx"), input_names=["a", "b", "c", "d"])
+    assert model.input_names == ["a", "b", "c", "d"]
+    assert all(f.allow_nan for f in model.schema.inputs)
+    assert model.task == ("regression" if task == "regression" else "classification")
+    assert_matches_native(model, est, X, names=["a", "b", "c", "d"])
+
+
+# --- names and silence ------------------------------------------------------------------------
+
+def test_input_names_option_unknown_keywords_and_mismatching_batches(tmp_path):
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    X, y, _ = data()
+    est = LogisticRegression().fit(X, y)
+    path = save(to_onnx(est, X[:1], options={"zipmap": False}), tmp_path / "m.onnx")
+    names = ["amount", "age", "velocity", "ratio"]
+    model = load_model(path, input_names=names)
+    assert model.input_names == names
+    assert_matches_native(model, est, X, names=names)
+    with pytest.raises(ModelLoadError, match="4 wide"):
+        load_model(path, input_names=["a", "b"])
+    with pytest.raises(TypeError, match="unknown keyword"):
+        load_model(path, feature_nmaes=names)
+    # predict() on a batch without the model's columns raises (it used to read one column for all)
+    with pytest.raises(ValueError, match="'age' is absent"):
+        model.predict(pa.RecordBatch.from_arrays([pa.array(X[:, 0])], names=["amount"]))
+    with pytest.raises(ValueError, match="absent"):
+        load_model(path).predict(arrow_batch(X, names))
