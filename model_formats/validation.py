@@ -125,7 +125,7 @@ def _check_column(spec: FieldSpec, raw, n: int) -> tuple[pa.Array, list[Check]]:
         arr = pc.if_else(pa.array(nulls), pa.scalar(float("nan"), type=target), arr)
         has_nulls = arr.null_count > 0
         nulls = arr.is_null().to_numpy(zero_copy_only=False) if has_nulls else None
-    if has_nulls and spec.required:
+    if has_nulls and spec.required and not spec.nullable:
         missing = nulls & ~wrong if wrong is not None else nulls  # unconvertible is wrong, not missing
         if missing.any():
             checks.append((missing, _const(f"missing:{name}")))
