@@ -48,7 +48,11 @@ def register(subparsers) -> None:
                    help="comma-separated subset of onnx,skops,pmml (default all; pmml is skipped with a warning "
                    "when sklearn2pmml/Java are missing unless named alone)")
     p.add_argument("--feature-names", help="comma-separated input names when the estimator does not record them")
-    p.add_argument("--sample", help="cross-check the exported files on these rows (.parquet/.csv)")
+    p.add_argument("--allow-nan", default="auto", metavar="auto|none|COL,COL",
+                   help="ONNX: inputs that may hold NaN (written as allow_nan metadata). auto (default): those "
+                   "whose NaN the exported graph handles as scikit-learn does (an imputer first, or "
+                   "HistGradientBoosting); none; or a comma-separated list")
+    p.add_argument("--sample", help="cross-check the exported files on these rows (.parquet/.csv/.jsonl)")
     p.add_argument("--tol", type=float, default=1e-6)
     _trust_args(p)
     p.set_defaults(func=cmd_export)
@@ -309,7 +313,10 @@ def cmd_export(args) -> int:
     console = _console()
     try:
         if "onnx" in formats:
-            written.append(export_onnx(estimator, names, out / f"{name}.onnx", name=name, version=args.version))
+            allow_nan = args.allow_nan if args.allow_nan in ("auto", "none") else \
+                [c.strip() for c in args.allow_nan.split(",") if c.strip()]
+            written.append(export_onnx(estimator, names, out / f"{name}.onnx", name=name, version=args.version,
+                                       allow_nan=allow_nan))
         if "skops" in formats:
             written.append(export_skops(estimator, names, out / f"{name}.skops", name=name, version=args.version))
         if "pmml" in formats:

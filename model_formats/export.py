@@ -49,13 +49,17 @@ def _feature_names(estimator, feature_names: Sequence[str] | None) -> list[str]:
 
 
 def export_onnx(estimator, feature_names: Sequence[str] | None, path: str | os.PathLike,
-                name: str | None = None, version: str = "1", *, target_opset: int | dict | None = None) -> Path:
+                name: str | None = None, version: str = "1", *, target_opset: int | dict | None = None,
+                allow_nan: Sequence[str] | str = "auto") -> Path:
     """Convert a fitted estimator/pipeline to ONNX with its schema in metadata_props.
 
     Numeric models get one 2-D float input named ``input``; pipelines starting with a
     ColumnTransformer get one ``[N, 1]`` input per column (strings for the categorical columns,
     whose fitted domains go to ``categories``). Classifiers export ``label`` and a
-    ``probabilities`` tensor (zipmap=False). Returns the written path.
+    ``probabilities`` tensor (zipmap=False). ``allow_nan`` (metadata the loader reads): "auto" =
+    the inputs whose NaN the exported graph handles as scikit-learn does (an imputer before any
+    step that refuses NaN, or HistGradientBoosting); "none"; or the list of input names.
+    Returns the written path.
     """
     import onnx
     from skl2onnx import convert_sklearn
@@ -91,11 +95,22 @@ def export_onnx(estimator, feature_names: Sequence[str] | None, path: str | os.P
         meta["categories"] = json.dumps({n: list(v) for n, v in categories.items() if v is not None})
     if classifier:
         meta["classes"] = json.dumps([_plain(c) for c in final.classes_])
-    if allows_nan(estimator) and type(final).__name__.startswith("HistGradientBoosting"):
-        # Only HistGradientBoosting's NaN routing survives the conversion: a RandomForest that
-        # accepts NaN in scikit-learn scores it differently in onnxruntime (measured: up to 0.97
-        # apart), so the ONNX schema of every other model rejects NaN rows instead.
-        meta["allow_nan"] = json.dumps(names)
+    if isinstance(allow_nan, str) and allow_nan == "auto":
+        # Only imputers and HistGradientBoosting's NaN routing survive the conversion as scikit-learn
+        # scores them: a RandomForest that accepts NaN in scikit-learn scores it differently in
+        # onnxruntime (measured: up to 0.97 apart), so its ONNX schema rejects NaN rows instead.
+        from model_formats.sklearn_model import nan_handled_columns
+
+        nan_names = [n for n in names if n in nan_handled_columns(estimator, names, onnx=True)]
+    elif isinstance(allow_nan, str) and allow_nan == "none":
+        nan_names = []
+    else:
+        nan_names = [str(n) for n in allow_nan]
+        unknown = sorted(set(nan_names) - set(names))
+        if unknown:
+            raise ValueError(f"allow_nan names {unknown}, which are not inputs ({names})")
+    if nan_names:
+        meta["allow_nan"] = json.dumps(nan_names)
     onnx.helper.set_model_props(proto, meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(proto, str(path))

@@ -236,3 +236,79 @@ def test_input_names_option_unknown_keywords_and_mismatching_batches(tmp_path):
         model.predict(pa.RecordBatch.from_arrays([pa.array(X[:, 0])], names=["amount"]))
     with pytest.raises(ValueError, match="absent"):
         load_model(path).predict(arrow_batch(X, names))
+
+
+# --- scikit-learn pipelines (skops) and their ONNX exports ----------------------------------------
+
+def _frame_with_bool_and_nan():
+    import pandas as pd
+
+    X, y, _ = data(seed=4)
+    df = pd.DataFrame({"amount": X[:, 0].astype(np.float64), "age": X[:, 1].astype(np.float64),
+                       "is_new": X[:, 2] > 0})
+    df.loc[df.index % 7 == 0, "amount"] = np.nan
+    target = ((np.nan_to_num(df.amount) + df.is_new) > 0.5).astype(int)
+    return df, target
+
+
+def test_skops_pipeline_with_imputer_and_boolean_feature(tmp_path):
+    """NaN judged over the pipeline (the imputer handles it, not the GBM); a boolean column scored as
+    scikit-learn scores it; the ONNX export carries allow_nan for the imputed columns."""
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+
+    from model_formats.export import export_onnx, export_skops
+
+    df, target = _frame_with_bool_and_nan()
+    pipe = make_pipeline(SimpleImputer(), GradientBoostingClassifier(n_estimators=10, max_depth=2,
+                                                                     random_state=0)).fit(df, target)
+    skops = load_model(export_skops(pipe, None, tmp_path / "p.skops"))
+    assert [f.allow_nan for f in skops.schema.inputs] == [True, True, True]
+    batch = pa.RecordBatch.from_pandas(df, preserve_index=False)  # NaN -> null, booleans as booleans
+    assert batch.column(0).null_count > 0 and batch.schema.field("is_new").type == pa.bool_()
+    r = skops.validate(batch)
+    assert r.valid.num_rows == len(df), r.reasons[:3]
+    assert close(probabilities(skops.predict(r.valid), skops.classes), pipe.predict_proba(df))
+
+    onnx_model = load_model(export_onnx(pipe, None, tmp_path / "p.onnx"))
+    assert all(f.allow_nan for f in onnx_model.schema.inputs)
+    r = onnx_model.validate(batch)
+    assert r.valid.num_rows == len(df)
+    assert close(probabilities(onnx_model.predict(r.valid), onnx_model.classes), pipe.predict_proba(df), tol=1e-5)
+
+
+def test_nan_judged_over_the_pipeline_not_its_last_step():
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from model_formats.sklearn_model import nan_handled_columns
+
+    df, target = _frame_with_bool_and_nan()
+    names = list(df.columns)
+    fit = lambda est: est.fit(df.fillna(0.0) if "Logistic" in str(est) and "Imputer" not in str(est) else df, target)  # noqa: E731
+    assert nan_handled_columns(fit(make_pipeline(StandardScaler(), HistGradientBoostingClassifier(max_iter=3))),
+                               names) == set(names)
+    assert nan_handled_columns(fit(make_pipeline(StandardScaler(), LogisticRegression())), names) == set()
+    ct = ColumnTransformer([("imp", SimpleImputer(), ["amount"]), ("keep", "passthrough", ["age", "is_new"])])
+    assert nan_handled_columns(fit(make_pipeline(ct, LogisticRegression())), names) == {"amount"}
+    rf = fit(RandomForestClassifier(n_estimators=3, random_state=0))
+    assert nan_handled_columns(rf, names) == set(names)              # scikit-learn routes NaN itself
+    assert nan_handled_columns(rf, names, onnx=True) == set()        # its ONNX graph does not
+
+
+def test_models_export_allow_nan_option(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    from model_formats.export import export_onnx
+
+    X, y, _ = data()
+    est = LogisticRegression().fit(X, y)
+    path = export_onnx(est, ["a", "b", "c", "d"], tmp_path / "m.onnx", allow_nan=["a"])
+    assert [f.allow_nan for f in load_model(path).schema.inputs] == [True, False, False, False]
+    with pytest.raises(ValueError, match="not inputs"):
+        export_onnx(est, ["a", "b", "c", "d"], tmp_path / "m.onnx", allow_nan=["zz"])
