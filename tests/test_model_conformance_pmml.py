@@ -302,3 +302,42 @@ def test_pmml_schema_decisions_at_load(tmp_path, pmml_jvm):
     assert not any(f.nullable for f in m.schema.inputs)
     m = load("tree_defaultChild_returnLastPrediction")
     assert all(f.nullable and f.allow_nan for f in m.schema.inputs)
+
+
+# --- `streamscore models check` on one model and sample events --------------------------------
+
+def _cli(*argv) -> int:
+    import argparse
+
+    from jobs import models_cmd
+
+    parser = argparse.ArgumentParser(prog="streamscore")
+    models_cmd.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(list(argv))
+    return int(args.func(args) or 0)
+
+
+def test_models_check_one_model_reports_rejections_with_reasons(tmp_path, pmml_jvm, capsys):
+    import json
+
+    path = tmp_path / "cyl.pmml"
+    path.write_text(CASES["integer_categories"][0])
+    sample = tmp_path / "events.jsonl"  # JSON numbers and text mixed in one column, as events carry them
+    sample.write_text("\n".join(json.dumps(r) for r in CYL_ROWS) + "\n")
+    assert _cli("models", "check", str(path), "--sample", str(sample)) == 0
+    out = capsys.readouterr().out
+    assert "4 of 5 rows scored" in out  # a missing category adds nothing to a regression (JPMML agrees)
+    assert "out_of_domain:cyl ×1" in out  # the reasons, in the table
+    assert "row 3: out_of_domain:cyl=5" in out
+    assert _cli("models", "check", str(path), "--sample", str(sample), "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["scored_rows"] == 4 and report["models"][0]["rejected"] == [
+        {"row": 3, "reason": "out_of_domain:cyl=5"}]
+
+    # nothing scored: says so, and does not claim the models disagree
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"x1": 1.0, "cyl": 5}\n{"x1": "x", "cyl": 4}\n')
+    assert _cli("models", "check", str(path), str(path), "--sample", str(bad)) == 1
+    out = capsys.readouterr().out
+    assert "no row could be scored" in out and "disagree" not in out
+    assert "wrong_type:x1 ×1" in out
