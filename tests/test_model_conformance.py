@@ -312,3 +312,16 @@ def test_models_export_allow_nan_option(tmp_path):
     assert [f.allow_nan for f in load_model(path).schema.inputs] == [True, False, False, False]
     with pytest.raises(ValueError, match="not inputs"):
         export_onnx(est, ["a", "b", "c", "d"], tmp_path / "m.onnx", allow_nan=["zz"])
+
+
+def test_config_model_input_names_reach_load_model(tmp_path):
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    from jobs.config import JobConfig
+
+    X, y, _ = data()
+    path = save(to_onnx(LogisticRegression().fit(X, y), X[:1]), tmp_path / "m.onnx")
+    cfg = JobConfig.model_validate({"model": {"path": str(path), "input_names": ["a", "b", "c", "d"]}})
+    assert cfg.model.load_options() == {"input_names": ["a", "b", "c", "d"]}
+    assert load_model(cfg.model.path, **cfg.model.load_options()).input_names == ["a", "b", "c", "d"]
