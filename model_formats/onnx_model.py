@@ -43,7 +43,7 @@ _ELEM_TO_DTYPE = {  # onnx.TensorProto element types
     2: "integer", 3: "integer", 4: "integer",       # UINT8, INT8, UINT16
     8: "string", 9: "boolean",
 }
-_NUMPY_OF = {"float": np.float32, "double": np.float64, "integer": np.int64, "boolean": np.bool_}
+_NUMPY_OF = {"float": np.float32, "double": np.float64, "integer": np.int64, "boolean": np.bool_, "string": object}
 
 
 class OnnxModel(ModelBase):
@@ -87,6 +87,10 @@ class OnnxModel(ModelBase):
         try:
             self._session = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
+            if "locale" in str(exc):
+                raise ModelLoadError(f"{p.name}: the graph's StringNormalizer (text lower-casing) names a locale this "
+                                     "machine does not have; install it (Debian: locales, locale-gen) or re-export "
+                                     "with `streamscore models export` (locale C.UTF-8)") from exc
             raise ModelLoadError(f"{p.name}: onnxruntime refused the model: {exc}. If it was exported from "
                                  "scikit-learn, `streamscore models export` writes a file onnxruntime scores "
                                  "(float inputs, probability tensor, schema in metadata)") from exc
@@ -193,6 +197,9 @@ class OnnxModel(ModelBase):
 
     def _feeds(self, rb: pa.RecordBatch) -> dict[str, np.ndarray]:
         if self._mode == "matrix":
+            if self._matrix_dtype is object:  # string tensor (text, categories): one column per input name
+                return {self._matrix_input: np.column_stack([np.asarray(column_of(rb, n).to_pylist(), dtype=object)
+                                                             for n in self.schema.input_names])}
             return {self._matrix_input: feature_matrix(rb, self.schema.input_names, self._matrix_dtype)}
         feeds = {}
         for name, dtype, rank in self._column_inputs:

@@ -139,6 +139,11 @@ class SklearnModel(ModelBase):
             raise ModelLoadError(f"{self.name}: the estimator was fitted on columns {[str(n) for n in names]}; "
                                  f"input_names {list(feature_names)} differ")
         names = [str(n) for n in names] if names is not None else (list(feature_names) if feature_names else None)
+        self._text_1d = _starts_with_text_vectorizer(estimator)  # fitted on a 1-D sequence of documents
+        if self._text_1d:
+            names = names or ["text"]
+            if len(names) != 1:
+                raise ModelLoadError(f"{self.name}: a text pipeline takes one input column, not {names}")
         if names is None:
             n = getattr(estimator, "n_features_in_", None)
             if n is None:
@@ -146,9 +151,12 @@ class SklearnModel(ModelBase):
             names = [f"x{i}" for i in range(int(n))]
         nan_ok = nan_handled_columns(estimator, names)
         categorical = _categorical_inputs(estimator)
+        text = set(names) if self._text_1d else _text_inputs(estimator)
         fields = []
         for n in names:
-            if n in categorical:
+            if n in text:
+                fields.append(FieldSpec(n, "string"))  # free text: no domain
+            elif n in categorical:
                 fields.append(FieldSpec(n, "string", True, False, categorical[n]))
             else:
                 fields.append(FieldSpec(n, "double", True, n in nan_ok))
@@ -158,11 +166,13 @@ class SklearnModel(ModelBase):
         elif is_regressor(estimator) or hasattr(estimator, "predict"):
             self.task = "regression"
         self.schema = ModelSchema(inputs=tuple(fields), outputs=output_fields(self.task, self.classes))
-        self._frame = bool(categorical) or _wants_dataframe(estimator)
+        self._frame = bool(categorical) or bool(text and not self._text_1d) or _wants_dataframe(estimator)
         self._named = getattr(estimator, "feature_names_in_", None) is not None
 
     def _X(self, rb: pa.RecordBatch):
         names = self.schema.input_names
+        if self._text_1d:
+            return np.asarray(column_of(rb, names[0]).to_pylist(), dtype=object)
         if self._frame:
             import pandas as pd
 
@@ -273,3 +283,28 @@ def nan_handled_columns(estimator, names: list[str], *, onnx: bool = False) -> s
         if _chain_handles_nan(inner + rest, onnx):
             ok |= {str(c) for c in cols}
     return ok
+
+
+# --- text inputs -----------------------------------------------------------------------------
+
+def is_text_vectorizer(step) -> bool:
+    """CountVectorizer, TfidfVectorizer, HashingVectorizer (anything that builds an analyzer)."""
+    return hasattr(step, "build_analyzer") and hasattr(step, "transform")
+
+
+def _starts_with_text_vectorizer(estimator) -> bool:
+    steps = getattr(estimator, "steps", None)
+    return bool(steps) and is_text_vectorizer(steps[0][1])
+
+
+def _text_inputs(estimator) -> set[str]:
+    """Columns a leading ColumnTransformer sends, as one column of documents, to a text vectorizer."""
+    steps = getattr(estimator, "steps", None)
+    first = steps[0][1] if steps else estimator
+    out: set[str] = set()
+    for _, trans, cols in getattr(first, "transformers_", []) or []:
+        inner = getattr(trans, "steps", None)
+        head = inner[0][1] if inner else trans
+        if is_text_vectorizer(head) and isinstance(cols, str):
+            out.add(cols)
+    return out

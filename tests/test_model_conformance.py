@@ -325,3 +325,52 @@ def test_config_model_input_names_reach_load_model(tmp_path):
     cfg = JobConfig.model_validate({"model": {"path": str(path), "input_names": ["a", "b", "c", "d"]}})
     assert cfg.model.load_options() == {"input_names": ["a", "b", "c", "d"]}
     assert load_model(cfg.model.path, **cfg.model.load_options()).input_names == ["a", "b", "c", "d"]
+
+
+# --- text models ------------------------------------------------------------------------------
+
+SENTIMENT = [("I love this movie", 1), ("great fun and great acting", 1), ("terrible plot, awful", 0),
+             ("I hate it", 0), ("what a great day", 1), ("awful awful service", 0), ("love love love", 1),
+             ("not good, boring", 0), ("Ça c'est GÉNIAL, love it", 1), ("boring and awful", 0)]
+
+
+def _sentiment_pipelines():
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    texts = [t for t, _ in SENTIMENT] * 4
+    y = [s for _, s in SENTIMENT] * 4
+    plain = make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(texts, y)
+    df = pd.DataFrame({"text": texts, "length": [float(len(t)) for t in texts]})
+    columns = make_pipeline(ColumnTransformer([("words", TfidfVectorizer(), "text"),
+                                               ("n", StandardScaler(), ["length"])]),
+                            LogisticRegression()).fit(df, y)
+    return plain, columns, df
+
+
+def test_text_pipelines_skops_and_onnx(tmp_path):
+    """TfidfVectorizer on a text column: the schema says string, every row scores, as scikit-learn."""
+    from model_formats.export import export_onnx, export_skops
+
+    plain, columns, df = _sentiment_pipelines()
+    unseen = ["LOVE it", "awful, just awful", "", "Été: génial"]
+    batch = pa.RecordBatch.from_pydict({"text": [t for t, _ in SENTIMENT] + unseen, "extra": list(range(14))})
+    for model in (load_model(export_skops(plain, None, tmp_path / "s.skops")),
+                  load_model(export_onnx(plain, None, tmp_path / "s.onnx"))):
+        assert [(f.name, f.dtype, f.allowed_values) for f in model.schema.inputs] == [("text", "string", None)]
+        r = model.validate(batch)
+        assert r.valid.num_rows == 14, r.reasons
+        out = model.predict(r.valid)
+        assert close(out.column("probability_1").to_numpy(), plain.predict_proba(batch.column("text").to_pylist())[:, 1],
+                     tol=1e-5), model.format
+    cols = pa.RecordBatch.from_pandas(df, preserve_index=False)
+    for model in (load_model(export_skops(columns, None, tmp_path / "c.skops")),
+                  load_model(export_onnx(columns, None, tmp_path / "c.onnx"))):
+        assert [(f.name, f.dtype) for f in model.schema.inputs] == [("text", "string"), ("length", "double" if
+                                                                     model.format == "sklearn" else "float")]
+        out = model.predict(model.validate(cols).valid)
+        assert close(out.column("probability_1").to_numpy(), columns.predict_proba(df)[:, 1], tol=1e-5), model.format
