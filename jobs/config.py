@@ -89,6 +89,16 @@ class ModelSettings(_Section):
     reload_interval_s: float = Field(5.0, ge=0, description="how often the scorer checks whether the model "
                                      "file was replaced (then loads it; a file that fails to load is refused "
                                      "and the serving model stays). 0: never")
+    input_names: list[str] | None = Field(None, description="the model's input columns in its order, for "
+                                          "files that do not name them (an ONNX graph without feature_names "
+                                          "metadata expects x0..xn otherwise)")
+    trusted_types: list[str] | None = Field(None, description="extra types a .skops file may instantiate, "
+                                            "after review (CLI: --trusted-type)")
+
+    def load_options(self) -> dict:
+        """Keyword arguments for ``model_formats.load_model`` beyond the path and threads."""
+        return {k: v for k, v in (("input_names", self.input_names), ("trusted_types", self.trusted_types))
+                if v is not None}
 
 
 class BatchSettings(_Section):

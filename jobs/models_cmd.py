@@ -19,12 +19,16 @@ def register(subparsers) -> None:
     _trust_args(p)
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("check", help="score the same rows with 2-3 models and report disagreement",
-                       description="Score the same sample with each model (e.g. one model exported to ONNX, PMML "
-                       "and skops) and report max/mean absolute score difference and label flips against the "
-                       "first model. Exits 1 beyond tolerance.")
-    p.add_argument("models", nargs="+", metavar="MODEL", help="two or three model files; the first is the reference")
-    p.add_argument("--sample", required=True, help="rows to score: .parquet or .csv with the models' input columns")
+    p = sub.add_parser("check", help="vet a model on sample events: rows it rejects (with reasons) and, with "
+                       "2-3 models, their agreement",
+                       description="Validate and score a sample of events with each model: the rows each model "
+                       "would reject and why, and (with two or three models, e.g. one model exported to ONNX, PMML "
+                       "and skops) max/mean absolute score difference and label flips against the first model. "
+                       "Exits 1 beyond tolerance or when no row can be scored.")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="one to three model files; the first is the reference")
+    p.add_argument("--sample", required=True, help="rows to score: .parquet, .csv or JSON lines (.jsonl/.json) "
+                   "with the models' input columns")
+    p.add_argument("--input-names", help="comma-separated input names for ONNX files that do not name theirs")
     p.add_argument("--tol", type=float, default=1e-6, help="max allowed absolute difference of scores and "
                    "probabilities (default 1e-6)")
     p.add_argument("--max-flips", type=int, default=0, help="label flips allowed per model (default 0)")
@@ -46,7 +50,11 @@ def register(subparsers) -> None:
                    help="comma-separated subset of onnx,skops,pmml (default all; pmml is skipped with a warning "
                    "when sklearn2pmml/Java are missing unless named alone)")
     p.add_argument("--feature-names", help="comma-separated input names when the estimator does not record them")
-    p.add_argument("--sample", help="cross-check the exported files on these rows (.parquet/.csv)")
+    p.add_argument("--allow-nan", default="auto", metavar="auto|none|COL,COL",
+                   help="ONNX: inputs that may hold NaN (written as allow_nan metadata). auto (default): those "
+                   "whose NaN the exported graph handles as scikit-learn does (an imputer first, or "
+                   "HistGradientBoosting); none; or a comma-separated list")
+    p.add_argument("--sample", help="cross-check the exported files on these rows (.parquet/.csv/.jsonl)")
     p.add_argument("--tol", type=float, default=1e-6)
     _trust_args(p)
     p.set_defaults(func=cmd_export)
@@ -63,8 +71,10 @@ def _trust_args(p) -> None:
 def _load(path: str, args):
     from model_formats import load_model
 
+    names = getattr(args, "input_names", None)
     return load_model(path, trust_pickle=args.trust_pickle, sha256=args.sha256,
-                      trusted_types=args.trusted_types or None)
+                      trusted_types=args.trusted_types or None,
+                      input_names=[n.strip() for n in names.split(",")] if names else None)
 
 
 def _console():
@@ -125,7 +135,7 @@ def cmd_inspect(args) -> int:
 # --- check ------------------------------------------------------------------------------------
 
 def read_sample(path: str, limit: int | None = None):
-    """A .parquet or .csv file as one Arrow RecordBatch."""
+    """A .parquet, .csv or JSON-lines file as one Arrow RecordBatch."""
     import pyarrow as pa
 
     p = Path(path)
@@ -138,13 +148,40 @@ def read_sample(path: str, limit: int | None = None):
         import pyarrow.csv as pcsv
 
         table = pcsv.read_csv(p)
+    elif suffix in (".jsonl", ".json", ".ndjson"):
+        table = _read_json_lines(p)
     else:
-        raise ValueError(f"{p.name}: sample must be .parquet or .csv")
+        raise ValueError(f"{p.name}: sample must be .parquet, .csv or JSON lines (.jsonl)")
     if limit is not None:
         table = table.slice(0, limit)
     table = table.combine_chunks()
     batches = table.to_batches()
     return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
+
+
+def _read_json_lines(p: Path):
+    """JSON lines as a table; a column whose values mix types (4 and "8") is kept as text, which
+    validation reads back as numbers or categories as each model's schema says."""
+    import pyarrow as pa
+    import pyarrow.json as pjson
+
+    try:
+        return pjson.read_json(p)
+    except pa.ArrowInvalid:
+        pass
+    rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    if not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"{p.name}: every line must be a JSON object")
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    columns = {}
+    for n in names:
+        values = [r.get(n) for r in rows]
+        try:
+            columns[n] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            columns[n] = pa.array([None if v is None else v if isinstance(v, str) else json.dumps(v)
+                                   for v in values], type=pa.string())
+    return pa.table(columns)
 
 
 def compare_models(models, batch, tol: float = 1e-6, max_flips: int = 0) -> dict:
@@ -162,7 +199,9 @@ def compare_models(models, batch, tol: float = 1e-6, max_flips: int = 0) -> dict
         results.append(r)
         report["models"].append({"name": m.name, "version": m.version, "format": m.format, "path": m.path,
                                  "rejected_rows": int(len(r.rejected_index)),
-                                 "reject_reasons": _count(r.reasons)})
+                                 "reject_reasons": _count(r.reasons),
+                                 "rejected": [{"row": int(i), "reason": why}
+                                              for i, why in list(zip(r.rejected_index, r.reasons))[:20]]})
     names = [set(m.schema.input_names) for m in models]
     if any(n != names[0] for n in names[1:]):
         report["problems"].append("input fields differ: " + " vs ".join(str(sorted(n)) for n in names))
@@ -177,7 +216,8 @@ def compare_models(models, batch, tol: float = 1e-6, max_flips: int = 0) -> dict
     if any(len(r.valid_index) != len(common) for r in results):
         report["problems"].append("the models accept different rows (see rejected_rows); only rows all accept are compared")
     if len(common) == 0:
-        report["problems"].append("no row is valid for every model")
+        report["problems"].append("no row is valid for every model" if len(models) > 1
+                                  else "the model rejects every row")
         report["ok"] = False
         return report
     outputs = []
@@ -188,7 +228,9 @@ def compare_models(models, batch, tol: float = 1e-6, max_flips: int = 0) -> dict
     ref_out = outputs[0]
     ref_score = ref_out.column(SCORE).to_numpy(zero_copy_only=False).astype(np.float64)
     ref_label = ref_out.column(LABEL).to_pylist()
-    if np.nanstd(ref_score) == 0:
+    report["score_range"] = [float(np.nanmin(ref_score)), float(np.nanmax(ref_score))] \
+        if np.isfinite(ref_score).any() else None
+    if len(common) > 1 and np.nanstd(ref_score) == 0:
         report["problems"].append(f"{ref.name} ({ref.format}): every score is {ref_score[0]!r} — a degenerate model?")
     for m, out in zip(models[1:], outputs[1:]):
         score = out.column(SCORE).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -235,31 +277,62 @@ def _count(reasons: list[str]) -> dict:
     return out
 
 
+def _reasons_text(counts: dict) -> str:
+    return ", ".join(f"{k} ×{v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "-"
+
+
 def print_report(report: dict) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     console = _console()
-    t = Table(title=f"models check: {report['scored_rows']} of {report['rows']} rows scored by every model, "
-                    f"tol {report['tolerance']:g}")
-    for col in ("model", "rejected rows", "max |diff|", "mean |diff|", "rows > tol", "label flips", "verdict"):
+    single = len(report["models"]) == 1
+    title = (f"models check: {report['scored_rows']} of {report['rows']} rows scored"
+             + ("" if single else " by every model") + f", tol {report['tolerance']:g}")
+    t = Table(title=title)
+    cols = ["model", "rejected rows", "why rejected"] + ([] if single else
+                                                         ["max |diff|", "mean |diff|", "rows > tol", "label flips",
+                                                          "verdict"])
+    for col in cols:
         t.add_column(col)
     first = report["models"][0]
-    t.add_row(f"{first['name']} ({first['format']}) [reference]", str(first["rejected_rows"]), "", "", "", "", "")
+    ref_row = [f"{first['name']} ({first['format']})" + ("" if single else " [reference]"),
+               str(first["rejected_rows"]), escape(_reasons_text(first["reject_reasons"]))]
+    t.add_row(*ref_row, *([] if single else [""] * 5))
     for info, comp in zip(report["models"][1:], report["comparisons"]):
-        t.add_row(comp["model"], str(info["rejected_rows"]), f"{comp['max_abs_diff']:.3g}",
-                  f"{comp['mean_abs_diff']:.3g}", str(comp["rows_beyond_tol"]), str(comp["label_flips"]),
-                  "[green]agree[/green]" if comp["ok"] else "[red]DISAGREE[/red]")
+        t.add_row(comp["model"], str(info["rejected_rows"]), escape(_reasons_text(info["reject_reasons"])),
+                  f"{comp['max_abs_diff']:.3g}", f"{comp['mean_abs_diff']:.3g}", str(comp["rows_beyond_tol"]),
+                  str(comp["label_flips"]), "[green]agree[/green]" if comp["ok"] else "[red]DISAGREE[/red]")
+    for info in report["models"][len(report["comparisons"]) + 1:]:  # no comparison ran (nothing scored)
+        t.add_row(f"{info['name']} ({info['format']})", str(info["rejected_rows"]),
+                  escape(_reasons_text(info["reject_reasons"])), "", "", "", "", "-")
     console.print(t)
+    for info in report["models"]:
+        if info.get("rejected"):
+            shown = ", ".join(f"row {e['row']}: {e['reason']}" for e in info["rejected"][:5])
+            more = info["rejected_rows"] - min(5, len(info["rejected"]))
+            console.print(escape(f"  {info['name']} ({info['format']}) rejects {shown}"
+                                 + (f" (+{more} more; --json lists 20)" if more > 0 else "")))
+    if report.get("score_range") and single:
+        lo, hi = report["score_range"]
+        console.print(f"scores range {lo:.6g} .. {hi:.6g}")
     for p in report["problems"]:
-        console.print(f"[yellow]! {p}[/yellow]")
-    console.print("[green]OK[/green]" if report["ok"] else "[red]FAILED: the models disagree beyond tolerance[/red]")
+        console.print(f"[yellow]! {escape(p)}[/yellow]")
+    if report["ok"]:
+        console.print("[green]OK[/green]")
+    elif report["scored_rows"] == 0:
+        console.print("[red]FAILED: no row could be scored (see why rows are rejected)[/red]")
+    elif any(not c["ok"] for c in report["comparisons"]):
+        console.print("[red]FAILED: the models disagree beyond tolerance[/red]")
+    else:
+        console.print("[red]FAILED: " + escape("; ".join(report["problems"])) + "[/red]")
 
 
 def cmd_check(args) -> int:
     from model_formats import ModelLoadError
 
-    if not 2 <= len(args.models) <= 3:
-        print("error: give two or three models", file=sys.stderr)
+    if not 1 <= len(args.models) <= 3:
+        print("error: give one to three models", file=sys.stderr)
         return 2
     models = []
     try:
@@ -267,7 +340,7 @@ def cmd_check(args) -> int:
             models.append(_load(path, args))
         batch = read_sample(args.sample, args.limit)
         report = compare_models(models, batch, args.tol, args.max_flips)
-    except (ModelLoadError, ValueError, OSError) as exc:
+    except (ModelLoadError, ValueError, OSError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -309,7 +382,10 @@ def cmd_export(args) -> int:
     console = _console()
     try:
         if "onnx" in formats:
-            written.append(export_onnx(estimator, names, out / f"{name}.onnx", name=name, version=args.version))
+            allow_nan = args.allow_nan if args.allow_nan in ("auto", "none") else \
+                [c.strip() for c in args.allow_nan.split(",") if c.strip()]
+            written.append(export_onnx(estimator, names, out / f"{name}.onnx", name=name, version=args.version,
+                                       allow_nan=allow_nan))
         if "skops" in formats:
             written.append(export_skops(estimator, names, out / f"{name}.skops", name=name, version=args.version))
         if "pmml" in formats:

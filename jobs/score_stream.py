@@ -88,7 +88,8 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
     enriched = enrich(batches, store_uri=f.store, key_field=schema.key_field, timeout_ms=f.timeout_ms,
                       retries=f.retries, retry_backoff_ms=f.retry_backoff_ms, capacity=f.capacity)
     scored = score(enriched, model_path=cfg.model.path, schema=schema,
-                   intra_op_threads=cfg.model.intra_op_threads, reload_interval_s=cfg.model.reload_interval_s)
+                   intra_op_threads=cfg.model.intra_op_threads, reload_interval_s=cfg.model.reload_interval_s,
+                   load_options=cfg.model.load_options())
     s = cfg.sink
     if s.kind in ("kafka", "both"):
         write_to_kafka(scored, producer_config=producer_config(k.bootstrap_servers, k.producer),

@@ -34,6 +34,7 @@ class FieldSpec:
     required: bool = True
     allow_nan: bool = False
     allowed_values: tuple | None = None  # categorical domain, when the model declares one
+    nullable: bool = False          # null values go to the model, which treats them (PMML missing values)
 
 
 @dataclass(frozen=True)
@@ -85,11 +86,25 @@ def as_record_batch(batch: Batch) -> pa.RecordBatch:
 
 
 def feature_matrix(batch: pa.RecordBatch, names: Sequence[str], dtype=np.float32) -> np.ndarray:
-    """Stack the named columns into a 2-D C-contiguous matrix (rows × features)."""
+    """Stack the named columns into a 2-D C-contiguous matrix (rows × features).
+
+    Raises ``ValueError`` when a name is absent from the batch (or present twice): scoring another
+    column in its place would be silently wrong."""
     out = np.empty((batch.num_rows, len(names)), dtype=dtype)
     for j, name in enumerate(names):
-        out[:, j] = batch.column(batch.schema.get_field_index(name)).to_numpy(zero_copy_only=False)
+        out[:, j] = column_of(batch, name).to_numpy(zero_copy_only=False)
     return out
+
+
+def column_of(batch: pa.RecordBatch, name: str) -> pa.Array:
+    """The column ``name`` of ``batch``; ``ValueError`` naming what is there when it is absent."""
+    idx = batch.schema.get_field_index(name)
+    if idx < 0:
+        have = batch.schema.names
+        why = "twice" if have.count(name) > 1 else "absent"
+        raise ValueError(f"input column {name!r} is {why} in the batch (columns {have}); "
+                         "predict() takes the rows validate() returns")
+    return batch.column(idx)
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,20 +174,24 @@ class ModelBase:
 
 
 def _field_dict(f: FieldSpec) -> dict:
-    d = {"name": f.name, "dtype": f.dtype, "required": f.required, "allow_nan": f.allow_nan}
+    d = {"name": f.name, "dtype": f.dtype, "required": f.required, "allow_nan": f.allow_nan,
+         "nullable": f.nullable}
     if f.allowed_values is not None:
         d["allowed_values"] = list(f.allowed_values)
     return d
 
 
-def output_fields(task: str, classes: Sequence = (), label_dtype: str | None = None) -> tuple[FieldSpec, ...]:
-    """The output schema every format shares: score, label and one probability_<class> per class."""
+def output_fields(task: str, classes: Sequence = (), label_dtype: str | None = None,
+                  probabilities: bool = True) -> tuple[FieldSpec, ...]:
+    """The output schema every format shares: score, label and one probability_<class> per class
+    (none for classifiers that give no probabilities)."""
     if task == "regression":
         return (FieldSpec(SCORE, "double"), FieldSpec(LABEL, "double"))
     if label_dtype is None:
         label_dtype = "string" if any(isinstance(c, str) for c in classes) else "integer"
     fields = [FieldSpec(SCORE, "double"), FieldSpec(LABEL, label_dtype)]
-    fields += [FieldSpec(f"{PROBABILITY_PREFIX}{c}", "double") for c in classes]
+    if probabilities:
+        fields += [FieldSpec(f"{PROBABILITY_PREFIX}{c}", "double") for c in classes]
     return tuple(fields)
 
 
@@ -216,6 +235,18 @@ def classifier_outputs(proba: np.ndarray, classes: Sequence, labels: np.ndarray 
 @functools.lru_cache(maxsize=256)
 def _output_names(classes: tuple) -> list[str]:
     return [SCORE, LABEL] + [f"{PROBABILITY_PREFIX}{c}" for c in classes]
+
+
+def label_outputs(labels: Sequence, score: np.ndarray, label_dtype: str) -> pa.RecordBatch:
+    """Output batch of a classifier that gives a label and no per-class probabilities: ``score``
+    is what the model gives beside the label (e.g. a rule's confidence; NaN -> null where none)."""
+    score = np.asarray(score, dtype=np.float64).reshape(-1)
+    if label_dtype == "string":
+        label_col = pa.array([None if v is None else str(v) for v in labels], type=pa.string())
+    else:
+        label_col = pa.array([None if v is None else int(v) for v in labels], type=pa.int64())
+    return pa.RecordBatch.from_arrays([pa.array(score, type=pa.float64(), from_pandas=True), label_col],
+                                      names=[SCORE, LABEL])
 
 
 def regressor_outputs(values: np.ndarray) -> pa.RecordBatch:

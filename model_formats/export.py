@@ -42,6 +42,10 @@ def _feature_names(estimator, feature_names: Sequence[str] | None) -> list[str]:
     names = getattr(estimator, "feature_names_in_", None)
     if names is not None:
         return [str(n) for n in names]
+    from model_formats.sklearn_model import _starts_with_text_vectorizer
+
+    if _starts_with_text_vectorizer(estimator):
+        return ["text"]  # a text pipeline fitted on a sequence of documents: one column, named text
     n = getattr(estimator, "n_features_in_", None)
     if n is None:
         raise ValueError("pass feature_names: the estimator does not record them (not fitted?)")
@@ -49,34 +53,53 @@ def _feature_names(estimator, feature_names: Sequence[str] | None) -> list[str]:
 
 
 def export_onnx(estimator, feature_names: Sequence[str] | None, path: str | os.PathLike,
-                name: str | None = None, version: str = "1", *, target_opset: int | dict | None = None) -> Path:
+                name: str | None = None, version: str = "1", *, target_opset: int | dict | None = None,
+                allow_nan: Sequence[str] | str = "auto") -> Path:
     """Convert a fitted estimator/pipeline to ONNX with its schema in metadata_props.
 
     Numeric models get one 2-D float input named ``input``; pipelines starting with a
     ColumnTransformer get one ``[N, 1]`` input per column (strings for the categorical columns,
     whose fitted domains go to ``categories``). Classifiers export ``label`` and a
-    ``probabilities`` tensor (zipmap=False). Returns the written path.
+    ``probabilities`` tensor (zipmap=False). ``allow_nan`` (metadata the loader reads): "auto" =
+    the inputs whose NaN the exported graph handles as scikit-learn does (an imputer before any
+    step that refuses NaN, or HistGradientBoosting); "none"; or the list of input names.
+    Returns the written path.
     """
     import onnx
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
-    from model_formats.sklearn_model import _categorical_inputs, _wants_dataframe
+    from model_formats.sklearn_model import (
+        _categorical_inputs, _starts_with_text_vectorizer, _text_inputs, _wants_dataframe, is_text_vectorizer,
+    )
 
     path = Path(path)
+    text_1d = _starts_with_text_vectorizer(estimator)
     names = _feature_names(estimator, feature_names)
     final = _final_estimator(estimator)
     classifier = is_classifier(estimator)
-    options = {id(final): {"zipmap": False}} if classifier else None
+    options = {id(final): {"zipmap": False}} if classifier else {}
+    # text vectorizers lower-case through onnxruntime's StringNormalizer, which needs its locale
+    # installed; C.UTF-8 is on every glibc system (skl2onnx would write en_US.UTF-8)
+    for step in _all_steps(estimator):
+        if is_text_vectorizer(step):
+            options[id(step)] = {"locale": "C.UTF-8"}
+            if getattr(step, "token_pattern", None) == r"(?u)\b\w\w+\b" and getattr(step, "tokenizer", None) is None:
+                # onnxruntime's tokenizer (re2) reads \w as ASCII: "génial" would lose its é. The same
+                # tokens as scikit-learn's Unicode \w: runs of 2+ letters, digits or underscores (str.isalnum)
+                options[id(step)]["tokenexp"] = r"[\p{L}\p{N}_]{2,}"
     categories = _categorical_inputs(estimator)
-    if categories or _wants_dataframe(estimator):
+    text = set(names) if text_1d else _text_inputs(estimator)
+    if text_1d:
+        initial_types = [(names[0], StringTensorType([None, 1]))]
+    elif categories or text or _wants_dataframe(estimator):
         # column-wise pipelines (ColumnTransformer): one [N, 1] input per column, strings as strings
-        initial_types = [(n, StringTensorType([None, 1]) if n in categories else FloatTensorType([None, 1]))
-                         for n in names]
+        initial_types = [(n, StringTensorType([None, 1]) if n in categories or n in text
+                          else FloatTensorType([None, 1])) for n in names]
     else:
         initial_types = [("input", FloatTensorType([None, len(names)]))]
     model_name = name or path.stem
-    proto = convert_sklearn(estimator, name=model_name, initial_types=initial_types, options=options,
+    proto = convert_sklearn(estimator, name=model_name, initial_types=initial_types, options=options or None,
                             target_opset=target_opset)
     meta = {
         "feature_names": json.dumps(names),
@@ -91,11 +114,22 @@ def export_onnx(estimator, feature_names: Sequence[str] | None, path: str | os.P
         meta["categories"] = json.dumps({n: list(v) for n, v in categories.items() if v is not None})
     if classifier:
         meta["classes"] = json.dumps([_plain(c) for c in final.classes_])
-    if allows_nan(estimator) and type(final).__name__.startswith("HistGradientBoosting"):
-        # Only HistGradientBoosting's NaN routing survives the conversion: a RandomForest that
-        # accepts NaN in scikit-learn scores it differently in onnxruntime (measured: up to 0.97
-        # apart), so the ONNX schema of every other model rejects NaN rows instead.
-        meta["allow_nan"] = json.dumps(names)
+    if isinstance(allow_nan, str) and allow_nan == "auto":
+        # Only imputers and HistGradientBoosting's NaN routing survive the conversion as scikit-learn
+        # scores them: a RandomForest that accepts NaN in scikit-learn scores it differently in
+        # onnxruntime (measured: up to 0.97 apart), so its ONNX schema rejects NaN rows instead.
+        from model_formats.sklearn_model import nan_handled_columns
+
+        nan_names = [n for n in names if n in nan_handled_columns(estimator, names, onnx=True)]
+    elif isinstance(allow_nan, str) and allow_nan == "none":
+        nan_names = []
+    else:
+        nan_names = [str(n) for n in allow_nan]
+        unknown = sorted(set(nan_names) - set(names))
+        if unknown:
+            raise ValueError(f"allow_nan names {unknown}, which are not inputs ({names})")
+    if nan_names:
+        meta["allow_nan"] = json.dumps(nan_names)
     onnx.helper.set_model_props(proto, meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(proto, str(path))
@@ -104,6 +138,17 @@ def export_onnx(estimator, feature_names: Sequence[str] | None, path: str | os.P
 
 def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _all_steps(estimator) -> list:
+    """The estimator and every step nested in its pipelines and column transformers."""
+    out, todo = [], [estimator]
+    while todo:
+        step = todo.pop()
+        out.append(step)
+        todo += [s for _, s in getattr(step, "steps", [])]
+        todo += [t for _, t, _ in getattr(step, "transformers_", []) or [] if not isinstance(t, str)]
+    return out
 
 
 # --- skops ------------------------------------------------------------------------------------

@@ -61,40 +61,66 @@ def sniff(path: Path) -> str:
     return "unknown"
 
 
+# Options each runtime takes beyond load_model's own; anything else is refused, never swallowed.
+FORMAT_OPTIONS = {
+    "onnx": ("inter_op_num_threads",),
+    "pmml": (),
+    "sklearn": (),
+}
+
+
 def load_model(path_or_uri: str | os.PathLike, *, trust_pickle: bool = False, sha256: str | None = None,
                intra_op_num_threads: int | None = 1, trusted_types: list[str] | None = None,
-               name: str | None = None, version: str | None = None, **options) -> Model:
+               name: str | None = None, version: str | None = None, input_names: list[str] | None = None,
+               **options) -> Model:
     """Load a model file behind the common `Model` interface.
 
     intra_op_num_threads: onnxruntime threads per session (1 suits one session per Flink slot).
     trusted_types: extra type names a .skops file may instantiate (see ``skops.io.get_untrusted_types``).
     trust_pickle, sha256: both required for .joblib/.pkl — pickle runs code while loading.
     name, version: override what the file says.
+    input_names: the input columns, in the model's order, for files that do not name them (an ONNX
+        graph with one 2-D input and no ``feature_names`` metadata expects ``x0..xn`` otherwise;
+        a scikit-learn estimator fitted on a bare array). Refused where the file names them itself
+        differently (PMML, estimators with ``feature_names_in_``).
+    options: runtime-specific (ONNX: ``inter_op_num_threads``); unknown keywords raise TypeError.
     """
     p = resolve_path(path_or_uri)
     suffix = p.suffix.lower()
+    fmt = ("onnx" if suffix in ONNX_SUFFIXES else "pmml" if suffix in PMML_SUFFIXES
+           else "sklearn" if suffix in SKOPS_SUFFIXES + PICKLE_SUFFIXES else None)
+    if fmt is not None:
+        unknown = sorted(set(options) - set(FORMAT_OPTIONS[fmt]))
+        if unknown:
+            accepted = ["trust_pickle", "sha256", "intra_op_num_threads", "trusted_types", "name", "version",
+                        "input_names", *FORMAT_OPTIONS[fmt]]
+            raise TypeError(f"load_model() got unknown keyword argument(s) {unknown} for a {fmt} model; "
+                            f"accepted: {', '.join(accepted)}")
+    input_names = list(input_names) if input_names is not None else None
     kind = sniff(p)
     if suffix in ONNX_SUFFIXES:
         if kind in ("pickle", "compressed", "zip", "xml"):
             raise ModelLoadError(f"{p.name}: extension says ONNX but the content is {kind}; refused")
         from model_formats.onnx_model import OnnxModel
 
-        return OnnxModel(p, intra_op_num_threads=intra_op_num_threads, name=name, version=version, **options)
+        return OnnxModel(p, intra_op_num_threads=intra_op_num_threads, name=name, version=version,
+                         input_names=input_names, **options)
     if suffix in PMML_SUFFIXES:
         if kind != "xml":
             raise ModelLoadError(f"{p.name}: extension says PMML but the content is not XML ({kind}); refused")
         from model_formats.pmml_model import PmmlModel
 
-        return PmmlModel(p, name=name, version=version, **options)
+        return PmmlModel(p, name=name, version=version, input_names=input_names)
     if suffix in SKOPS_SUFFIXES:
         if kind != "zip" or not zipfile.is_zipfile(p):
             raise ModelLoadError(f"{p.name}: extension says skops but the content is not a skops archive ({kind}); refused")
         from model_formats.sklearn_model import load_skops
 
-        return load_skops(p, trusted_types=trusted_types, name=name, version=version, **options)
+        return load_skops(p, trusted_types=trusted_types, name=name, version=version, feature_names=input_names)
     if suffix in PICKLE_SUFFIXES:
         from model_formats.sklearn_model import load_pickle
 
-        return load_pickle(p, trust_pickle=trust_pickle, sha256=sha256, name=name, version=version, **options)
+        return load_pickle(p, trust_pickle=trust_pickle, sha256=sha256, name=name, version=version,
+                           feature_names=input_names)
     raise ModelLoadError(f"{p.name}: unsupported model file extension {suffix!r}; "
                          f"expected one of {', '.join(SUPPORTED_SUFFIXES)}")

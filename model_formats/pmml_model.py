@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from model_formats.base import (
-    Batch, FieldSpec, ModelBase, ModelLoadError, ModelSchema, as_record_batch, classifier_outputs,
-    empty_outputs, output_fields, regressor_outputs,
+    LABEL, SCORE, Batch, FieldSpec, ModelBase, ModelLoadError, ModelSchema, ValidationResult, as_record_batch,
+    classifier_outputs, column_of, empty_outputs, label_outputs, output_fields, regressor_outputs,
 )
 
 _MODEL_ELEMENTS = {
@@ -37,6 +38,8 @@ _MODEL_ELEMENTS = {
     "SequenceModel", "Scorecard", "SupportVectorMachineModel", "TextModel", "TimeSeriesModel",
     "TreeModel",
 }
+# models whose engine-default "probability" columns are 0/1 indicators: probabilities only where declared
+_NO_PROBABILITIES = {"SupportVectorMachineModel"}
 _DTYPES = {"double": "double", "float": "float", "integer": "integer", "string": "string", "boolean": "boolean"}
 
 
@@ -189,6 +192,8 @@ class _PmmlDoc:
         if mining is None:
             raise ModelLoadError(f"{path.name}: PMML model without a MiningSchema")
         self.inputs: list[FieldSpec] = []
+        self.treated_as_missing: dict[str, tuple] = {}
+        null_prediction_fields = _null_prediction_fields(self.model)
         self.target: str | None = None
         for mf in _children(mining, "MiningField"):
             name = mf.get("name")
@@ -206,18 +211,37 @@ class _PmmlDoc:
             replaced = mf.get("missingValueReplacement") is not None
             allowed = None
             invalid_treatment = mf.get("invalidValueTreatment", "returnInvalid")
+            values = [v.get("value") for v in _children(df, "Value") if v.get("property", "valid") == "valid"]
             if optype in ("categorical", "ordinal") and invalid_treatment == "returnInvalid":
-                values = [v.get("value") for v in _children(df, "Value") if v.get("property", "valid") == "valid"]
                 if values:
                     allowed = tuple(values)
+            elif optype in ("categorical", "ordinal") and values:
+                self.treated_as_missing[name] = tuple(values)  # asMissing/asIs: the engine decides
+            # Every PMML model defines what a missing input does (replacement, tree strategies, naive
+            # Bayes skipping the field, ...): nulls go to the engine; rows it gives no result for are
+            # rejected in validate(). NaN is a missing value in PMML.
+            # PMML4S scores such rows where TreeModel@missingValueStrategy="nullPrediction" says the
+            # result is null (measured against JPMML: it ignores the strategy with
+            # noTrueChildStrategy="returnLastPrediction" and in averaged ensembles): missing values
+            # of the fields those trees split on are rejected here, as the model's rule says.
+            treated = replaced or name not in null_prediction_fields
             self.inputs.append(FieldSpec(name, dtype, required=not replaced,
-                                         allow_nan=replaced and dtype in ("float", "double"), allowed_values=allowed))
+                                         allow_nan=treated and dtype in ("float", "double"),
+                                         allowed_values=allowed, nullable=treated))
         self.classes: list = []
+        self.dropped_classes: list = []
         if self.target and self.target in self.data_fields:
             tf = self.data_fields[self.target]
             self.target_dtype = _DTYPES.get(tf.get("dataType", "string"), "string")
             self.classes = [_typed(v.get("value"), self.target_dtype) for v in _children(tf, "Value")
                             if v.get("property", "valid") == "valid"]
+            named = _unique(_typed(v, self.target_dtype) for v in _classes_named(self.model))
+            if not self.classes:  # no Values declared: the classes the model names
+                self.classes = named
+            elif named and set(map(str, named)) < set(map(str, self.classes)):
+                # a declared target value the model never predicts (RapidMiner's MISSING_VALUE)
+                self.dropped_classes = [c for c in self.classes if str(c) not in set(map(str, named))]
+                self.classes = [c for c in self.classes if str(c) in set(map(str, named))]
         else:
             self.target_dtype = "double"
         output = _child(self.model, "Output")
@@ -225,6 +249,47 @@ class _PmmlDoc:
         if self.function == "classification" and not self.classes:
             self.classes = [_typed(o.get("value"), self.target_dtype) for o in self.outputs
                             if o.get("feature") == "probability" and o.get("value") is not None]
+
+
+def _null_prediction_fields(model) -> set[str]:
+    """Fields that a TreeModel with missingValueStrategy="nullPrediction" splits on."""
+    fields: set[str] = set()
+    for tree in model.iter():
+        if _local(tree.tag) == "TreeModel" and tree.get("missingValueStrategy") == "nullPrediction":
+            fields |= {e.get("field") for e in tree.iter() if _local(e.tag) in ("SimplePredicate", "SimpleSetPredicate")}
+    return fields
+
+
+# where each model type names the classes it can predict
+_CLASS_ATTRIBUTES = {
+    "ScoreDistribution": ("value",), "TargetValueCount": ("value",), "TargetValueStat": ("value",),
+    "NormDiscrete": ("value",), "RegressionTable": ("targetCategory",), "SimpleRule": ("score",),
+    "SupportVectorMachine": ("targetCategory", "alternateTargetCategory"), "TargetValueCounts": (),
+}
+
+
+def _classes_named(model) -> list[str]:
+    """Class values the model's own elements name (ScoreDistributions, rules, tables, ...); a
+    tree's Node scores count only where the model has no ScoreDistribution."""
+    named, nodes = [], []
+    for e in model.iter():
+        tag = _local(e.tag)
+        for attr in _CLASS_ATTRIBUTES.get(tag, ()):
+            if e.get(attr) is not None:
+                named.append(e.get(attr))
+        if tag == "Node" and e.get("score") is not None:
+            nodes.append(e.get("score"))
+        if tag == "RuleSet" and e.get("defaultScore") is not None:
+            named.append(e.get("defaultScore"))
+    return named or nodes
+
+
+def _unique(values) -> list:
+    out = []
+    for v in values:
+        if v not in out:
+            out.append(v)
+    return out
 
 
 def _typed(value: str, dtype: str):
@@ -248,7 +313,7 @@ class PmmlModel(ModelBase):
     format = "pmml"
 
     def __init__(self, path: str | os.PathLike, *, name: str | None = None, version: str | None = None,
-                 **_ignored) -> None:
+                 input_names: list[str] | None = None) -> None:
         p = Path(path)
         self.path = str(p)
         data, root = read_pmml_safely(p)
@@ -271,23 +336,139 @@ class PmmlModel(ModelBase):
             self.task = "classification"
             if not doc.classes:
                 raise ModelLoadError(f"{p.name}: classification PMML without declared classes")
-            self.classes = tuple(doc.classes)
         elif doc.function == "regression":
             self.task = "regression"
         else:
             raise ModelLoadError(f"{p.name}: PMML function {doc.function!r} is not supported (classification, regression)")
         if not doc.inputs:
             raise ModelLoadError(f"{p.name}: PMML model without active input fields")
-        self.schema = ModelSchema(inputs=tuple(doc.inputs), outputs=output_fields(self.task, self.classes))
+        if input_names is not None and list(input_names) != [f.name for f in doc.inputs]:
+            raise ModelLoadError(f"{p.name}: a PMML file names its inputs ({[f.name for f in doc.inputs]}); "
+                                 f"input_names {list(input_names)} differ")
 
         gateway = PmmlRuntime.acquire()
         self._held = True
         try:
             self._java = gateway.jvm.org.pmml4s.model.Model.fromString(data.decode("utf-8"))
+            engine_outputs = [str(n) for n in self._java.outputNames()]
         except Exception as exc:
             self.close()
             raise ModelLoadError(f"{p.name}: PMML4S could not load the model: {_java_message(exc)}") from exc
-        self._nan_fields = [f.name for f in self.schema.inputs if f.dtype in ("float", "double")]
+        try:
+            self._plan_outputs(engine_outputs)
+        except ModelLoadError:
+            self.close()
+            raise
+        self.schema = ModelSchema(inputs=tuple(doc.inputs), outputs=output_fields(
+            self.task, self.classes, self._label_dtype, probabilities=bool(self._proba_cols)))
+        self._nullable = [f.name for f in self.schema.inputs]
+
+    # -- what the engine's outputs mean, decided once ----------------------------------------
+
+    def _plan_outputs(self, engine: list[str]) -> None:
+        """Pick, from the engine's output columns, the model's answer: the value (regression), or
+        the label and the per-class probabilities (classification; a label and the model's
+        confidence when it gives no probabilities). Decided at load, not per batch."""
+        doc, outs = self._doc, self._doc.outputs
+        final = [o for o in outs if o.get("isFinalResult", "true") != "false" and o.get("name") in engine]
+        self._proba_cols: list[str] = []
+        self._label_col = self._score_col = self._value_col = None
+        self._label_dtype = None
+        if self.task == "regression":
+            self._value_col = _model_answer(outs, final, engine, doc.target)
+            if self._value_col is None:
+                raise ModelLoadError(f"{self.name}: PMML output has no predicted value (columns {engine})")
+            self.metadata["scored_output"] = self._value_col
+            return
+        predicted = next((o.get("name") for o in final if o.get("feature", "predictedValue") == "predictedValue"), None)
+        self._label_col = predicted or next((c for c in (f"predicted_{doc.target}", doc.target) if c in engine), None)
+        declared = {str(o.get("value")): o.get("name") for o in final
+                    if o.get("feature") == "probability" and o.get("value") is not None}
+        engine_proba = _local(doc.model.tag) not in _NO_PROBABILITIES  # e.g. SVM: 0/1 indicators, not probabilities
+        cols = {}
+        for c in doc.classes:
+            col = declared.get(str(c))
+            if col is None and engine_proba:
+                col = next((n for n in (f"probability({c})", f"probability_{c}") if n in engine), None)
+            if col is not None:
+                cols[c] = col
+        if len(cols) >= 2:
+            self.classes = tuple(cols)
+            self._proba_cols = list(cols.values())
+            dropped = doc.dropped_classes + [c for c in doc.classes if c not in cols]
+            if dropped:  # e.g. RapidMiner's MISSING_VALUE: declared, never given a probability
+                self.metadata["classes_without_probability"] = json.dumps([str(c) for c in dropped])
+        else:
+            if self._label_col is None:
+                raise ModelLoadError(f"{self.name}: PMML classifier gives neither probabilities nor a predicted "
+                                     f"label (columns {engine})")
+            self.classes = tuple(doc.classes)
+            confidence = [o.get("name") for o in final if o.get("feature") == "confidence"
+                          or (o.get("feature") == "probability" and o.get("value") is None)]
+            self._score_col = confidence[0] if confidence else ("confidence" if "confidence" in engine else None)
+            self.metadata["scored_output"] = (f"label {self._label_col}, score {self._score_col}" if self._score_col
+                                              else f"label {self._label_col}, no score (the model gives none)")
+        self._label_dtype = "string" if (doc.target_dtype == "string"
+                                         or any(isinstance(c, str) for c in self.classes)) else "integer"
+
+    # -- validation: the engine decides what missing values do --------------------------------
+
+    def validate(self, batch: Batch) -> ValidationResult:
+        """Shared validation, then rows holding a missing value (or a value the model treats as
+        missing) are scored: those the model's own rules give no result for are rejected
+        (``missing:<field>``, ``invalid:<field>=<value>``); the others go on to predict."""
+        result = super().validate(batch)
+        valid = result.valid
+        if valid.num_rows == 0:
+            return result
+        risky = np.zeros(valid.num_rows, dtype=bool)
+        why: dict[str, np.ndarray] = {}
+        for name in self._nullable:
+            col = valid.column(valid.schema.get_field_index(name))
+            mask = col.is_null().to_numpy(zero_copy_only=False) if col.null_count else None
+            if pa.types.is_floating(col.type):
+                nan = np.isnan(col.to_numpy(zero_copy_only=False))
+                mask = nan if mask is None else (mask | nan)
+            if mask is not None and mask.any():
+                why[f"missing:{name}"] = mask
+                risky |= mask
+            domain = self._doc.treated_as_missing.get(name)
+            if domain is not None:
+                outside = ~pc.is_in(col.cast(pa.string()), value_set=pa.array(list(domain))).fill_null(True) \
+                    .to_numpy(zero_copy_only=False)
+                if outside.any():
+                    why[f"invalid:{name}"] = outside
+                    risky |= outside
+        if not risky.any():
+            return result
+        at = np.flatnonzero(risky)
+        probe = self.predict(valid.take(pa.array(at)))
+        score = probe.column(SCORE).to_numpy(zero_copy_only=False).astype(np.float64)
+        empty = np.isnan(score) if (self.task == "regression" or self._proba_cols) else np.zeros(len(at), bool)
+        empty |= probe.column(LABEL).is_null().to_numpy(zero_copy_only=False)
+        if not empty.any():
+            return result
+        refused = at[empty]
+        reasons = []
+        for i in refused:
+            parts = []
+            for key, mask in why.items():
+                if mask[i]:
+                    if key.startswith("invalid:"):
+                        name = key.split(":", 1)[1]
+                        value = valid.column(valid.schema.get_field_index(name))[int(i)].as_py()
+                        parts.append(f"{key}={value}")
+                    else:
+                        parts.append(key)
+            reasons.append(";".join(parts) or "no_result")
+        keep = np.ones(valid.num_rows, dtype=bool)
+        keep[refused] = False
+        originals = result.valid_index[refused]
+        rejected = np.concatenate([result.rejected_index, originals])
+        all_reasons = list(result.reasons) + reasons
+        order = np.argsort(rejected, kind="stable")
+        return ValidationResult(valid=valid.filter(pa.array(keep)), valid_index=result.valid_index[keep],
+                                rejected_index=rejected[order], reasons=[all_reasons[k] for k in order])
 
     # -- scoring ----------------------------------------------------------------------------
 
@@ -295,7 +476,7 @@ class PmmlModel(ModelBase):
         names = self.schema.input_names
         cols = []
         for name in names:
-            col = rb.column(rb.schema.get_field_index(name))
+            col = column_of(rb, name)
             if pa.types.is_floating(col.type):
                 values = col.to_numpy(zero_copy_only=False)
                 if np.isnan(values).any():  # JSON has no NaN: a NaN is a missing value in PMML
@@ -322,31 +503,20 @@ class PmmlModel(ModelBase):
         if len(data) != rb.num_rows:
             raise RuntimeError(f"{self.name}: PMML4S returned {len(data)} rows for {rb.num_rows}")
         index = {c: j for j, c in enumerate(columns)}
-        if self.task == "regression":
-            col = self._find_value_column(index)
-            return regressor_outputs(_float_column(data, col))
-        proba = np.column_stack([_float_column(data, self._find_proba_column(index, c)) for c in self.classes])
-        return classifier_outputs(proba, self.classes)
-
-    def _find_proba_column(self, index: dict, cls) -> int:
-        for o in self._doc.outputs:
-            if o.get("feature") == "probability" and str(o.get("value")) == str(cls) and o.get("name") in index:
-                return index[o.get("name")]
-        for cand in (f"probability({cls})", f"probability_{cls}"):
-            if cand in index:
-                return index[cand]
-        raise RuntimeError(f"{self.name}: PMML output has no probability for class {cls!r} (columns {list(index)})")
-
-    def _find_value_column(self, index: dict) -> int:
-        for o in self._doc.outputs:
-            if o.get("feature", "predictedValue") == "predictedValue" and o.get("name") in index:
-                return index[o.get("name")]
-        for cand in (f"predicted_{self._doc.target}", self._doc.target):
-            if cand in index:
-                return index[cand]
-        if len(index) == 1:
-            return 0
-        raise RuntimeError(f"{self.name}: PMML output has no predicted value (columns {list(index)})")
+        try:
+            if self.task == "regression":
+                return regressor_outputs(_float_column(data, index[self._value_col]))
+            labels = _label_column(data, index[self._label_col], self._label_dtype) if self._label_col else None
+            if not self._proba_cols:
+                score = (_float_column(data, index[self._score_col]) if self._score_col
+                         else np.full(len(data), np.nan))
+                return label_outputs(labels, score, self._label_dtype)
+        except KeyError as exc:
+            raise RuntimeError(f"{self.name}: PMML4S output lacks column {exc} (columns {columns})") from None
+        proba = np.column_stack([_float_column(data, index[c]) for c in self._proba_cols])
+        if labels is not None and any(v is None for v in labels):
+            labels = None  # rows without a result: arg-max of NaN probabilities gives a null label
+        return classifier_outputs(proba, self.classes, labels)
 
     def close(self) -> None:
         self._java = None
@@ -359,6 +529,43 @@ class PmmlModel(ModelBase):
             self.close()
         except Exception:
             pass
+
+
+def _label_column(data: list, j: int, dtype: str) -> list:
+    out = []
+    for row in data:
+        v = row[j]
+        if v is None:
+            out.append(None)
+        elif dtype == "integer":
+            out.append(int(float(v)))
+        else:
+            out.append(str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
+    return out
+
+
+def _model_answer(outputs: list, final: list, engine: list[str], target: str | None) -> str | None:
+    """The engine column holding a regression's answer: the last transformedValue OutputField
+    computed from the predicted value (R gbm adds its intercept there, e1071 SVM rescales), else
+    the predictedValue OutputField, else the engine's default column."""
+    derived = {o.get("name") for o in outputs if o.get("feature", "predictedValue") == "predictedValue"}
+    answer = None
+    for o in outputs:
+        if o.get("feature") in ("transformedValue", "decision") and o.get("name") not in derived:
+            refs = {e.get("field") for e in o.iter() if _local(e.tag) == "FieldRef"}
+            if refs & derived:
+                derived.add(o.get("name"))
+                if o in final and o.get("dataType", "double") in ("double", "float", "integer"):
+                    answer = o.get("name")
+    if answer is not None:
+        return answer
+    predicted = next((o.get("name") for o in final if o.get("feature", "predictedValue") == "predictedValue"), None)
+    if predicted is not None:
+        return predicted
+    for cand in (f"predicted_{target}", target):
+        if cand in engine:
+            return cand
+    return engine[0] if len(engine) == 1 else None
 
 
 def _float_column(data: list, j: int) -> np.ndarray:

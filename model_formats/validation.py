@@ -10,7 +10,8 @@ Reasons (several are joined with ``;`` when a row fails more than one check)::
 
     missing_field:<name>          the column is absent from the batch (required field)
     missing:<name>                the value is null (required field)
-    wrong_type:<name>             the value cannot be read as the field's type
+    wrong_type:<name>             the value cannot be read as the field's type (integers are read as
+                                  text for string fields, booleans as 0/1 for numeric fields)
     nan:<name>                    NaN where the field does not allow it
     non_finite:<name>             +/-inf in a numeric field that does not allow NaN
     out_of_domain:<name>=<value>  a categorical value outside the declared domain
@@ -117,7 +118,14 @@ def _check_column(spec: FieldSpec, raw, n: int) -> tuple[pa.Array, list[Check]]:
 
     has_nulls = arr.null_count > 0
     nulls = arr.is_null().to_numpy(zero_copy_only=False) if has_nulls else None
-    if has_nulls and spec.required:
+    if has_nulls and spec.allow_nan and spec.dtype in ("float", "double"):
+        # Arrow null is NaN where the model handles NaN (pandas -> Arrow turns NaN into null)
+        if wrong is not None:
+            nulls = nulls & ~wrong
+        arr = pc.if_else(pa.array(nulls), pa.scalar(float("nan"), type=target), arr)
+        has_nulls = arr.null_count > 0
+        nulls = arr.is_null().to_numpy(zero_copy_only=False) if has_nulls else None
+    if has_nulls and spec.required and not spec.nullable:
         missing = nulls & ~wrong if wrong is not None else nulls  # unconvertible is wrong, not missing
         if missing.any():
             checks.append((missing, _const(f"missing:{name}")))
@@ -189,9 +197,11 @@ def _convert(raw, spec: FieldSpec, target: pa.DataType) -> tuple[pa.Array, np.nd
     if pa.types.is_null(t):
         return pa.nulls(len(raw), type=target), None
     if spec.dtype in ("float", "double"):
-        if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_boolean(t):
             return raw.cast(target, safe=False), None
     elif spec.dtype == "integer":
+        if pa.types.is_boolean(t):
+            return raw.cast(target), None
         if pa.types.is_integer(t):
             try:
                 return raw.cast(target), None
@@ -208,8 +218,8 @@ def _convert(raw, spec: FieldSpec, target: pa.DataType) -> tuple[pa.Array, np.nd
             out = np.where(integral, values, 0).astype(np.int64)
             return pa.array(out, type=target, mask=~integral), wrong
     elif spec.dtype == "string":
-        if pa.types.is_string(t) or pa.types.is_large_string(t):
-            return raw.cast(target), None
+        if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t):
+            return raw.cast(target), None  # integers compare as their decimal text (PMML does the same)
     elif spec.dtype == "boolean":
         if pa.types.is_boolean(t):
             return raw, None
@@ -239,16 +249,14 @@ def _coerce_scalar(v, dtype: str):
     if isinstance(v, np.generic):
         v = v.item()
     if dtype in ("float", "double"):
-        if isinstance(v, bool):
-            raise TypeError("boolean for a numeric field")
-        if isinstance(v, (int, float)):
+        if isinstance(v, (int, float)):  # booleans are 0/1, as scikit-learn reads them
             return float(v)
         if isinstance(v, (str, bytes)):
             return float(v.strip())
         raise TypeError(type(v).__name__)
     if dtype == "integer":
         if isinstance(v, bool):
-            raise TypeError("boolean for an integer field")
+            return int(v)
         if isinstance(v, int):
             if not -(2**63) <= v < 2**63:
                 raise OverflowError(v)
@@ -265,6 +273,12 @@ def _coerce_scalar(v, dtype: str):
     if dtype == "string":
         if isinstance(v, str):
             return v
+        if isinstance(v, bool):
+            raise TypeError("boolean for a string field")
+        if isinstance(v, int):
+            return str(v)  # categories compare as text: 4 is the category "4" (PMML does the same)
+        if isinstance(v, float) and v.is_integer():
+            return str(int(v))  # 4.0: an integer column that held a missing value (pandas)
         raise TypeError(type(v).__name__)
     if dtype == "boolean":
         if isinstance(v, bool):

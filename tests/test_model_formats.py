@@ -127,10 +127,11 @@ def test_validation_types_domains_and_nullable_fields():
     assert list(r.valid_index) == [0]
     assert r.reasons == ["wrong_type:n", "out_of_domain:color=blue", "missing:n", "missing:color"]
     assert r.valid.schema.types == [pa.float64(), pa.int64(), pa.string(), pa.float64(), pa.bool_()]
-    # a numeric column handed to a string field is the wrong type, row by row
-    r2 = validate_batch(schema, {"x": np.array([1.0]), "n": np.array([1]), "color": np.array([3]),
-                                 "opt": np.array([1.0]), "flag": np.array([True])})
-    assert r2.reasons == ["wrong_type:color"]
+    # integers handed to a string field compare as text (categories "3"); fractions and booleans are wrong
+    r2 = validate_batch(schema, {"x": np.array([1.0, 2.0, 3.0]), "n": np.array([1, 2, 3]),
+                                 "color": np.array([3, 2.5, True], dtype=object),
+                                 "opt": np.array([1.0] * 3), "flag": np.array([True] * 3)})
+    assert r2.reasons == ["out_of_domain:color=3", "wrong_type:color", "wrong_type:color"]
 
 
 # --- hostile and broken ONNX files ------------------------------------------------------------

@@ -17,15 +17,16 @@ class ScoreMicroBatch(MapFunction):
     replaced model file takes over once it loads (see ``model_formats.reloading``)."""
 
     def __init__(self, model_path: str, schema: EventSchema, intra_op_threads: int = 1,
-                 reload_interval_s: float = 5.0) -> None:
+                 reload_interval_s: float = 5.0, load_options: dict | None = None) -> None:
         self.model_path = model_path
+        self.load_options = dict(load_options or {})
         self.schema = schema
         self.intra_op_threads = intra_op_threads
         self.reload_interval_s = reload_interval_s
 
     def open(self, ctx: RuntimeContext) -> None:
         self._model = ReloadingModel(self.model_path, self.reload_interval_s,
-                                     intra_op_num_threads=self.intra_op_threads)
+                                     intra_op_num_threads=self.intra_op_threads, **self.load_options)
         metrics = metric_group(ctx)
         self._score_ms = metrics.distribution("scoring_ms")
         self._rejected = metrics.counter("model_input_rejected")
@@ -53,7 +54,7 @@ class ScoreMicroBatch(MapFunction):
 
 
 def score(stream: DataStream, *, model_path: str, schema: EventSchema, intra_op_threads: int,
-          reload_interval_s: float = 5.0) -> DataStream:
-    return (stream.map(ScoreMicroBatch(model_path, schema, intra_op_threads, reload_interval_s),
+          reload_interval_s: float = 5.0, load_options: dict | None = None) -> DataStream:
+    return (stream.map(ScoreMicroBatch(model_path, schema, intra_op_threads, reload_interval_s, load_options),
                        Types.PICKLED_BYTE_ARRAY())
             .name("score").uid("score-model"))
