@@ -32,6 +32,7 @@ class DemoOptions:
     bad_fraction: float = 0.01    # share of malformed / unknown-entity events (dead-lettered)
     timeout_s: float = 900.0
     workdir: Path | None = None
+    broker: str = "tansu"         # embedded broker: tansu | kafka (Apache Kafka)
 
 
 def demo_records(opts: DemoOptions) -> list[dict | bytes]:
@@ -69,7 +70,7 @@ def summarize(tally: Tally, inputs: list[str], started: float, opts: DemoOptions
 def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
     console = console or Console(stderr=True)
     say = console.print
-    with EmbeddedStack(opts.workdir, opts.entities, say=say) as stack:
+    with EmbeddedStack(opts.workdir, opts.entities, say=say, broker=opts.broker) as stack:
         rest_port = free_port()
         cfg = stack.job_config("demo", opts.partitions, flink__parallelism=opts.parallelism,
                                flink__conf={"rest.port": rest_port, "rest.address": "127.0.0.1",
