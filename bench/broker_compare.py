@@ -144,7 +144,7 @@ def kill_restart(broker, n: int) -> dict:
     sent = {"n": 0}
     th = threading.Thread(target=lambda: _catch(errors, lambda: acked.extend(produce(
         bs, t, values, rate=2000, on_progress=lambda k: sent.__setitem__("n", k),
-        settings={"message.timeout.ms": 600_000}))), daemon=True)
+        settings={"message.timeout.ms": 600_000}, flush_timeout_s=600))), daemon=True)
     th.start()
     while sent["n"] < n // 4 and th.is_alive():
         time.sleep(0.05)

@@ -176,7 +176,7 @@ def test_acknowledged_records_survive_broker_kill9_with_idempotent_producer(kafk
     def send() -> None:
         try:   # the broker is down for a while (JVM start): let records wait instead of expiring
             acked.extend(produce(bs, topic, values, rate=2000, on_progress=lambda k: progress.__setitem__("n", k),
-                                 settings={"message.timeout.ms": 600_000}))
+                                 settings={"message.timeout.ms": 600_000}, flush_timeout_s=600))
         except BaseException as exc:  # noqa: BLE001 - asserted below
             errors.append(exc)
 

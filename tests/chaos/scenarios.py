@@ -101,7 +101,8 @@ class ChaosRun:
                 previous.join()
             try:
                 self.coords += produce(self.cfg.kafka.bootstrap_servers, self.cfg.kafka.input_topic, records,
-                                       rate=self.rate, encode=demo_data.encode, settings=self.input_producer)
+                                       rate=self.rate, encode=demo_data.encode, settings=self.input_producer,
+                                       flush_timeout_s=600)
             except BaseException as exc:  # noqa: BLE001 - reported by finish()
                 self._errors.append(exc)
 
