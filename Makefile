@@ -10,6 +10,7 @@ RATE   ?= 5000
 help:
 	@echo "make demo [EVENTS=20000 RATE=5000]  run the scoring job end to end on embedded defaults"
 	@echo "make test                           run the test suite (real broker, Plasma, MiniCluster)"
+	@echo "make test-kafka                     the Kafka-facing suites against Apache Kafka 4.x (jars fetched once by mvn)"
 	@echo "make services                       install (Debian) and start PostgreSQL :5432 and Redis :6379 for the tests"
 	@echo "make cluster-test                   production path: standalone Flink cluster, file sink, compose file"
 	@echo "make chaos [CHAOS_EVENTS=50000]     break the job on purpose (kills, outages): exact accounting table"
@@ -38,6 +39,16 @@ test: install
 
 test-fast: install
 	$(BIN)/pytest -m "not slow"
+
+# the suites that talk to Kafka, on an embedded Apache Kafka 4.x (single-node KRaft) instead of Tansu
+KAFKA_SUITES ?= tests/test_apache_kafka.py tests/test_kafka_io.py tests/test_consume.py tests/test_job_integration.py \
+	tests/test_job_restart.py tests/test_fuzz_job.py tests/chaos
+.PHONY: test-kafka kafka-jars
+kafka-jars: install
+	$(BIN)/python -m connectors.embedded.maven kafka-broker
+
+test-kafka: install
+	STREAMSCORE_TEST_BROKER=kafka $(BIN)/pytest $(KAFKA_SUITES)
 
 CHAOS_EVENTS ?= 50000
 

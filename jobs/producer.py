@@ -12,7 +12,8 @@ from connectors.kafka.clients import producer_config
 def produce(bootstrap_servers: str, topic: str, records: Iterable[dict | bytes], rate: float | None = None,
             encode: Callable[[dict], bytes] | None = None,
             on_progress: Callable[[int], None] | None = None,
-            warm_up: Iterable[dict | bytes] = (), settings: dict | None = None) -> list[str]:
+            warm_up: Iterable[dict | bytes] = (), settings: dict | None = None,
+            flush_timeout_s: float = 60.0) -> list[str]:
     """Produce every record (dicts are encoded by ``encode`` at send time, which stamps the
     creation time) at about ``rate`` records/s (None: as fast as possible). Returns the input
     coordinates ``topic/partition/offset`` of every acknowledged record, in send order.
@@ -21,7 +22,9 @@ def produce(bootstrap_servers: str, topic: str, records: Iterable[dict | bytes],
     not among the returned coordinates: a new idempotent producer holds its first records for
     ~0.5 s (it retries acquiring a producer id until a broker connection is up), a delay that
     would otherwise show up in latency measurements as the pipeline's.
-    ``settings``: extra producer settings (e.g. the job config's ``kafka.producer``)."""
+    ``settings``: extra producer settings (e.g. the job config's ``kafka.producer``);
+    ``flush_timeout_s``: how long to wait for the last acknowledgements (raise it, with
+    ``message.timeout.ms``, to outlast a broker restart)."""
     producer = Producer(producer_config(bootstrap_servers, {"linger.ms": 2, **(settings or {})}))
     for record in warm_up:
         producer.produce(topic, encode(record) if isinstance(record, dict) else record)
@@ -57,7 +60,7 @@ def produce(bootstrap_servers: str, topic: str, records: Iterable[dict | bytes],
             producer.poll(0)
             if on_progress:
                 on_progress(sent)
-    producer.flush(60)
+    producer.flush(flush_timeout_s)
     if errors or len(coords) != sent:
         raise RuntimeError(f"{sent - len(coords)} of {sent} records not acknowledged: {errors[:3]}")
     if on_progress:

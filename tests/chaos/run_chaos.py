@@ -2,7 +2,7 @@
 table (scenario, inputs, predicted, dead-lettered, duplicates, lost) and, as its very last line,
 the same as one JSON object keyed by scenario. Exits 1 if any input was lost or a scenario failed.
 
-    python tests/chaos/run_chaos.py [--events 50000] [--only kill-job,broker-outage]
+    python tests/chaos/run_chaos.py [--events 50000] [--only kill-job,broker-outage] [--broker kafka]
 """
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=50_000, help="input events per scenario (default 50,000)")
     parser.add_argument("--only", help=f"comma-separated scenarios (default all: {', '.join(SCENARIOS)})")
+    parser.add_argument("--broker", choices=["tansu", "kafka"], default="tansu",
+                        help="embedded broker: tansu (default) or kafka (Apache Kafka 4.x, KRaft)")
     args = parser.parse_args(argv)
     names = args.only.split(",") if args.only else list(SCENARIOS)
     unknown = set(names) - set(SCENARIOS)
@@ -48,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         console.rule(f"{name}: {args.events:,} events")
         try:
             with tempfile.TemporaryDirectory(prefix=f"chaos-{name}-") as workdir, \
-                    EmbeddedStack(Path(workdir), say=lambda *_: None, durable_broker=durable) as stack:
+                    EmbeddedStack(Path(workdir), say=lambda *_: None, durable_broker=durable,
+                                  broker=args.broker) as stack:
                 outcome = run(stack, args.events)
             results[name] = outcome.to_dict()
             console.print(outcome.to_dict())

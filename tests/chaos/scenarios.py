@@ -59,6 +59,9 @@ class ChaosRun:
         self.cfg = stack.job_config(f"{scenario}-{uuid.uuid4().hex[:6]}", partitions=2, **overrides)
         self.records, self.bad_reasons = demo_records_with_reasons(DemoOptions(events=events, entities=stack.entities))
         self.rate = rate
+        # the upstream producer outlives a broker outage (Apache Kafka takes 10-40 s to come back
+        # after kill -9 on a busy machine; librdkafka's 30 s message timeout would drop the input)
+        self.input_producer = {**self.cfg.kafka.producer, "message.timeout.ms": 600_000}
         self.coords: list[str] = []
         self.notes: list[str] = []
         self._errors: list[BaseException] = []
@@ -94,7 +97,8 @@ class ChaosRun:
                 previous.join()
             try:
                 self.coords += produce(self.cfg.kafka.bootstrap_servers, self.cfg.kafka.input_topic, records,
-                                       rate=self.rate, encode=demo_data.encode, settings=self.cfg.kafka.producer)
+                                       rate=self.rate, encode=demo_data.encode, settings=self.input_producer,
+                                       flush_timeout_s=600)
             except BaseException as exc:  # noqa: BLE001 - reported by finish()
                 self._errors.append(exc)
 

@@ -1,0 +1,72 @@
+"""JVM parts from Maven Central, fetched by ``mvn`` from the project's pom, cached.
+
+``flink-conf/maven/pom.xml`` lists each set of jars as a Maven profile (``kafka-broker``: Apache
+Kafka and its log4j2 binding). :func:`jars` copies a profile's runtime dependencies into
+``$STREAMSCORE_CACHE/maven/<profile>-<pom hash>/`` once (``mvn dependency:copy-dependencies``),
+and returns that folder; a changed pom gets a new folder. Concurrent callers (test sessions,
+helpers) wait for each other on a lock file instead of downloading twice.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+POM = Path(__file__).resolve().parents[2] / "flink-conf" / "maven" / "pom.xml"
+_DONE = ".complete"
+
+
+class MavenError(RuntimeError):
+    """The jars could not be fetched (no ``mvn``, no network, a bad pom)."""
+
+
+def cache_root() -> Path:
+    """``$STREAMSCORE_CACHE/maven`` (default ``~/.cache/streamscore/maven``)."""
+    base = os.environ.get("STREAMSCORE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "streamscore"
+    return Path(base) / "maven"
+
+
+def jars(profile: str, pom: Path = POM, timeout_s: float = 900) -> Path:
+    """The folder holding every runtime jar of ``profile`` (fetched by ``mvn`` the first time)."""
+    digest = hashlib.sha256(pom.read_bytes()).hexdigest()[:12]
+    folder = cache_root() / f"{profile}-{digest}"
+    if (folder / _DONE).exists():
+        return folder
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise MavenError(f"fetching the {profile!r} jars needs Maven (`mvn`, e.g. apt-get install maven); "
+                         f"they come from Maven Central as listed in {pom}")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{profile}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)            # another process may be fetching the same jars
+        if (folder / _DONE).exists():
+            return folder
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        cmd = [mvn, "-q", "-B", "-f", str(pom), "-P", profile, "dependency:copy-dependencies",
+               f"-DoutputDirectory={partial}"]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            raise MavenError(f"`{' '.join(cmd)}` did not finish within {timeout_s:.0f}s") from exc
+        if done.returncode != 0 or not any(partial.glob("*.jar")):
+            raise MavenError(f"`{' '.join(cmd)}` failed (exit {done.returncode}):\n"
+                             f"{(done.stdout + done.stderr)[-3000:]}")
+        (partial / _DONE).write_text(" ".join(cmd) + "\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
+    return folder
+
+
+def classpath(profile: str) -> str:
+    """A JVM ``-cp`` value holding every jar of ``profile``."""
+    return str(jars(profile) / "*")
+
+
+if __name__ == "__main__":          # python -m connectors.embedded.maven kafka-broker
+    import sys
+    for name in sys.argv[1:] or ["kafka-broker"]:
+        print(jars(name))
