@@ -8,6 +8,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from connectors.events import DecoderSpec, EventSchema
+from connectors.retry import RetryPolicy
+from operators.steps import MissingEntityPolicy, OnMissingEntity
 
 
 class _Section(BaseModel):
@@ -64,6 +66,18 @@ class FeatureSettings(_Section):
                          "(feature_store_unavailable). 0: dead-letter at once")
     retry_backoff_ms: int = Field(500, ge=1, description="wait between lookup attempts")
     capacity: int = Field(16, description="micro-batches in flight in the async enrichment operator")
+    on_missing: Literal["dead_letter", "score"] = Field(
+        "dead_letter", description="an event whose entity the store does not know: dead_letter (reason "
+        "unknown_entity) or score (null features, or `defaults`; the model's schema decides)")
+    defaults: dict[str, float] = Field(default_factory=dict, description="on_missing: score: feature values "
+                                       "for unknown entities (features without one stay null)")
+
+    def retry_policy(self) -> RetryPolicy:
+        """The one retry policy of lookups, for every engine."""
+        return RetryPolicy(self.retries, self.timeout_ms / 1000, self.retry_backoff_ms / 1000)
+
+    def missing_policy(self) -> MissingEntityPolicy:
+        return MissingEntityPolicy(OnMissingEntity(self.on_missing), dict(self.defaults))
 
 
 class ModelSettings(_Section):

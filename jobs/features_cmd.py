@@ -163,7 +163,7 @@ def cmd_get(args: argparse.Namespace) -> int:
         keys = list(args.keys)
         query = np.array(keys, dtype=object)
     try:
-        with open_store(uri, missing="nulls") as store:
+        with open_store(uri) as store:
             batch, found = store.lookup(query)
             version = store.version
     except FeatureStoreUnavailable as exc:

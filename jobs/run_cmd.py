@@ -18,8 +18,10 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from jobs.score_stream import config_from_args, run
+    from jobs.score_stream import config_from_args, prepare_process, run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run(config_from_args(args))
+    cfg = config_from_args(args)
+    prepare_process(cfg)
+    run(cfg)
     return 0

@@ -5,7 +5,9 @@ exactly the same work.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
+from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -35,23 +37,63 @@ def lookup_keys(batch: MicroBatch, key_field: str) -> np.ndarray:
     return batch.events.column(key_field).to_numpy(zero_copy_only=False)
 
 
-def join_features(batch: MicroBatch, features: pa.RecordBatch, unknown: np.ndarray) -> MicroBatch:
-    """Append the looked-up feature columns; events marked ``unknown`` (entity not in the store,
-    under the store's dead-letter policy) become dead letters with reason ``unknown_entity``."""
+class OnMissingEntity(str, enum.Enum):
+    """What the pipeline does with an event whose entity the feature store does not know."""
+    DEAD_LETTER = "dead_letter"   # the event becomes a dead letter ``unknown_entity``
+    SCORE = "score"               # the event goes on with null features (or ``defaults``): the
+                                  # model's schema then decides (``model_input_rejected`` if it
+                                  # cannot take nulls)
+
+
+@dataclass(frozen=True)
+class MissingEntityPolicy:
+    """The pipeline's setting for unknown entities (``features.on_missing``/``features.defaults``
+    in the job config), applied by :func:`join_features` the same way on every engine."""
+    on_missing: OnMissingEntity = OnMissingEntity.DEAD_LETTER
+    defaults: Mapping[str, float] = field(default_factory=dict)   # SCORE: these features' values
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "on_missing", OnMissingEntity(self.on_missing))
+        if self.defaults and self.on_missing is not OnMissingEntity.SCORE:
+            raise ValueError("feature defaults apply only with on_missing: score")
+
+
+def join_features(batch: MicroBatch, features: pa.RecordBatch, found: np.ndarray,
+                  policy: MissingEntityPolicy = MissingEntityPolicy()) -> MicroBatch:
+    """Append the looked-up feature columns (row-aligned with the events; ``found``: the store
+    knew the entity). Events of unknown entities become dead letters ``unknown_entity``, or go on
+    with null features or the policy's defaults."""
+    found = np.asarray(found, dtype=bool)
+    if policy.defaults:
+        features = _fill_defaults(features, found, policy.defaults)
     events = batch.events
     for name, column in zip(features.schema.names, features.columns):
         if name in events.schema.names:
             raise ValueError(f"feature {name!r} clashes with an event field of the same name")
         events = _append_column(events, name, column)
-    return batch.with_events(events).split_off(np.asarray(unknown, dtype=bool), dl.UNKNOWN_ENTITY,
-                                               "entity not found in the feature store")
+    batch = batch.with_events(events)
+    if policy.on_missing is OnMissingEntity.SCORE:
+        return batch
+    return batch.split_off(~found, dl.Reason.UNKNOWN_ENTITY, "entity not found in the feature store")
+
+
+def _fill_defaults(features: pa.RecordBatch, found: np.ndarray, defaults: Mapping[str, float]) -> pa.RecordBatch:
+    unknown = sorted(set(defaults) - set(features.schema.names))
+    if unknown:
+        raise ValueError(f"defaults for features the store does not have: {unknown}")
+    if found.all():
+        return features
+    missing = pa.array(~found)
+    columns = [pc.if_else(missing, pa.scalar(defaults[name], column.type), column) if name in defaults else column
+               for name, column in zip(features.schema.names, features.columns)]
+    return pa.RecordBatch.from_arrays(columns, names=features.schema.names)
 
 
 def _append_column(batch: pa.RecordBatch, name: str, column: pa.Array) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(list(batch.columns) + [column], names=batch.schema.names + [name])
 
 
-def reject_all(batch: MicroBatch, reason: str, detail: str) -> MicroBatch:
+def reject_all(batch: MicroBatch, reason: dl.Reason, detail: str) -> MicroBatch:
     """Every event of the batch becomes a dead letter (e.g. the feature store timed out)."""
     return batch.split_off(np.ones(batch.events.num_rows, dtype=bool), reason, detail)
 
@@ -60,32 +102,36 @@ def reject_all(batch: MicroBatch, reason: str, detail: str) -> MicroBatch:
 class ScoredBatch:
     predictions: pa.RecordBatch     # PREDICTION_FIELDS
     dead_letters: list[dl.DeadLetter]
-    source: MicroBatch
+    batch: MicroBatch               # the micro-batch whose valid events were scored
+    rejected: int = 0               # rows this step dead-lettered ``model_input_rejected``
+    failed: int = 0                 # rows this step dead-lettered ``scoring_error``
 
 
-def score(batch: MicroBatch, model: Model, schema: EventSchema) -> ScoredBatch:
+def score_batch(batch: MicroBatch, model: Model, schema: EventSchema) -> ScoredBatch:
     """Validate against the model's input schema and score the valid rows in one call; rows the
     model refuses become dead letters with the validator's reason as detail. A runtime failure
     on the batch dead-letters the batch (reason ``scoring_error``) instead of failing the job
     over and over on the same poison input."""
     try:
-        return score_strict(batch, model, schema)
+        return score_batch_or_raise(batch, model, schema)
     except Exception as exc:  # noqa: BLE001 - any model/runtime failure is the batch's fate, not the job's
-        failed = reject_all(batch, dl.SCORING_ERROR, f"{type(exc).__name__}: {exc}"[:500])
-        return ScoredBatch(_prediction_rows(failed, model, schema, None), failed.dead_letters, failed)
+        failed = reject_all(batch, dl.Reason.SCORING_ERROR, f"{type(exc).__name__}: {exc}"[:500])
+        return ScoredBatch(_prediction_rows(failed, model, schema, None), failed.dead_letters, failed,
+                           failed=batch.events.num_rows)
 
 
-def score_strict(batch: MicroBatch, model: Model, schema: EventSchema) -> ScoredBatch:
-    """`score` without the safety net: a runtime failure raises (for engines that route failed
+def score_batch_or_raise(batch: MicroBatch, model: Model, schema: EventSchema) -> ScoredBatch:
+    """`score_batch` without the safety net: a runtime failure raises (for engines that route failed
     batches themselves, e.g. Beam's ``RunInference.with_exception_handling``)."""
     result = model.validate(batch.events)
     if len(result.rejected_index):
         reject = np.zeros(batch.events.num_rows, dtype=bool)
         reject[result.rejected_index] = True
-        batch = batch.split_off(reject, dl.MODEL_INPUT_REJECTED, list(result.reasons))
+        batch = batch.split_off(reject, dl.Reason.MODEL_INPUT_REJECTED, list(result.reasons))
     n = batch.events.num_rows
     outputs = model.predict(result.valid) if n else None
-    return ScoredBatch(_prediction_rows(batch, model, schema, outputs), batch.dead_letters, batch)
+    return ScoredBatch(_prediction_rows(batch, model, schema, outputs), batch.dead_letters, batch,
+                       rejected=len(result.rejected_index))
 
 
 def _prediction_rows(batch: MicroBatch, model: Model, schema: EventSchema,

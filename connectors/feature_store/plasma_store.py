@@ -173,9 +173,19 @@ class PlasmaFeatureStore(SnapshotReader):
                 self._client = None
 
 
+def open_reader(uri: StoreURI, options: StoreOptions) -> PlasmaFeatureStore:
+    """The reader of ``plasma:///socket?name=...``."""
+    return PlasmaFeatureStore(socket_path(uri), options)
+
+
+def publish(uri: StoreURI, name: str, table: pa.Table, key: str, progress: S.Progress | None = None) -> str:
+    """`publish_to_socket` for a store URI."""
+    return publish_to_socket(socket_path(uri), name, table, key, progress)
+
+
 @quiet
-def publish(path: str, name: str, table: pa.Table, key: str, progress: S.Progress | None = None,
-            connect_timeout_s: float = 10.0) -> str:
+def publish_to_socket(path: str, name: str, table: pa.Table, key: str, progress: S.Progress | None = None,
+                      connect_timeout_s: float = 10.0) -> str:
     """Write ``table`` as a new version of ``name``; returns the version (sequence number).
     Readers switch to it at their next refresh; older versions are deleted (deferred by Plasma
     until their last reader releases them)."""

@@ -6,9 +6,8 @@ Beam batch. A request is either
 
 * a row (``beam.Row`` / NamedTuple with the key field): the response is a ``beam.Row`` of the
   features, joined by Enrichment's default ``cross_join``. An entity the store does not know
-  gets null features (the model's schema validation then refuses the row), or the store's
-  defaults under its ``missing=defaults`` policy. An unavailable store raises (Beam retries the
-  bundle).
+  gets null features (the model's schema validation then refuses the row). An unavailable store
+  raises (Beam retries the bundle).
 * a micro-batch wrapped in :class:`BatchRequest` (the streamscore pipeline): the response is a
   :class:`FeatureRows`, joined by :func:`join_micro_batch` with ``operators.steps`` exactly as
   the Flink job does: unknown entities become dead letters ``unknown_entity``, and a store still
@@ -17,7 +16,6 @@ Beam batch. A request is either
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from typing import Any, NamedTuple, Sequence
 
@@ -33,6 +31,7 @@ with warnings.catch_warnings():   # google-auth/api-core (imported by Beam's req
 
 from connectors import dead_letter as dl
 from connectors.feature_store import FeatureStoreUnavailable, open_store
+from connectors.retry import RetryPolicy
 from operators import steps
 from operators.batch import MicroBatch
 from operators.beam.common import METRICS_NAMESPACE, as_dict
@@ -47,11 +46,12 @@ class BatchRequest(NamedTuple):
 
 
 class FeatureRows(NamedTuple):
-    """The response to a BatchRequest: features row-aligned with the batch's events and the
-    mask of events to dead-letter as unknown, or the reason the store could not answer."""
+    """The response to a BatchRequest: features row-aligned with the batch's events, the found
+    mask and the pipeline's policy for unknown entities, or why the store could not answer."""
 
     features: pa.RecordBatch | None
-    unknown: np.ndarray | None
+    found: np.ndarray | None
+    missing: steps.MissingEntityPolicy | None = None
     unavailable: str | None = None
 
 
@@ -65,11 +65,11 @@ def join_micro_batch(request: dict, response: dict) -> MicroBatch:
     batch, features = request["batch"], FeatureRows(**response)
     if features.unavailable is not None:
         Metrics.counter(METRICS_NAMESPACE, "feature_store_unavailable").inc(batch.events.num_rows)
-        return steps.reject_all(batch, dl.FEATURE_STORE_UNAVAILABLE, features.unavailable)
+        return steps.reject_all(batch, dl.Reason.FEATURE_STORE_UNAVAILABLE, features.unavailable)
     if features.features is None:
         return batch
-    Metrics.counter(METRICS_NAMESPACE, "unknown_entities").inc(int(features.unknown.sum()))
-    return steps.join_features(batch, features.features, features.unknown)
+    Metrics.counter(METRICS_NAMESPACE, "unknown_entities").inc(int((~features.found).sum()))
+    return steps.join_features(batch, features.features, features.found, features.missing)
 
 
 class FeatureStoreEnrichmentHandler(EnrichmentSourceHandler):
@@ -79,21 +79,24 @@ class FeatureStoreEnrichmentHandler(EnrichmentSourceHandler):
     recorded: RequestResponseIO's own counters (namespace ``streamscore.Enrichment``: requests =
     store lookups, failures, ...) and :func:`join_micro_batch`'s count what happens."""
 
-    def __init__(self, store_uri: str, key_field: str, *, retries: int = 5, retry_backoff_ms: int = 500,
+    def __init__(self, store_uri: str, key_field: str, *, retry: RetryPolicy = RetryPolicy(),
+                 missing: steps.MissingEntityPolicy = steps.MissingEntityPolicy(),
                  min_batch_size: int = 1, max_batch_size: int = 4000, **store_options: Any) -> None:
-        """``retries``/``retry_backoff_ms``: further attempts when the store is unavailable;
-        ``max_batch_size`` counts keys; ``store_options`` go to ``open_store``."""
+        """``retry``: when to try an unavailable store again (the job's one policy); ``missing``:
+        what happens to unknown entities; ``max_batch_size`` counts keys; ``store_options`` go
+        to ``open_store``."""
         self.store_uri = store_uri
         self.key_field = key_field
-        self.retries = retries
-        self.retry_backoff_ms = retry_backoff_ms
+        self.retry = retry
+        self.missing = missing
         self.store_options = store_options
         self._batching = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size,
                           "element_size_fn": request_rows}
         self._store = None
 
     def __enter__(self):
-        self._store = open_store(self.store_uri, **self.store_options)
+        # a synchronous attempt is bounded by the store's own operation timeout
+        self._store = open_store(self.store_uri, **{"timeout_s": self.retry.attempt_timeout_s, **self.store_options})
         return self
 
     def __exit__(self, *exc):
@@ -127,28 +130,22 @@ class FeatureStoreEnrichmentHandler(EnrichmentSourceHandler):
             part = slice(start, start + n)
             start += n
             if unavailable is not None or n == 0:
-                pairs.append((request, FeatureRows(None, None, unavailable)))
+                pairs.append((request, FeatureRows(None, None, None, unavailable)))
                 continue
             rows, hit = features.slice(part.start, n), found[part]
             if isinstance(request, BatchRequest):
-                pairs.append((request, FeatureRows(rows, self._store.dead_letter_mask(hit))))
+                pairs.append((request, FeatureRows(rows, hit, self.missing)))
             else:
                 row_features = row_features or features.to_pylist()
                 pairs.append((request, beam.Row(**row_features[part.start])))
         return pairs
 
     def _fetch(self, keys: np.ndarray) -> tuple[pa.RecordBatch, np.ndarray]:
-        """One lookup, tried again ``retries`` times while the store is unavailable."""
-        attempt = 0
-        while True:
-            try:
-                return self._store.lookup(keys)
-            except FeatureStoreUnavailable as exc:
-                if attempt >= self.retries:
-                    raise
-                attempt += 1
-                log.warning("feature lookup failed (attempt %d of %d): %s", attempt, self.retries + 1, exc)
-                time.sleep(self.retry_backoff_ms / 1000)
+        """One lookup under the retry policy (the same one the Flink job applies)."""
+        def failed(exc: BaseException) -> None:
+            log.warning("feature lookup failed: %s", exc)
+        return self.retry.call(lambda: self._store.lookup(keys), retry_on=(FeatureStoreUnavailable,),
+                               on_failure=failed)
 
     def get_cache_key(self, request: Any) -> str:
         if isinstance(request, BatchRequest):

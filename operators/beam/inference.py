@@ -87,8 +87,8 @@ class StreamscoreModelHandler(ModelHandler[Example, PredictionResult, Model]):
                                  model_id) for e in batch]
 
     def _score_batch(self, batch: MicroBatch, model: Model) -> steps.ScoredBatch:
-        scored = steps.score_strict(batch, model, self._schema)
-        self._count(len(scored.dead_letters) - len(batch.dead_letters), scored.predictions.num_rows)
+        scored = steps.score_batch_or_raise(batch, model, self._schema)
+        self._count(scored.rejected, scored.predictions.num_rows)
         return scored
 
     def _count(self, rejected: int, scored: int) -> None:
@@ -132,7 +132,10 @@ def failed_batch_dead_letters(failure: tuple[Sequence[Example], Any]) -> list[Mi
     Row examples are left to the caller (there is no Kafka record behind them)."""
     batch, error = failure
     detail = _error_text(error)
-    return [steps.reject_all(e, dl.SCORING_ERROR, detail) for e in batch if isinstance(e, MicroBatch)]
+    failed = [steps.reject_all(e, dl.Reason.SCORING_ERROR, detail) for e in batch if isinstance(e, MicroBatch)]
+    Metrics.counter(f"{METRICS_NAMESPACE}.RunInference", "scoring_errors").inc(
+        sum(e.events.num_rows for e in batch if isinstance(e, MicroBatch)))
+    return failed
 
 
 def _error_text(error: Any) -> str:

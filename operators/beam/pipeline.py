@@ -21,9 +21,10 @@ from connectors.events import DecoderSpec
 from connectors.kafka.partition_reader import RecordChunk
 from operators import steps
 from operators.batch import MicroBatch
+from operators.steps import MissingEntityPolicy
 from operators.beam.common import METRICS_NAMESPACE
-from operators.beam.enrichment import (DEFAULT_TIMEOUT_SECS, BatchRequest, Enrichment,
-                                       FeatureStoreEnrichmentHandler, join_micro_batch)
+from connectors.retry import RetryPolicy
+from operators.beam.enrichment import BatchRequest, Enrichment, FeatureStoreEnrichmentHandler, join_micro_batch
 from operators.beam.inference import StreamscoreModelHandler, failed_batch_dead_letters
 from operators.beam.kafka_io import WriteToKafkaFn
 
@@ -74,8 +75,8 @@ class ScoreEvents(beam.PTransform):
     ``event_time_window_s``); ``watch_model_pattern``: RunInference's own ``WatchFilePattern``.
     """
 
-    def __init__(self, *, decoder: DecoderSpec, store_uri: str, model_path: str, retries: int = 5,
-                 retry_backoff_ms: int = 500, lookup_timeout_s: float = DEFAULT_TIMEOUT_SECS,
+    def __init__(self, *, decoder: DecoderSpec, store_uri: str, model_path: str,
+                 retry: RetryPolicy = RetryPolicy(), missing: MissingEntityPolicy = MissingEntityPolicy(),
                  intra_op_threads: int = 1, max_batch_events: int = 4000,
                  model_updates: beam.PCollection | None = None, watch_model_pattern: str | None = None,
                  watch_interval_s: float = 10, event_time_window_s: float | None = None) -> None:
@@ -83,9 +84,9 @@ class ScoreEvents(beam.PTransform):
         self.decoder = decoder
         # a fixed batch size: Beam batches what a bundle holds, up to max_batch_events events
         batching = {"min_batch_size": max_batch_events, "max_batch_size": max_batch_events}
-        self.enrichment = FeatureStoreEnrichmentHandler(store_uri, decoder.schema.key_field, retries=retries,
-                                                        retry_backoff_ms=retry_backoff_ms, **batching)
-        self.lookup_timeout_s = lookup_timeout_s
+        self.enrichment = FeatureStoreEnrichmentHandler(store_uri, decoder.schema.key_field, retry=retry,
+                                                        missing=missing, **batching)
+        self.lookup_timeout_s = retry.budget_s()
         self.model_handler = StreamscoreModelHandler(model_path, schema=decoder.schema,
                                                      intra_op_threads=intra_op_threads, **batching)
         self.model_updates = model_updates
