@@ -11,7 +11,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from connectors.feature_store import load_table
-from connectors.feature_store.plasma_store import PlasmaServer
+from connectors.embedded.plasma_server import PlasmaServer
 from connectors.kafka.clients import ensure_topics
 from connectors.embedded.tansu import EMBEDDED_PRODUCER_SETTINGS, EmbeddedBroker
 from connectors.embedded.local_s3 import LocalS3

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from connectors.feature_store import (
-    FeatureStoreUnavailable, PlasmaServer, load_table, open_store, parse_uri,
+    FeatureStoreUnavailable, load_table, open_store, parse_uri,
 )
+from connectors.embedded.plasma_server import PlasmaServer
 from connectors.retry import RetryPolicy
 from feature_store_fixtures import (  # noqa: F401
     feature_table, plasma_server, postgres_uri, short_tmpdir, unique_name,
@@ -234,7 +235,7 @@ def test_several_worker_processes_share_one_copy(plasma_server):
     for m, found, version in results:
         assert all(found) and version == "1"
         assert m[0][1] == m[0][0] + 1
-    from connectors.feature_store.plasma_store import connect, versions
+    from connectors.feature_store.plasma_objects import connect, versions
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -100,10 +100,3 @@ def _read_table_file(path: str) -> pa.Table:
         import pyarrow.csv as csv
         return csv.read_csv(path)
     raise FeatureStoreError(f"unsupported table file {path!r} (use .parquet, .arrow or .csv)")
-
-
-def __getattr__(name: str) -> Any:
-    if name == "PlasmaServer":
-        from connectors.feature_store.plasma_store import PlasmaServer
-        return PlasmaServer
-    raise AttributeError(name)
