@@ -37,6 +37,9 @@ def lookup_keys(batch: MicroBatch, key_field: str) -> np.ndarray:
     return batch.events.column(key_field).to_numpy(zero_copy_only=False)
 
 
+UNKNOWN_ENTITY_DETAIL = "entity not found in the feature store"
+
+
 class OnMissingEntity(str, enum.Enum):
     """What the pipeline does with an event whose entity the feature store does not know."""
     DEAD_LETTER = "dead_letter"   # the event becomes a dead letter ``unknown_entity``
@@ -57,24 +60,30 @@ class MissingEntityPolicy:
         if self.defaults and self.on_missing is not OnMissingEntity.SCORE:
             raise ValueError("feature defaults apply only with on_missing: score")
 
+    def dead_letters(self, found: np.ndarray) -> np.ndarray:
+        """Which events become dead letters ``unknown_entity``."""
+        if self.on_missing is OnMissingEntity.SCORE:
+            return np.zeros(len(found), dtype=bool)
+        return ~np.asarray(found, dtype=bool)
+
+    def fill(self, features: pa.RecordBatch, found: np.ndarray) -> pa.RecordBatch:
+        """``features`` with the defaults in the rows of unknown entities."""
+        return _fill_defaults(features, np.asarray(found, dtype=bool), self.defaults) if self.defaults else features
+
 
 def join_features(batch: MicroBatch, features: pa.RecordBatch, found: np.ndarray,
                   policy: MissingEntityPolicy = MissingEntityPolicy()) -> MicroBatch:
     """Append the looked-up feature columns (row-aligned with the events; ``found``: the store
     knew the entity). Events of unknown entities become dead letters ``unknown_entity``, or go on
     with null features or the policy's defaults."""
-    found = np.asarray(found, dtype=bool)
-    if policy.defaults:
-        features = _fill_defaults(features, found, policy.defaults)
+    features = policy.fill(features, found)
     events = batch.events
     for name, column in zip(features.schema.names, features.columns):
         if name in events.schema.names:
             raise ValueError(f"feature {name!r} clashes with an event field of the same name")
         events = _append_column(events, name, column)
-    batch = batch.with_events(events)
-    if policy.on_missing is OnMissingEntity.SCORE:
-        return batch
-    return batch.split_off(~found, dl.Reason.UNKNOWN_ENTITY, "entity not found in the feature store")
+    return batch.with_events(events).split_off(policy.dead_letters(found), dl.Reason.UNKNOWN_ENTITY,
+                                               UNKNOWN_ENTITY_DETAIL)
 
 
 def _fill_defaults(features: pa.RecordBatch, found: np.ndarray, defaults: Mapping[str, float]) -> pa.RecordBatch:
