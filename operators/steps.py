@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -107,29 +107,59 @@ def reject_all(batch: MicroBatch, reason: dl.Reason, detail: str) -> MicroBatch:
     return batch.split_off(np.ones(batch.events.num_rows, dtype=bool), reason, detail)
 
 
+PRIMARY = "primary"     # the role of a job's one model today: its results are the job's output
+
+
 @dataclass
 class ScoredBatch:
-    predictions: pa.RecordBatch     # PREDICTION_FIELDS
+    """One model's results for one micro-batch, tagged with the model and its role."""
+    predictions: pa.RecordBatch     # PREDICTION_FIELDS (+ ``role`` when the role is not primary)
     dead_letters: list[dl.DeadLetter]
     batch: MicroBatch               # the micro-batch whose valid events were scored
     rejected: int = 0               # rows this step dead-lettered ``model_input_rejected``
     failed: int = 0                 # rows this step dead-lettered ``scoring_error``
+    model: str = ""                 # name, version and role of the model that scored it
+    model_version: str = ""
+    role: str = PRIMARY
 
 
-def score_batch(batch: MicroBatch, model: Model, schema: EventSchema) -> ScoredBatch:
+@dataclass(frozen=True)
+class ModelSlot:
+    """A model a job scores with, and its role (e.g. ``primary``, ``challenger``, ``shadow``).
+
+    The primary model's results are the job's predictions and dead letters, exactly those of a
+    one-model job (``prediction_id`` = the input's ``topic/partition/offset``). Every other
+    model's predictions carry ``role`` and ``prediction_id`` = ``topic/partition/offset/<model
+    name>``: unique per (input record, model), deterministic across replays."""
+    model: Model
+    role: str = PRIMARY
+
+
+def score_with_models(batch: MicroBatch, slots: Sequence[ModelSlot], schema: EventSchema) -> list[ScoredBatch]:
+    """Score one micro-batch with several models (the first slot primary, model names unique):
+    one :class:`ScoredBatch` per model, each validated and scored on its own."""
+    names = [slot.model.name for slot in slots]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the models of a job need distinct names (prediction ids use them): {names}")
+    if not slots or slots[0].role != PRIMARY or any(slot.role == PRIMARY for slot in slots[1:]):
+        raise ValueError(f"the first model, and only it, has the role {PRIMARY!r}: {[s.role for s in slots]}")
+    return [score_batch(batch, slot.model, schema, role=slot.role) for slot in slots]
+
+
+def score_batch(batch: MicroBatch, model: Model, schema: EventSchema, role: str = PRIMARY) -> ScoredBatch:
     """Validate against the model's input schema and score the valid rows in one call; rows the
     model refuses become dead letters with the validator's reason as detail. A runtime failure
     on the batch dead-letters the batch (reason ``scoring_error``) instead of failing the job
     over and over on the same poison input."""
     try:
-        return score_batch_or_raise(batch, model, schema)
+        return score_batch_or_raise(batch, model, schema, role)
     except Exception as exc:  # noqa: BLE001 - any model/runtime failure is the batch's fate, not the job's
         failed = reject_all(batch, dl.Reason.SCORING_ERROR, f"{type(exc).__name__}: {exc}"[:500])
-        return ScoredBatch(_prediction_rows(failed, model, schema, None), failed.dead_letters, failed,
-                           failed=batch.events.num_rows)
+        return ScoredBatch(_prediction_rows(failed, model, schema, None, role), failed.dead_letters, failed,
+                           failed=batch.events.num_rows, model=model.name, model_version=model.version, role=role)
 
 
-def score_batch_or_raise(batch: MicroBatch, model: Model, schema: EventSchema) -> ScoredBatch:
+def score_batch_or_raise(batch: MicroBatch, model: Model, schema: EventSchema, role: str = PRIMARY) -> ScoredBatch:
     """`score_batch` without the safety net: a runtime failure raises (for engines that route failed
     batches themselves, e.g. Beam's ``RunInference.with_exception_handling``)."""
     result = model.validate(batch.events)
@@ -139,21 +169,23 @@ def score_batch_or_raise(batch: MicroBatch, model: Model, schema: EventSchema) -
         batch = batch.split_off(reject, dl.Reason.MODEL_INPUT_REJECTED, list(result.reasons))
     n = batch.events.num_rows
     outputs = model.predict(result.valid) if n else None
-    return ScoredBatch(_prediction_rows(batch, model, schema, outputs), batch.dead_letters, batch,
-                       rejected=len(result.rejected_index))
+    return ScoredBatch(_prediction_rows(batch, model, schema, outputs, role), batch.dead_letters, batch,
+                       rejected=len(result.rejected_index), model=model.name, model_version=model.version,
+                       role=role)
 
 
 def _prediction_rows(batch: MicroBatch, model: Model, schema: EventSchema,
-                     outputs: pa.RecordBatch | None) -> pa.RecordBatch:
+                     outputs: pa.RecordBatch | None, role: str = PRIMARY) -> pa.RecordBatch:
     events = batch.events
     n = events.num_rows
+    names = list(PREDICTION_FIELDS) + ([] if role == PRIMARY else ["role"])
     if outputs is None:
-        return pa.RecordBatch.from_arrays([pa.array([], pa.null())] * len(PREDICTION_FIELDS),
-                                          names=list(PREDICTION_FIELDS))
+        return pa.RecordBatch.from_arrays([pa.array([], pa.null())] * len(names), names=names)
     if outputs.num_rows != n:
         raise RuntimeError(f"model {model.name} returned {outputs.num_rows} rows for {n} inputs")
     prefix = f"{batch.topic}/{batch.partition}/"
-    ids = pc.binary_join_element_wise(prefix, pc.cast(events.column(OFFSET_COLUMN), pa.string()), "")
+    suffix = "" if role == PRIMARY else f"/{model.name}"
+    ids = pc.binary_join_element_wise(prefix, pc.cast(events.column(OFFSET_COLUMN), pa.string()), suffix, "")
     arrays = [
         ids,
         events.column(schema.id_field),
@@ -165,7 +197,9 @@ def _prediction_rows(batch: MicroBatch, model: Model, schema: EventSchema,
         events.column(schema.timestamp_field),
         pa.array(np.full(n, int(now_ms()), dtype=np.int64)),
     ]
-    return pa.RecordBatch.from_arrays(arrays, names=list(PREDICTION_FIELDS))
+    if role != PRIMARY:
+        arrays.append(pa.array([role] * n, pa.string()))
+    return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
 def prediction_records(scored: ScoredBatch) -> tuple[list[bytes], list[bytes] | None]:
