@@ -8,6 +8,7 @@ engine's own operation timeout as :meth:`RetryPolicy.budget_s`.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, ClassVar, TypeVar
 
@@ -38,15 +39,21 @@ class RetryPolicy:
         and a little slack. The engines' operation timeouts are this, never another formula."""
         return self.attempts * self.attempt_timeout_s + self.retries * self.backoff_s + self.SLACK_S
 
-    def _options(self, retry_on: tuple[type[BaseException], ...]) -> dict:
-        return {"stop": stop_after_attempt(self.attempts), "wait": wait_fixed(self.backoff_s),
+    def _options(self, retry_on: tuple[type[BaseException], ...], attempts: int) -> dict:
+        return {"stop": stop_after_attempt(attempts), "wait": wait_fixed(self.backoff_s),
                 "retry": retry_if_exception_type(retry_on), "reraise": True}
 
     def call(self, fn: Callable[[], T], *, retry_on: tuple[type[BaseException], ...],
              on_failure: OnFailure | None = None) -> T:
         """``fn()``, tried again on ``retry_on``; the last attempt's exception propagates.
         ``on_failure`` sees every failed attempt (metrics, logs)."""
-        for attempt in Retrying(**self._options(retry_on)):
+        try:
+            return _observed(fn, retry_on, on_failure)     # the hot path: no retry bookkeeping
+        except retry_on:
+            if not self.retries:
+                raise
+        time.sleep(self.backoff_s)
+        for attempt in Retrying(**self._options(retry_on, self.retries)):
             with attempt:
                 return _observed(fn, retry_on, on_failure)
         raise AssertionError("unreachable: tenacity re-raises the last failure")
@@ -55,20 +62,28 @@ class RetryPolicy:
                          on_failure: OnFailure | None = None) -> T:
         """``await fn()`` with the per-attempt timeout, tried again on ``retry_on`` or
         ``TimeoutError``; waits with ``asyncio.sleep`` (never blocks the event loop)."""
+        retry_on = retry_on + (TimeoutError,)
+
         async def attempt_once() -> T:
             try:
-                return await asyncio.wait_for(fn(), self.attempt_timeout_s)
-            except asyncio.TimeoutError:
-                raise TimeoutError(f"attempt took longer than {self.attempt_timeout_s * 1000:.0f} ms") from None
-
-        async for attempt in AsyncRetrying(**self._options(retry_on + (TimeoutError,))):
-            with attempt:
                 try:
-                    return await attempt_once()
-                except BaseException as exc:
-                    if on_failure is not None and isinstance(exc, retry_on + (TimeoutError,)):
-                        on_failure(exc)
-                    raise
+                    return await asyncio.wait_for(fn(), self.attempt_timeout_s)
+                except asyncio.TimeoutError:
+                    raise TimeoutError(f"attempt took longer than {self.attempt_timeout_s * 1000:.0f} ms") from None
+            except retry_on as exc:
+                if on_failure is not None:
+                    on_failure(exc)
+                raise
+
+        try:
+            return await attempt_once()       # the hot path: no retry bookkeeping (tenacity costs ~0.4 ms)
+        except retry_on:
+            if not self.retries:
+                raise
+        await asyncio.sleep(self.backoff_s)
+        async for attempt in AsyncRetrying(**self._options(retry_on, self.retries)):
+            with attempt:
+                return await attempt_once()
         raise AssertionError("unreachable: tenacity re-raises the last failure")
 
 
