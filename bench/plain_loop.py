@@ -22,14 +22,15 @@ class ChunkScorer:
         self.schema = cfg.events.schema()
         self.decoder = cfg.events.decoder_spec().build()
         self.store = open_store(cfg.features.store)
+        self.missing = cfg.features.missing_policy()
         self.model = load_model(cfg.model.path, intra_op_num_threads=cfg.model.intra_op_threads)
 
     def __call__(self, chunk: RecordChunk) -> steps.ScoredBatch:
         batch = steps.decode(self.decoder, chunk)
         if batch.events.num_rows:
             features, found = self.store.lookup(steps.lookup_keys(batch, self.schema.key_field))
-            batch = steps.join_features(batch, features, self.store.dead_letter_mask(found))
-        return steps.score(batch, self.model, self.schema)
+            batch = steps.join_features(batch, features, found, self.missing)
+        return steps.score_batch(batch, self.model, self.schema)
 
 
 def main() -> None:

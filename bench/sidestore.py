@@ -160,13 +160,13 @@ class Backend:
 
 class PlasmaBackend(Backend):
     def setup(self) -> None:
-        from connectors.feature_store.plasma_store import PlasmaServer
+        from connectors.embedded.plasma_server import PlasmaServer
         self.dir = tempfile.mkdtemp(prefix="ssbench-", dir="/tmp")
         self.server = PlasmaServer(os.path.join(self.dir, "plasma.sock"), 1 << 30).start()
         self.uri = self.server.uri(self.uri)
 
     def shared_bytes(self) -> int:
-        from connectors.feature_store.plasma_store import connect, quiet, versions
+        from connectors.feature_store.plasma_objects import connect, quiet, versions
         client = connect(self.server.socket_path)
         size = sum(i["data_size"] + i["metadata_size"] for i in quiet(versions)(client, parse_uri(self.uri).params["name"]).values())
         client.disconnect()

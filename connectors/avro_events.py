@@ -91,26 +91,26 @@ class AvroEventDecoder:
             schema=self._out_schema)
         return DecodedBatch(batch, rejected)
 
-    def _record(self, value: bytes | None) -> tuple[dict | None, tuple[str, str] | None]:
+    def _record(self, value: bytes | None) -> tuple[dict | None, tuple[dl.Reason, str] | None]:
         problem = size_problem(value, self.max_bytes)
         if problem:
             return None, problem
         start = 0
         if self.wire_format == "confluent":
             if len(value) < _CONFLUENT_HEADER.size or value[0] != CONFLUENT_MAGIC:
-                return None, (dl.INVALID_AVRO, "not in Confluent wire format (magic byte 0 + 4-byte schema id)")
+                return None, (dl.Reason.INVALID_AVRO, "not in Confluent wire format (magic byte 0 + 4-byte schema id)")
             _, schema_id = _CONFLUENT_HEADER.unpack_from(value)
             if self.schema_id is not None and schema_id != self.schema_id:
-                return None, (dl.INVALID_AVRO, f"written with schema id {schema_id}, expected {self.schema_id}")
+                return None, (dl.Reason.INVALID_AVRO, f"written with schema id {schema_id}, expected {self.schema_id}")
             start = _CONFLUENT_HEADER.size
         buf = io.BytesIO(value)
         buf.seek(start)
         try:
             record = fastavro.schemaless_reader(buf, self._parsed, None)
         except UnicodeDecodeError as exc:
-            return None, (dl.INVALID_UTF8, str(exc)[:200])
+            return None, (dl.Reason.INVALID_UTF8, str(exc)[:200])
         except Exception as exc:  # noqa: BLE001 - fastavro raises EOFError, ValueError, IndexError, ... on garbage
-            return None, (dl.INVALID_AVRO, f"{type(exc).__name__}: {exc}"[:200])
+            return None, (dl.Reason.INVALID_AVRO, f"{type(exc).__name__}: {exc}"[:200])
         if buf.tell() != len(value):
-            return None, (dl.INVALID_AVRO, f"{len(value) - buf.tell()} bytes left after the record")
+            return None, (dl.Reason.INVALID_AVRO, f"{len(value) - buf.tell()} bytes left after the record")
         return record, None

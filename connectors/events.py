@@ -57,7 +57,7 @@ class EventSchema:
 @dataclass
 class DecodedBatch:
     events: pa.RecordBatch        # valid events + OFFSET_COLUMN + RAW_COLUMN, in offset order
-    rejected: list[tuple[int, str, str]]  # (position in input, reason, detail)
+    rejected: list[tuple[int, dl.Reason, str]]  # (position in input, reason, detail)
 
 
 def _loads(value: bytes):
@@ -72,27 +72,28 @@ def _loads(value: bytes):
             raise ValueError("JSON nested too deeply") from None
 
 
-def _check_value(kind: str, value) -> str | None:
-    """Why ``value`` is not a valid ``kind``, or None when it is."""
+def _check_value(kind: str, value) -> tuple[dl.Reason, str] | None:
+    """(reason, detail) when ``value`` is not a valid ``kind``, or None when it is."""
+    wrong = dl.Reason.WRONG_TYPE
     if kind == "string":
         if not isinstance(value, str):
-            return f"expected string, got {type(value).__name__}"
+            return wrong, f"expected string, got {type(value).__name__}"
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:   # a lone surrogate escape (\ud800): no valid Unicode string
-            return "string holds a lone surrogate escape, out of Unicode's range"
+            return dl.Reason.INVALID_VALUE, "string holds a lone surrogate escape, out of Unicode's range"
         return None
     if kind == "bool":
-        return None if isinstance(value, bool) else f"expected bool, got {type(value).__name__}"
+        return None if isinstance(value, bool) else (wrong, f"expected bool, got {type(value).__name__}")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"expected {kind}, got {type(value).__name__}"
+        return wrong, f"expected {kind}, got {type(value).__name__}"
     if kind == "int":
         if isinstance(value, float) and value.is_integer() and abs(value) >= 2**63:
-            return "integer out of int64 range"   # orjson reads integers beyond 64 bits as floats
+            return dl.Reason.INVALID_VALUE, "integer out of int64 range"   # orjson reads big integers as floats
         if not isinstance(value, int):
-            return f"expected int, got {type(value).__name__}"
+            return wrong, f"expected int, got {type(value).__name__}"
         if not -(2**63) <= value < 2**63:
-            return "integer out of int64 range"
+            return dl.Reason.INVALID_VALUE, "integer out of int64 range"
     return None
 
 
@@ -151,14 +152,14 @@ class JsonEventDecoder:
         columns: dict[str, list] = {n: [] for n in fields}
         good_offsets: list[int] = []
         good_raw: list[bytes] = []
-        rejected: list[tuple[int, str, str]] = []
+        rejected: list[tuple[int, dl.Reason, str]] = []
         for i, value in enumerate(values):
             why = self._reject_reason(value)
             if why is None:
                 try:
                     obj = _loads(value)
                 except ValueError as exc:
-                    why = (dl.INVALID_JSON, str(exc)[:200])
+                    why = (dl.Reason.INVALID_JSON, str(exc)[:200])
                 else:
                     why = self._check_object(obj)
             if why is not None:
@@ -173,44 +174,43 @@ class JsonEventDecoder:
         arrays.append(pa.array(good_raw, type=pa.binary()))
         return DecodedBatch(pa.RecordBatch.from_arrays(arrays, schema=self._out_schema), rejected)
 
-    def _reject_reason(self, value) -> tuple[str, str] | None:
+    def _reject_reason(self, value) -> tuple[dl.Reason, str] | None:
         problem = size_problem(value, self.max_bytes)
         if problem:
             return problem
         try:
             value.decode("utf-8")
         except UnicodeDecodeError as exc:
-            return dl.INVALID_UTF8, str(exc)[:200]
+            return dl.Reason.INVALID_UTF8, str(exc)[:200]
         return None
 
-    def _check_object(self, obj) -> tuple[str, str] | None:
+    def _check_object(self, obj) -> tuple[dl.Reason, str] | None:
         if not isinstance(obj, dict):
-            return dl.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}"
+            return dl.Reason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}"
         return check_fields(self.schema, obj)
 
 
-def size_problem(value: bytes | None, max_bytes: int) -> tuple[str, str] | None:
+def size_problem(value: bytes | None, max_bytes: int) -> tuple[dl.Reason, str] | None:
     """(reason, detail) when a record value is empty or larger than ``max_bytes``, else None."""
     if value is None or len(value) == 0:
-        return dl.EMPTY, "empty record value"
+        return dl.Reason.EMPTY_MESSAGE, "empty record value"
     if len(value) > max_bytes:
-        return dl.OVERSIZED, f"{len(value)} bytes > limit {max_bytes}"
+        return dl.Reason.OVERSIZED_MESSAGE, f"{len(value)} bytes > limit {max_bytes}"
     return None
 
 
-def check_fields(schema: EventSchema, obj: dict) -> tuple[str, str] | None:
+def check_fields(schema: EventSchema, obj: dict) -> tuple[dl.Reason, str] | None:
     """(reason, detail) for the first field of ``schema`` that ``obj`` (a decoded record, JSON
     or Avro) lacks or holds a bad value for, else None. Every format's decoder uses this one
     definition of a valid event."""
     for name, kind in schema.fields.items():
         if name not in obj or obj[name] is None:
-            return dl.MISSING_FIELD, f"field {name!r} is missing or null"
+            return dl.Reason.MISSING_FIELD, f"field {name!r} is missing or null"
         problem = _check_value(kind, obj[name])
         if problem:
-            reason = dl.INVALID_VALUE if "range" in problem else dl.WRONG_TYPE
-            return reason, f"field {name!r}: {problem}"
+            return problem[0], f"field {name!r}: {problem[1]}"
         if kind == "float" and not math.isfinite(obj[name]):
-            return dl.INVALID_VALUE, f"field {name!r} is not finite"
+            return dl.Reason.INVALID_VALUE, f"field {name!r} is not finite"
     return None
 
 

@@ -55,8 +55,7 @@ def build(p: beam.Pipeline, cfg: JobConfig, *, start_offsets: dict[int, int] | N
         poll_timeout_s=max(cfg.batch.poll_timeout_ms, IDLE_POLL_MS) / 1000, commit_offsets=not bounded)
     scored = chunks | "Score" >> ScoreEvents(
         decoder=cfg.events.decoder_spec(), store_uri=f.store, model_path=cfg.model.path,
-        retries=f.retries, retry_backoff_ms=f.retry_backoff_ms,
-        lookup_timeout_s=((f.retries + 1) * f.timeout_ms + f.retries * f.retry_backoff_ms) / 1000 + 30,
+        retry=f.retry_policy(), missing=f.missing_policy(),
         intra_op_threads=cfg.model.intra_op_threads, max_batch_events=cfg.batch.max_events,
         model_updates=model_updates, watch_model_pattern=watch_model_pattern, watch_interval_s=watch_interval_s,
         event_time_window_s=event_time_window_s)

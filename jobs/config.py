@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-if TYPE_CHECKING:                      # connectors.events imports pyarrow: only when a job needs it
+if TYPE_CHECKING:                      # these import pyarrow: only when a job needs them
     from connectors.events import DecoderSpec, EventSchema
+    from connectors.retry import RetryPolicy
+    from operators.steps import MissingEntityPolicy
 
 # The default event fields (connectors.events.EventSchema's), spelled out so that reading a
 # config does not import pyarrow.
@@ -81,6 +83,23 @@ class FeatureSettings(_Section):
                          "(feature_store_unavailable). 0: dead-letter at once")
     retry_backoff_ms: int = Field(500, ge=1, description="wait between lookup attempts")
     capacity: int = Field(16, description="micro-batches in flight in the async enrichment operator")
+    on_missing: Literal["dead_letter", "score"] = Field(
+        "dead_letter", description="an event whose entity the store does not know: dead_letter (reason "
+        "unknown_entity) or score (null features, or `defaults`; the model's schema decides)")
+    defaults: dict[str, float] = Field(default_factory=dict, description="on_missing: score: feature values "
+                                       "for unknown entities (features without one stay null)")
+
+    def retry_policy(self) -> "RetryPolicy":
+        """The one retry policy of lookups, for every engine."""
+        from connectors.retry import RetryPolicy
+
+        return RetryPolicy(self.retries, self.timeout_ms / 1000, self.retry_backoff_ms / 1000)
+
+    def missing_policy(self) -> "MissingEntityPolicy":
+        """What the pipeline does with an event whose entity the store does not know."""
+        from operators.steps import MissingEntityPolicy, OnMissingEntity
+
+        return MissingEntityPolicy(OnMissingEntity(self.on_missing), dict(self.defaults))
 
 
 class ModelSettings(_Section):

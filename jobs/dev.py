@@ -147,7 +147,7 @@ def up(opts: DevOptions, say: Callable[[str], None], status: Callable[[str], Non
             socket = plasma_socket(opts)
             if socket:
                 from connectors.feature_store import FeatureStoreError
-                from connectors.feature_store.plasma_store import PlasmaServer
+                from connectors.embedded.plasma_server import PlasmaServer
 
                 say(f"starting the Plasma feature store on {socket} ({opts.plasma_memory >> 20} MiB)…")
                 try:

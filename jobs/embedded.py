@@ -12,7 +12,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from connectors.feature_store import load_table
-from connectors.feature_store.plasma_store import PlasmaServer
+from connectors.embedded.plasma_server import PlasmaServer
 from connectors.kafka.clients import ensure_topics
 from connectors.embedded.apache_kafka import ApacheKafkaBroker
 from connectors.embedded.ports import free_port

@@ -111,7 +111,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from connectors.feature_store import FeatureStoreError, load_table, parse_uri, read_table_file
-    from connectors.feature_store.plasma_store import PlasmaServer, socket_path
+    from connectors.embedded.plasma_server import PlasmaServer
+    from connectors.feature_store.plasma_objects import socket_path
     console = Console(stderr=True)
     uri = _store_uri(args)
     u = parse_uri(uri)
@@ -171,7 +172,7 @@ def cmd_get(args: argparse.Namespace) -> int:
         keys = list(args.keys)
         query = np.array(keys, dtype=object)
     try:
-        with open_store(uri, missing="nulls") as store:
+        with open_store(uri) as store:
             batch, found = store.lookup(query)
             version = store.version
     except FeatureStoreUnavailable as exc:

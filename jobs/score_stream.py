@@ -21,7 +21,9 @@ from operators.flink.enrich import enrich
 from operators.flink.file_sink import file_targets, write_to_files
 from operators.flink.kafka_sink import write_to_kafka
 from operators.flink.kafka_source import kafka_micro_batches
-from operators.flink.score import score
+from operators.flink.score import score_micro_batches
+from operators.flink.worker import WorkerSettings
+from operators.flink.worker import prepare_process as prepare_worker
 
 log = logging.getLogger("streamscore.job")
 
@@ -85,11 +87,12 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
     schema = cfg.events.schema()
     batches = micro_batches(env, cfg)
     f = cfg.features
-    enriched = enrich(batches, store_uri=f.store, key_field=schema.key_field, timeout_ms=f.timeout_ms,
-                      retries=f.retries, retry_backoff_ms=f.retry_backoff_ms, capacity=f.capacity)
-    scored = score(enriched, model_path=cfg.model.path, schema=schema,
-                   intra_op_threads=cfg.model.intra_op_threads, reload_interval_s=cfg.model.reload_interval_s,
-                   load_options=cfg.model.load_options())
+    enriched = enrich(batches, store_uri=f.store, key_field=schema.key_field, retry=f.retry_policy(),
+                      capacity=f.capacity, missing=f.missing_policy())
+    scored = score_micro_batches(enriched, model_path=cfg.model.path, schema=schema,
+                                 intra_op_threads=cfg.model.intra_op_threads,
+                                 reload_interval_s=cfg.model.reload_interval_s,
+                                 load_options=cfg.model.load_options())
     s = cfg.sink
     if s.kind in ("kafka", "both"):
         write_to_kafka(scored, producer_config=producer_config(k.bootstrap_servers, k.producer),
@@ -99,10 +102,18 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
                                             s.roll_interval_s, s.include_dead_letters))
 
 
-def run(cfg: JobConfig) -> None:
-    """Build and run the job (blocks until it ends or is cancelled)."""
-    if cfg.flink.python_workers == "process":       # read by PyFlink when the job is submitted
+def prepare_process(cfg: JobConfig) -> None:
+    """Process-wide settings of the process that submits (and, on a local MiniCluster, runs) the
+    job, made once where it starts (``main``, ``streamscore run``), never by a library call: where
+    PyFlink runs its Python workers (read from a private environment variable at submission) and
+    the worker settings of the operators that run in this process."""
+    if cfg.flink.python_workers == "process":
         os.environ["_python_worker_execution_mode"] = "process"
+    prepare_worker(WorkerSettings())
+
+
+def run(cfg: JobConfig) -> None:
+    """Build and run the job (blocks until it ends or is cancelled); ``prepare_process`` first."""
     env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(cfg))
     build(env, cfg)
     env.execute(cfg.job_name)
@@ -116,7 +127,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run(config_from_args(parse_args(argv)))
+    cfg = config_from_args(parse_args(argv))
+    prepare_process(cfg)
+    run(cfg)
     return 0
 
 

@@ -132,7 +132,7 @@ class ModelBase:
 
         return validate_batch(self.schema, batch)
 
-    def score(self, batch: Batch) -> tuple[pa.RecordBatch, ValidationResult]:
+    def validate_and_predict(self, batch: Batch) -> tuple[pa.RecordBatch, ValidationResult]:
         """Validate then predict the valid rows: (outputs aligned with ``result.valid_index``, result)."""
         result = self.validate(batch)
         return self.predict(result.valid), result

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from connectors.dead_letter import DeadLetter
+from connectors.dead_letter import DeadLetter, Reason
 from connectors.events import OFFSET_COLUMN, RAW_COLUMN
 
 
@@ -29,19 +29,17 @@ class MicroBatch:
         """Every input record this batch accounts for (valid events + dead letters)."""
         return self.events.num_rows + len(self.dead_letters)
 
-    def split_off(self, reject: np.ndarray, reason: str | list[str], detail: str | list[str]) -> "MicroBatch":
-        """A copy where the events selected by the boolean mask ``reject`` became dead letters.
-
-        ``reason``/``detail`` are one value for all, or one per rejected event."""
+    def split_off(self, reject: np.ndarray, reason: Reason, detail: str | list[str]) -> "MicroBatch":
+        """A copy where the events selected by the boolean mask ``reject`` became dead letters
+        with ``reason``; ``detail`` is one text for all, or one per rejected event."""
         if not reject.any():
             return self
         rows = np.flatnonzero(reject)
         raws = self.events.column(RAW_COLUMN).take(pa.array(rows)).to_pylist()
         offsets = self.events.column(OFFSET_COLUMN).to_numpy()[rows]
-        reasons = reason if isinstance(reason, list) else [reason] * len(rows)
         details = detail if isinstance(detail, list) else [detail] * len(rows)
-        letters = [DeadLetter(raw, r, d, self.topic, self.partition, int(o))
-                   for raw, r, d, o in zip(raws, reasons, details, offsets)]
+        letters = [DeadLetter(raw, reason, d, self.topic, self.partition, int(o))
+                   for raw, d, o in zip(raws, details, offsets)]
         kept = self.events.filter(pa.array(~reject))
         return MicroBatch(self.topic, self.partition, kept, self.dead_letters + letters, self.polled_at_ms)
 

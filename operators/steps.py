@@ -5,7 +5,9 @@ exactly the same work.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -35,70 +37,155 @@ def lookup_keys(batch: MicroBatch, key_field: str) -> np.ndarray:
     return batch.events.column(key_field).to_numpy(zero_copy_only=False)
 
 
-def join_features(batch: MicroBatch, features: pa.RecordBatch, unknown: np.ndarray) -> MicroBatch:
-    """Append the looked-up feature columns; events marked ``unknown`` (entity not in the store,
-    under the store's dead-letter policy) become dead letters with reason ``unknown_entity``."""
+UNKNOWN_ENTITY_DETAIL = "entity not found in the feature store"
+
+
+class OnMissingEntity(str, enum.Enum):
+    """What the pipeline does with an event whose entity the feature store does not know."""
+    DEAD_LETTER = "dead_letter"   # the event becomes a dead letter ``unknown_entity``
+    SCORE = "score"               # the event goes on with null features (or ``defaults``): the
+                                  # model's schema then decides (``model_input_rejected`` if it
+                                  # cannot take nulls)
+
+
+@dataclass(frozen=True)
+class MissingEntityPolicy:
+    """The pipeline's setting for unknown entities (``features.on_missing``/``features.defaults``
+    in the job config), applied by :func:`join_features` the same way on every engine."""
+    on_missing: OnMissingEntity = OnMissingEntity.DEAD_LETTER
+    defaults: Mapping[str, float] = field(default_factory=dict)   # SCORE: these features' values
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "on_missing", OnMissingEntity(self.on_missing))
+        if self.defaults and self.on_missing is not OnMissingEntity.SCORE:
+            raise ValueError("feature defaults apply only with on_missing: score")
+
+    def dead_letters(self, found: np.ndarray) -> np.ndarray:
+        """Which events become dead letters ``unknown_entity``."""
+        if self.on_missing is OnMissingEntity.SCORE:
+            return np.zeros(len(found), dtype=bool)
+        return ~np.asarray(found, dtype=bool)
+
+    def fill(self, features: pa.RecordBatch, found: np.ndarray) -> pa.RecordBatch:
+        """``features`` with the defaults in the rows of unknown entities."""
+        return _fill_defaults(features, np.asarray(found, dtype=bool), self.defaults) if self.defaults else features
+
+
+def join_features(batch: MicroBatch, features: pa.RecordBatch, found: np.ndarray,
+                  policy: MissingEntityPolicy = MissingEntityPolicy()) -> MicroBatch:
+    """Append the looked-up feature columns (row-aligned with the events; ``found``: the store
+    knew the entity). Events of unknown entities become dead letters ``unknown_entity``, or go on
+    with null features or the policy's defaults."""
+    features = policy.fill(features, found)
     events = batch.events
     for name, column in zip(features.schema.names, features.columns):
         if name in events.schema.names:
             raise ValueError(f"feature {name!r} clashes with an event field of the same name")
         events = _append_column(events, name, column)
-    return batch.with_events(events).split_off(np.asarray(unknown, dtype=bool), dl.UNKNOWN_ENTITY,
-                                               "entity not found in the feature store")
+    return batch.with_events(events).split_off(policy.dead_letters(found), dl.Reason.UNKNOWN_ENTITY,
+                                               UNKNOWN_ENTITY_DETAIL)
+
+
+def _fill_defaults(features: pa.RecordBatch, found: np.ndarray, defaults: Mapping[str, float]) -> pa.RecordBatch:
+    unknown = sorted(set(defaults) - set(features.schema.names))
+    if unknown:
+        raise ValueError(f"defaults for features the store does not have: {unknown}")
+    if found.all():
+        return features
+    missing = pa.array(~found)
+    columns = [pc.if_else(missing, pa.scalar(defaults[name], column.type), column) if name in defaults else column
+               for name, column in zip(features.schema.names, features.columns)]
+    return pa.RecordBatch.from_arrays(columns, names=features.schema.names)
 
 
 def _append_column(batch: pa.RecordBatch, name: str, column: pa.Array) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(list(batch.columns) + [column], names=batch.schema.names + [name])
 
 
-def reject_all(batch: MicroBatch, reason: str, detail: str) -> MicroBatch:
+def reject_all(batch: MicroBatch, reason: dl.Reason, detail: str) -> MicroBatch:
     """Every event of the batch becomes a dead letter (e.g. the feature store timed out)."""
     return batch.split_off(np.ones(batch.events.num_rows, dtype=bool), reason, detail)
 
 
+PRIMARY = "primary"     # the role of a job's one model today: its results are the job's output
+
+
 @dataclass
 class ScoredBatch:
-    predictions: pa.RecordBatch     # PREDICTION_FIELDS
+    """One model's results for one micro-batch, tagged with the model and its role."""
+    predictions: pa.RecordBatch     # PREDICTION_FIELDS (+ ``role`` when the role is not primary)
     dead_letters: list[dl.DeadLetter]
-    source: MicroBatch
+    batch: MicroBatch               # the micro-batch whose valid events were scored
+    rejected: int = 0               # rows this step dead-lettered ``model_input_rejected``
+    failed: int = 0                 # rows this step dead-lettered ``scoring_error``
+    model: str = ""                 # name, version and role of the model that scored it
+    model_version: str = ""
+    role: str = PRIMARY
 
 
-def score(batch: MicroBatch, model: Model, schema: EventSchema) -> ScoredBatch:
+@dataclass(frozen=True)
+class ModelSlot:
+    """A model a job scores with, and its role (e.g. ``primary``, ``challenger``, ``shadow``).
+
+    The primary model's results are the job's predictions and dead letters, exactly those of a
+    one-model job (``prediction_id`` = the input's ``topic/partition/offset``). Every other
+    model's predictions carry ``role`` and ``prediction_id`` = ``topic/partition/offset/<model
+    name>``: unique per (input record, model), deterministic across replays."""
+    model: Model
+    role: str = PRIMARY
+
+
+def score_with_models(batch: MicroBatch, slots: Sequence[ModelSlot], schema: EventSchema) -> list[ScoredBatch]:
+    """Score one micro-batch with several models (the first slot primary, model names unique):
+    one :class:`ScoredBatch` per model, each validated and scored on its own."""
+    names = [slot.model.name for slot in slots]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the models of a job need distinct names (prediction ids use them): {names}")
+    if not slots or slots[0].role != PRIMARY or any(slot.role == PRIMARY for slot in slots[1:]):
+        raise ValueError(f"the first model, and only it, has the role {PRIMARY!r}: {[s.role for s in slots]}")
+    return [score_batch(batch, slot.model, schema, role=slot.role) for slot in slots]
+
+
+def score_batch(batch: MicroBatch, model: Model, schema: EventSchema, role: str = PRIMARY) -> ScoredBatch:
     """Validate against the model's input schema and score the valid rows in one call; rows the
     model refuses become dead letters with the validator's reason as detail. A runtime failure
     on the batch dead-letters the batch (reason ``scoring_error``) instead of failing the job
     over and over on the same poison input."""
     try:
-        return score_strict(batch, model, schema)
+        return score_batch_or_raise(batch, model, schema, role)
     except Exception as exc:  # noqa: BLE001 - any model/runtime failure is the batch's fate, not the job's
-        failed = reject_all(batch, dl.SCORING_ERROR, f"{type(exc).__name__}: {exc}"[:500])
-        return ScoredBatch(_prediction_rows(failed, model, schema, None), failed.dead_letters, failed)
+        failed = reject_all(batch, dl.Reason.SCORING_ERROR, f"{type(exc).__name__}: {exc}"[:500])
+        return ScoredBatch(_prediction_rows(failed, model, schema, None, role), failed.dead_letters, failed,
+                           failed=batch.events.num_rows, model=model.name, model_version=model.version, role=role)
 
 
-def score_strict(batch: MicroBatch, model: Model, schema: EventSchema) -> ScoredBatch:
-    """`score` without the safety net: a runtime failure raises (for engines that route failed
+def score_batch_or_raise(batch: MicroBatch, model: Model, schema: EventSchema, role: str = PRIMARY) -> ScoredBatch:
+    """`score_batch` without the safety net: a runtime failure raises (for engines that route failed
     batches themselves, e.g. Beam's ``RunInference.with_exception_handling``)."""
     result = model.validate(batch.events)
     if len(result.rejected_index):
         reject = np.zeros(batch.events.num_rows, dtype=bool)
         reject[result.rejected_index] = True
-        batch = batch.split_off(reject, dl.MODEL_INPUT_REJECTED, list(result.reasons))
+        batch = batch.split_off(reject, dl.Reason.MODEL_INPUT_REJECTED, list(result.reasons))
     n = batch.events.num_rows
     outputs = model.predict(result.valid) if n else None
-    return ScoredBatch(_prediction_rows(batch, model, schema, outputs), batch.dead_letters, batch)
+    return ScoredBatch(_prediction_rows(batch, model, schema, outputs, role), batch.dead_letters, batch,
+                       rejected=len(result.rejected_index), model=model.name, model_version=model.version,
+                       role=role)
 
 
 def _prediction_rows(batch: MicroBatch, model: Model, schema: EventSchema,
-                     outputs: pa.RecordBatch | None) -> pa.RecordBatch:
+                     outputs: pa.RecordBatch | None, role: str = PRIMARY) -> pa.RecordBatch:
     events = batch.events
     n = events.num_rows
+    names = list(PREDICTION_FIELDS) + ([] if role == PRIMARY else ["role"])
     if outputs is None:
-        return pa.RecordBatch.from_arrays([pa.array([], pa.null())] * len(PREDICTION_FIELDS),
-                                          names=list(PREDICTION_FIELDS))
+        return pa.RecordBatch.from_arrays([pa.array([], pa.null())] * len(names), names=names)
     if outputs.num_rows != n:
         raise RuntimeError(f"model {model.name} returned {outputs.num_rows} rows for {n} inputs")
     prefix = f"{batch.topic}/{batch.partition}/"
-    ids = pc.binary_join_element_wise(prefix, pc.cast(events.column(OFFSET_COLUMN), pa.string()), "")
+    suffix = "" if role == PRIMARY else f"/{model.name}"
+    ids = pc.binary_join_element_wise(prefix, pc.cast(events.column(OFFSET_COLUMN), pa.string()), suffix, "")
     arrays = [
         ids,
         events.column(schema.id_field),
@@ -110,7 +197,9 @@ def _prediction_rows(batch: MicroBatch, model: Model, schema: EventSchema,
         events.column(schema.timestamp_field),
         pa.array(np.full(n, int(now_ms()), dtype=np.int64)),
     ]
-    return pa.RecordBatch.from_arrays(arrays, names=list(PREDICTION_FIELDS))
+    if role != PRIMARY:
+        arrays.append(pa.array([role] * n, pa.string()))
+    return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
 def prediction_records(scored: ScoredBatch) -> tuple[list[bytes], list[bytes] | None]:

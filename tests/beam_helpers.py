@@ -41,14 +41,16 @@ def read_outputs(cfg: JobConfig, coords: list[str], timeout_s: float = 60) -> Ta
         reader.stop()
 
 
-def onnx_variant(source: Path, target: Path, *, version: str | None = None, fixed_batch: int | None = None) -> Path:
+def onnx_variant(source: Path, target: Path, *, version: str | None = None, fixed_batch: int | None = None,
+                 name: str | None = None) -> Path:
     """A copy of an ONNX model with another declared version, or with its batch dimension fixed
     (onnxruntime then refuses every other batch size at run time: a real runtime failure)."""
     proto = onnx.load(str(source))
-    if version is not None:
-        for prop in proto.metadata_props:
-            if prop.key == "version":
-                prop.value = version
+    for key, value in (("version", version), ("name", name)):
+        if value is not None:
+            for prop in proto.metadata_props:
+                if prop.key == key:
+                    prop.value = value
     if fixed_batch is not None:
         proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = fixed_batch
     onnx.save(proto, str(target))

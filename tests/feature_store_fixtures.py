@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from connectors.feature_store.plasma_store import PlasmaServer
+from connectors.embedded.plasma_server import PlasmaServer
 
 N_FEATURES = 32
 

@@ -75,40 +75,40 @@ class FuzzEvents:
 
     # hostile events: (bytes or None, reason)
     def bad_empty(self, i: int) -> tuple[bytes | None, str]:
-        return self.rng.choice([b"", None]), dl.EMPTY
+        return self.rng.choice([b"", None]), dl.Reason.EMPTY_MESSAGE
 
     def bad_oversized(self, i: int) -> tuple[bytes, str]:
         event = self.good(i)
         event["padding"] = "p" * (MAX_BYTES + self.rng.randrange(1, 100_000))
-        return self._encode(event), dl.OVERSIZED
+        return self._encode(event), dl.Reason.OVERSIZED_MESSAGE
 
     def bad_utf8(self, i: int) -> tuple[bytes, str]:
         raw = self._encode(self.good(i))
         at = self.rng.randrange(1, len(raw) - 1)
-        return raw[:at] + self.rng.choice(INVALID_UTF8) + raw[at:], dl.INVALID_UTF8
+        return raw[:at] + self.rng.choice(INVALID_UTF8) + raw[at:], dl.Reason.INVALID_UTF8
 
     def bad_json(self, i: int) -> tuple[bytes, str]:
         r = self.rng
         raw = self._encode(self.good(i))
         choice = r.randrange(7)
         if choice == 0:                            # truncated
-            return raw[:r.randrange(1, len(raw) - 1)], dl.INVALID_JSON
+            return raw[:r.randrange(1, len(raw) - 1)], dl.Reason.INVALID_JSON
         if choice == 1:                            # trailing comma
-            return raw[:-1] + b",}", dl.INVALID_JSON
+            return raw[:-1] + b",}", dl.Reason.INVALID_JSON
         if choice == 2:                            # unquoted keys
-            return raw.replace(b'"id"', b"id"), dl.INVALID_JSON
+            return raw.replace(b'"id"', b"id"), dl.Reason.INVALID_JSON
         if choice == 3:                            # single quotes
-            return raw.replace(b'"', b"'"), dl.INVALID_JSON
+            return raw.replace(b'"', b"'"), dl.Reason.INVALID_JSON
         if choice == 4:                            # nested far deeper than any parser's stack
             depth = r.randrange(2_000, MAX_BYTES // 2)
-            return b"[" * depth + b"]" * depth, dl.INVALID_JSON
+            return b"[" * depth + b"]" * depth, dl.Reason.INVALID_JSON
         if choice == 5:                            # two objects in one record
-            return raw + b"\n" + raw, dl.INVALID_JSON
+            return raw + b"\n" + raw, dl.Reason.INVALID_JSON
         return b"{" + bytes(r.randrange(0x20, 0x7F) for _ in range(r.randrange(1, 200))).replace(b"}", b"") \
-            + b"garbage", dl.INVALID_JSON          # printable garbage
+            + b"garbage", dl.Reason.INVALID_JSON          # printable garbage
 
     def bad_not_object(self, i: int) -> tuple[bytes, str]:
-        return self.rng.choice(NOT_OBJECTS), dl.NOT_AN_OBJECT
+        return self.rng.choice(NOT_OBJECTS), dl.Reason.NOT_AN_OBJECT
 
     def bad_missing(self, i: int) -> tuple[bytes, str]:
         event = self.good(i)
@@ -117,22 +117,22 @@ class FuzzEvents:
                 del event[name]
             else:
                 event[name] = None
-        return self._encode(event), dl.MISSING_FIELD
+        return self._encode(event), dl.Reason.MISSING_FIELD
 
     def bad_type(self, i: int) -> tuple[bytes, str]:
         event = self.good(i)
         name = self.rng.choice(FIELDS)
         event[name] = self.rng.choice(WRONG_TYPES[name])
-        return self._encode(event), dl.WRONG_TYPE
+        return self._encode(event), dl.Reason.WRONG_TYPE
 
     def bad_value(self, i: int) -> tuple[bytes, str]:
         name, raw = self.rng.choice(INVALID_VALUES)
-        return self._with_raw(self.good(i), name, raw), dl.INVALID_VALUE
+        return self._with_raw(self.good(i), name, raw), dl.Reason.INVALID_VALUE
 
     def bad_unknown_entity(self, i: int) -> tuple[bytes, str]:
         event = self.good(i)
         event["entity_id"] = self.rng.choice([self.entities + self.rng.randrange(10**9), -1 - self.rng.randrange(10**6)])
-        return self._encode(event), dl.UNKNOWN_ENTITY
+        return self._encode(event), dl.Reason.UNKNOWN_ENTITY
 
     def mixed(self, bad: int, good: int) -> Iterator[tuple[bytes | None, str | None]]:
         """``bad`` hostile events (every kind in turn) and ``good`` valid ones (a fifth of them

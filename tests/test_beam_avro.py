@@ -68,13 +68,13 @@ def test_schemaless_records_decode_like_the_same_json(schema_file):
 
 
 BAD_AVRO = {
-    "empty": (b"", dl.EMPTY),
-    "truncated": (avro(event(1))[:-3], dl.INVALID_AVRO),
-    "trailing bytes": (avro(event(1)) + b"\x00\x01", dl.INVALID_AVRO),
-    "garbage": (b"\xff" * 7, dl.INVALID_AVRO),
-    "invalid utf-8 string": (b"\x04\xff\xfe" + avro(event(1))[3:], dl.INVALID_UTF8),
-    "nan amount": (avro(event(1, amount=float("nan"))), dl.INVALID_VALUE),
-    "oversized": (avro(event(1, note="x" * 3000)), dl.OVERSIZED),
+    "empty": (b"", dl.Reason.EMPTY_MESSAGE),
+    "truncated": (avro(event(1))[:-3], dl.Reason.INVALID_AVRO),
+    "trailing bytes": (avro(event(1)) + b"\x00\x01", dl.Reason.INVALID_AVRO),
+    "garbage": (b"\xff" * 7, dl.Reason.INVALID_AVRO),
+    "invalid utf-8 string": (b"\x04\xff\xfe" + avro(event(1))[3:], dl.Reason.INVALID_UTF8),
+    "nan amount": (avro(event(1, amount=float("nan"))), dl.Reason.INVALID_VALUE),
+    "oversized": (avro(event(1, note="x" * 3000)), dl.Reason.OVERSIZED_MESSAGE),
 }
 
 
@@ -91,7 +91,7 @@ def test_bad_record_is_dead_lettered_with_its_reason_among_good_ones(schema_file
 def test_null_in_a_nullable_writer_field_is_a_missing_field():
     decoder = AvroEventDecoder(EventSchema(), NULLABLE_SCHEMA)
     out = decoder.decode([avro(event(1, entity_id=None), NULLABLE_SCHEMA), avro(event(2), NULLABLE_SCHEMA)], [0, 1])
-    assert [(i, r) for i, r, _ in out.rejected] == [(0, dl.MISSING_FIELD)]
+    assert [(i, r) for i, r, _ in out.rejected] == [(0, dl.Reason.MISSING_FIELD)]
     assert out.events.column("entity_id").to_pylist() == [2]
 
 
@@ -102,9 +102,9 @@ def test_confluent_wire_format_checks_magic_byte_and_schema_id(schema_file):
     out = decoder.decode(values, [0, 1, 2, 3])
     assert out.events.column("id").to_pylist() == ["e1"]
     rejected = {i: (r, d) for i, r, d in out.rejected}
-    assert rejected[1] == (dl.INVALID_AVRO, "written with schema id 7, expected 42")
-    assert rejected[2][0] == dl.INVALID_AVRO and "Confluent wire format" in rejected[2][1]
-    assert rejected[3][0] == dl.INVALID_AVRO
+    assert rejected[1] == (dl.Reason.INVALID_AVRO, "written with schema id 7, expected 42")
+    assert rejected[2][0] == dl.Reason.INVALID_AVRO and "Confluent wire format" in rejected[2][1]
+    assert rejected[3][0] == dl.Reason.INVALID_AVRO
     any_id = AvroEventDecoder(EventSchema(), schema_file, wire_format="confluent")
     assert any_id.decode(values[:2], [0, 1]).events.num_rows == 2
 
@@ -131,7 +131,7 @@ def test_config_selects_the_decoder_for_every_engine(schema_file):
     chunk = RecordChunk("t", 0, [confluent_frame(3, avro(event(1))), b"junk"], [10, 11])
     batch = steps.decode(decoder, chunk)
     assert batch.events.column("id").to_pylist() == ["e1"]
-    assert [(d.reason, d.source) for d in batch.dead_letters] == [(dl.INVALID_AVRO, "t/0/11")]
+    assert [(d.reason, d.source) for d in batch.dead_letters] == [(dl.Reason.INVALID_AVRO, "t/0/11")]
     assert isinstance(load_config(None, []).events.decoder_spec().build(), JsonEventDecoder)
 
 
@@ -146,7 +146,7 @@ def test_beam_pipeline_scores_avro_events_and_dead_letters_bad_ones(stack, schem
     run_bounded(cfg, coords)
     tally = read_outputs(cfg, coords)
     assert not tally.missing(set(coords))
-    assert [tally.dead_letters.get(c) for c in coords[-3:]] == [dl.INVALID_AVRO] * 3
+    assert [tally.dead_letters.get(c) for c in coords[-3:]] == [dl.Reason.INVALID_AVRO] * 3
     predictions = [tally.predictions[c] for c in coords[:-3]]
     by_id = {e["id"]: e for e in good}
     expected = offline_scores(stack.model_path, stack.features, by_id, [p["event_id"] for p in predictions])

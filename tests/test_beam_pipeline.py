@@ -172,7 +172,7 @@ def test_runtime_failure_dead_letters_the_batch_through_runinference(stack, tmp_
     run_bounded(cfg, coords)
     tally = read_outputs(cfg, coords)
     assert not tally.missing(set(coords)) and not tally.predictions
-    assert Counter(tally.dead_letters.values()) == Counter({dl.SCORING_ERROR: 400, dl.INVALID_JSON: 1})
+    assert Counter(tally.dead_letters.values()) == Counter({dl.Reason.SCORING_ERROR: 400, dl.Reason.INVALID_JSON: 1})
 
 
 def test_unreachable_feature_store_dead_letters_events_after_the_retries(stack):
@@ -184,7 +184,7 @@ def test_unreachable_feature_store_dead_letters_events_after_the_retries(stack):
     run_bounded(cfg, coords)
     tally = read_outputs(cfg, coords)
     assert not tally.missing(set(coords)) and not tally.predictions
-    assert Counter(tally.dead_letters.values()) == Counter({dl.FEATURE_STORE_UNAVAILABLE: 300, dl.INVALID_JSON: 1})
+    assert Counter(tally.dead_letters.values()) == Counter({dl.Reason.FEATURE_STORE_UNAVAILABLE: 300, dl.Reason.INVALID_JSON: 1})
 
 
 def test_bounded_run_writes_json_lines_files(stack, tmp_path):

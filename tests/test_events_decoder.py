@@ -12,22 +12,22 @@ GOOD = [orjson.dumps({"id": f"e{i}", "entity_id": i, "amount": 1.5 * i, "ts": 10
         for i in range(50)]
 
 BAD = {
-    b"": dl.EMPTY,
-    b"x" * 2000: dl.OVERSIZED,
-    b'{"id": "a\xff", "entity_id": 1, "amount": 1.0, "ts": 1}': dl.INVALID_UTF8,
-    b'{"id": "a", "entity_id": 1,': dl.INVALID_JSON,
-    b'{"id": "a", "entity_id": 1, "amount": NaN, "ts": 1}': dl.INVALID_VALUE,
-    b'[1, 2, 3]': dl.NOT_AN_OBJECT,
-    b'"just a string"': dl.NOT_AN_OBJECT,
-    b'{"id": "a", "amount": 1.0, "ts": 1}': dl.MISSING_FIELD,
-    b'{"id": "a", "entity_id": null, "amount": 1.0, "ts": 1}': dl.MISSING_FIELD,
-    b'{"id": "a", "entity_id": "7", "amount": 1.0, "ts": 1}': dl.WRONG_TYPE,
-    b'{"id": "a", "entity_id": 1.5, "amount": 1.0, "ts": 1}': dl.WRONG_TYPE,
-    b'{"id": "a", "entity_id": true, "amount": 1.0, "ts": 1}': dl.WRONG_TYPE,
-    b'{"id": 5, "entity_id": 1, "amount": 1.0, "ts": 1}': dl.WRONG_TYPE,
-    b'{"id": "a", "entity_id": {"n": 1}, "amount": 1.0, "ts": 1}': dl.WRONG_TYPE,
-    b'{"id": "a", "entity_id": 99999999999999999999999, "amount": 1.0, "ts": 1}': dl.INVALID_VALUE,
-    b'{"id": "a", "entity_id": 1, "amount": 1e999, "ts": 1}': dl.INVALID_VALUE,
+    b"": dl.Reason.EMPTY_MESSAGE,
+    b"x" * 2000: dl.Reason.OVERSIZED_MESSAGE,
+    b'{"id": "a\xff", "entity_id": 1, "amount": 1.0, "ts": 1}': dl.Reason.INVALID_UTF8,
+    b'{"id": "a", "entity_id": 1,': dl.Reason.INVALID_JSON,
+    b'{"id": "a", "entity_id": 1, "amount": NaN, "ts": 1}': dl.Reason.INVALID_VALUE,
+    b'[1, 2, 3]': dl.Reason.NOT_AN_OBJECT,
+    b'"just a string"': dl.Reason.NOT_AN_OBJECT,
+    b'{"id": "a", "amount": 1.0, "ts": 1}': dl.Reason.MISSING_FIELD,
+    b'{"id": "a", "entity_id": null, "amount": 1.0, "ts": 1}': dl.Reason.MISSING_FIELD,
+    b'{"id": "a", "entity_id": "7", "amount": 1.0, "ts": 1}': dl.Reason.WRONG_TYPE,
+    b'{"id": "a", "entity_id": 1.5, "amount": 1.0, "ts": 1}': dl.Reason.WRONG_TYPE,
+    b'{"id": "a", "entity_id": true, "amount": 1.0, "ts": 1}': dl.Reason.WRONG_TYPE,
+    b'{"id": 5, "entity_id": 1, "amount": 1.0, "ts": 1}': dl.Reason.WRONG_TYPE,
+    b'{"id": "a", "entity_id": {"n": 1}, "amount": 1.0, "ts": 1}': dl.Reason.WRONG_TYPE,
+    b'{"id": "a", "entity_id": 99999999999999999999999, "amount": 1.0, "ts": 1}': dl.Reason.INVALID_VALUE,
+    b'{"id": "a", "entity_id": 1, "amount": 1e999, "ts": 1}': dl.Reason.INVALID_VALUE,
     b'{"id": "a",\n "entity_id": 1, "amount": 1.0, "ts": 1}': None,   # valid, but spans lines
 }
 
@@ -70,7 +70,7 @@ def test_int_is_accepted_for_float_fields(decoder):
 
 def test_tombstone_record_is_dead_lettered(decoder):
     out = decoder.decode([None, GOOD[0]], [0, 1])
-    assert [r[:2] for r in out.rejected] == [(0, dl.EMPTY)]
+    assert [r[:2] for r in out.rejected] == [(0, dl.Reason.EMPTY_MESSAGE)]
 
 
 def test_schema_rejects_unknown_types():

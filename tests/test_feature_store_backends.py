@@ -11,7 +11,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from connectors import dead_letter as dl
+from connectors.events import OFFSET_COLUMN, RAW_COLUMN
 from connectors.feature_store import FeatureStoreError, load_table, open_store, parse_uri
+from operators import steps
+from operators.batch import MicroBatch
+from operators.steps import MissingEntityPolicy
 from feature_store_fixtures import (  # noqa: F401  (pytest fixtures)
     expected, feature_table, plasma_server, postgres_uri, redis_uri, shm_dir, unique_name,
 )
@@ -65,7 +70,6 @@ def test_same_answers_on_every_backend(store_uri):
         assert abatch.equals(ref) and (afound == FOUND).all()
         empty, efound = store.lookup(np.array([], dtype=np.int64))
         assert empty.num_rows == 0 and len(efound) == 0
-        assert store.dead_letter_mask(found).tolist() == (~FOUND).tolist()
 
 
 def test_string_keys_and_mixed_types(store_uri):
@@ -82,31 +86,47 @@ def test_string_keys_and_mixed_types(store_uri):
         assert score[0] == 1.5 and score[1] is None and np.isnan(score[2])  # null float -> NaN
 
 
-def test_missing_key_policies(store_uri):
+def test_stores_answer_features_and_found_and_the_pipeline_decides_about_missing_entities(store_uri):
+    """The store's whole answer is (features, found): unknown keys get null rows. What happens to
+    the event is the pipeline's setting (``steps.MissingEntityPolicy``), never a store option."""
     load_table(store_uri, feature_table(100, n_features=3), key="entity_id")
     keys = np.array([5, 500])
-    with open_store(store_uri, missing="nulls") as store:
-        batch, found = store.lookup(keys)
-        assert found.tolist() == [True, False]
-        assert batch.column("f0").to_pylist() == [5.0, None]
-        assert not store.dead_letter_mask(found).any()
-    with open_store(store_uri, missing="defaults", defaults={"f0": -1.0, "f2": 9.0}) as store:
-        batch, found = store.lookup(keys)
-        assert found.tolist() == [True, False]
-        assert batch.column("f0").to_pylist() == [5.0, -1.0]
-        assert batch.column("f1").to_pylist()[1] != batch.column("f1").to_pylist()[1]  # NaN
-        assert batch.column("f2").to_pylist() == [7.0, 9.0]
-        assert batch.column("f0").null_count == 0
-        m, _ = store.lookup_numpy(keys)
-        assert m[1, 0] == -1.0 and m[1, 2] == 9.0
-        assert not store.dead_letter_mask(found).any()
+    with open_store(store_uri) as store:
+        features, found = store.lookup(keys)
+    assert found.tolist() == [True, False]
+    assert features.column("f0").to_pylist() == [5.0, None]
+    batch = MicroBatch("t", 0, pa.RecordBatch.from_pydict(
+        {"entity_id": keys, OFFSET_COLUMN: np.array([10, 11]), RAW_COLUMN: [b"a", b"b"]}))
+    dropped = steps.join_features(batch, features, found)             # default: dead-letter
+    assert dropped.events.column("entity_id").to_pylist() == [5]
+    assert [(d.reason, d.offset) for d in dropped.dead_letters] == [(dl.Reason.UNKNOWN_ENTITY, 11)]
+    kept = steps.join_features(batch, features, found, MissingEntityPolicy("score"))
+    assert kept.events.num_rows == 2 and kept.events.column("f0").to_pylist() == [5.0, None]
+    filled = steps.join_features(batch, features, found, MissingEntityPolicy("score", {"f0": -1.0, "f2": 9.0}))
+    assert filled.events.column("f0").to_pylist() == [5.0, -1.0]
+    assert filled.events.column("f2").to_pylist() == [7.0, 9.0]
+    assert filled.events.column("f1").to_pylist()[1] is None and not filled.dead_letters
+    with pytest.raises(ValueError, match="nope"):
+        steps.join_features(batch, features, found, MissingEntityPolicy("score", {"nope": 1.0}))
+    with pytest.raises(ValueError, match="only with on_missing: score"):
+        MissingEntityPolicy("dead_letter", {"f0": 1.0})
+    # the store options that used to route missing entities are refused, naming where they went
     sep = "&" if "?" in store_uri else "?"
-    with open_store(f"{store_uri}{sep}missing=defaults&default.f1=4") as store:
-        batch, _ = store.lookup(keys)
-        assert batch.column("f1").to_pylist() == [6.0, 4.0]
-    with open_store(store_uri, missing="defaults", defaults={"nope": 1}) as store:
-        with pytest.raises(FeatureStoreError, match="unknown features"):
-            store.lookup(keys)
+    for bad in (f"{store_uri}{sep}missing=defaults&default.f1=4", f"{store_uri}{sep}missing=nulls"):
+        with pytest.raises(ValueError, match="features.on_missing"):
+            open_store(bad)
+    with pytest.raises(ValueError, match="features.on_missing"):
+        open_store(store_uri, missing="nulls")
+
+
+def test_an_unknown_scheme_or_option_is_an_error_not_a_default_store():
+    for uri in ("postgre://postgres@127.0.0.1/test?table=x", "mysql://h/db", "/dev/shm/features"):
+        with pytest.raises(ValueError, match="unknown feature-store scheme"):
+            open_store(uri)
+        with pytest.raises(ValueError, match="unknown feature-store scheme"):
+            load_table(uri, feature_table(3), key="entity_id")
+    with pytest.raises(ValueError, match="unknown feature-store options: \\['refresh'\\]"):
+        open_store("arrow-shm:///dev/shm/streamscore-nothing?refresh=1")
 
 
 def test_new_version_is_picked_up_without_restart(store_uri):

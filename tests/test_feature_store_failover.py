@@ -1,5 +1,6 @@
-"""Store restart or loss: readers reconnect with back-off; lookups wait or raise
-FeatureStoreUnavailable (-> dead letter ``feature_store_unavailable``), never lose features."""
+"""Store restart or loss: readers fail fast with FeatureStoreUnavailable (-> dead letter
+``feature_store_unavailable`` once the job's retry policy gives up) and reconnect on a later
+lookup; features are never lost."""
 from __future__ import annotations
 
 import asyncio
@@ -16,13 +17,16 @@ import pytest
 
 from connectors.embedded.ports import free_port, wait_listening
 from connectors.feature_store import (
-    FeatureStoreUnavailable, PlasmaServer, load_table, open_store, parse_uri,
+    FeatureStoreUnavailable, load_table, open_store, parse_uri,
 )
+from connectors.embedded.plasma_server import PlasmaServer
+from connectors.retry import RetryPolicy
 from feature_store_fixtures import (  # noqa: F401
     feature_table, plasma_server, postgres_uri, service_missing, short_tmpdir, unique_name,
 )
 
-FAST = dict(refresh_interval_s=0.0, backoff_initial_s=0.01, backoff_max_s=0.05)
+FAST = dict(refresh_interval_s=0.0)
+RETRY = RetryPolicy(retries=200, attempt_timeout_s=2.0, backoff_s=0.05)
 
 
 def test_plasma_loss_serves_held_snapshot_then_recovers_after_restart(plasma_server):
@@ -51,16 +55,18 @@ def test_plasma_loss_strict_raises_unavailable(plasma_server):
     plasma_server.stop()
     with pytest.raises(FeatureStoreUnavailable, match="unavailable"):
         store.lookup(np.array([1]))
-    with pytest.raises(FeatureStoreUnavailable):  # back-off: fails fast, no reconnect storm
+    with pytest.raises(FeatureStoreUnavailable):  # fails fast, every time, saying why
         asyncio.run(store.lookup_async(np.array([1])))
     store.close()
 
 
-def test_wait_policy_blocks_until_the_store_is_back_and_never_blocks_the_loop():
+def test_retry_policy_waits_until_the_store_is_back_and_never_blocks_the_loop():
+    """The store fails fast while it is away; the job's retry policy tries again (the Flink
+    operator's path: ``call_async``) until it is back, and the event loop keeps running."""
     d = short_tmpdir()
     server = PlasmaServer(os.path.join(d, "p.sock"), 64 << 20)
     uri = server.uri()
-    store = open_store(uri, unavailable="wait", wait_timeout_s=20, stale_grace_s=0, **FAST)
+    store = open_store(uri, stale_grace_s=0, **FAST)
 
     def bring_up():
         time.sleep(0.3)
@@ -69,7 +75,7 @@ def test_wait_policy_blocks_until_the_store_is_back_and_never_blocks_the_loop():
 
     t = threading.Thread(target=bring_up)
     t.start()
-    ticks = 0
+    ticks, failures = 0, []
 
     async def ticker():
         nonlocal ticks
@@ -79,7 +85,8 @@ def test_wait_policy_blocks_until_the_store_is_back_and_never_blocks_the_loop():
 
     async def main():
         tick = asyncio.create_task(ticker())
-        result = await store.lookup_numpy_async(np.array([42]))
+        result = await RETRY.call_async(lambda: store.lookup_numpy_async(np.array([42])),
+                                        retry_on=(FeatureStoreUnavailable,), on_failure=failures.append)
         tick.cancel()
         return result
 
@@ -87,20 +94,37 @@ def test_wait_policy_blocks_until_the_store_is_back_and_never_blocks_the_loop():
         m, found = asyncio.run(main())
         assert found.all() and m[0, 0] == 42.0
         assert ticks > 3  # the event loop kept running while the lookup waited
+        assert failures and all(isinstance(f, FeatureStoreUnavailable) for f in failures)
     finally:
         t.join()
         store.close()
         server.stop()
 
 
-def test_wait_policy_gives_up_after_its_timeout():
+def test_retry_policy_gives_up_after_its_attempts_with_the_stores_reason():
     d = short_tmpdir()
-    store = open_store(f"plasma://{d}/none.sock", unavailable="wait", wait_timeout_s=0.3, **FAST)
-    with pytest.raises(FeatureStoreUnavailable):
-        store.lookup(np.array([1]))
-    store = open_store(f"arrow-shm://{d}/nothing-here", unavailable="wait", wait_timeout_s=0.2, **FAST)
-    with pytest.raises(FeatureStoreUnavailable):
-        store.lookup(np.array([1]))
+    policy = RetryPolicy(retries=2, attempt_timeout_s=1.0, backoff_s=0.01)
+    for uri in (f"plasma://{d}/none.sock", f"arrow-shm://{d}/nothing-here"):
+        store = open_store(uri, **FAST)
+        failures: list[BaseException] = []
+        with pytest.raises(FeatureStoreUnavailable, match="unavailable"):
+            policy.call(lambda: store.lookup(np.array([1])), retry_on=(FeatureStoreUnavailable,),
+                        on_failure=failures.append)
+        assert len(failures) == policy.attempts == 3
+        with pytest.raises(FeatureStoreUnavailable):
+            asyncio.run(policy.call_async(lambda: store.lookup_async(np.array([1])),
+                                          retry_on=(FeatureStoreUnavailable,)))
+
+
+def test_retry_policy_budget_is_the_one_timeout_formula():
+    policy = RetryPolicy(retries=5, attempt_timeout_s=1.0, backoff_s=0.5)
+    assert policy.budget_s() == 6 * 1.0 + 5 * 0.5 + RetryPolicy.SLACK_S
+
+    async def slow():
+        await asyncio.sleep(5)
+    with pytest.raises(TimeoutError, match="longer than 50 ms"):
+        asyncio.run(RetryPolicy(retries=1, attempt_timeout_s=0.05, backoff_s=0.01).call_async(
+            slow, retry_on=(FeatureStoreUnavailable,)))
 
 
 def _start_redis(port: int, workdir: str) -> subprocess.Popen:
@@ -172,12 +196,13 @@ def test_postgres_connection_loss_reconnects():
     from connectors.feature_store.postgres_store import delete_all
     load_table(uri, feature_table(100), key="entity_id")
     try:
-        store = open_store(uri, unavailable="wait", wait_timeout_s=10, **FAST)
+        store = open_store(uri, **FAST)
         assert store.lookup_numpy(np.array([3]))[0][0, 0] == 3.0
         pid = store._conn.info.backend_pid
         with psycopg.connect(uri.split("?")[0], autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        m, found = store.lookup_numpy(np.array([3, 4]))  # first try fails, back-off, reconnect
+        # the first try fails fast, the policy tries again, the store reconnects
+        m, found = RETRY.call(lambda: store.lookup_numpy(np.array([3, 4])), retry_on=(FeatureStoreUnavailable,))
         assert found.all() and m[1, 0] == 4.0 and store._conn.info.backend_pid != pid
         store.close()
     finally:
@@ -205,7 +230,7 @@ def test_several_worker_processes_share_one_copy(plasma_server):
     for m, found, version in results:
         assert all(found) and version == "1"
         assert m[0][1] == m[0][0] + 1
-    from connectors.feature_store.plasma_store import connect, versions
+    from connectors.feature_store.plasma_objects import connect, versions
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from connectors.feature_store import FeatureStoreError, MissingPolicy, load_table, open_store
+from connectors.feature_store import load_table, open_store
 from connectors.feature_store.rows import RowCodec
 from connectors.feature_store.shm_reader import wait_for_prefault
 from feature_store_fixtures import expected, feature_table, plasma_server, shm_dir  # noqa: F401
@@ -60,23 +60,13 @@ def test_one_key_lookups_match_the_reference_in_every_key_form(shm_uri):
         assert store.lookup([7])[1].tolist() == [True]
 
 
-def test_one_key_missing_policies_and_bad_defaults(shm_uri):
+def test_one_key_missing_answer_is_a_null_row(shm_uri):
     load_table(shm_uri, feature_table(100, n_features=3), key="entity_id")
-    with open_store(shm_uri, missing="defaults", defaults={"f0": -1.0, "f2": 9.0}) as store:
+    with open_store(shm_uri) as store:
         batch, found = store.lookup([500])
         assert found.tolist() == [False]
-        assert batch.column("f0").to_pylist() == [-1.0] and batch.column("f2").to_pylist() == [9.0]
-        assert np.isnan(batch.column("f1")[0].as_py()) and batch.column("f0").null_count == 0
-        assert store.lookup([5])[0].column("f2").to_pylist() == [7.0]
-    with open_store(shm_uri, missing="nulls") as store:
-        batch, found = store.lookup([500])
         assert batch.num_rows == 1 and all(c.null_count == 1 for c in batch.columns)
-        assert not store.dead_letter_mask(found).any()
-    # unknown defaults are refused on the one-key path too (found or not)
-    with open_store(shm_uri, missing="defaults", defaults={"nope": 1}) as store:
-        for key in (5, 500):
-            with pytest.raises(FeatureStoreError, match="unknown features"):
-                store.lookup([key])
+        assert store.lookup([5])[0].column("f2").to_pylist() == [7.0]
 
 
 def test_one_row_answers_survive_a_version_switch_and_close(shm_uri):
@@ -102,7 +92,7 @@ def test_codec_ipc_batches_equal_column_by_column_batches(n, dtype):
     values = rng.integers(0, 100, (n, len(names))).astype(codec.matrix_dtype)
     records = np.ascontiguousarray(values).view(codec.dtype).reshape(n)
     found = np.ones(n, dtype=bool)
-    batch = codec.to_batch(records, found, MissingPolicy.DEAD_LETTER, {})
+    batch = codec.to_batch(records, found)
     ref = pa.RecordBatch.from_arrays([pa.array(values[:, j], dtype) for j in range(len(names))], names=names)
     assert batch.equals(ref) and batch.schema.equals(ref.schema)
     batch.validate(full=True)
@@ -110,20 +100,16 @@ def test_codec_ipc_batches_equal_column_by_column_batches(n, dtype):
     values[:] = 0
     assert batch.equals(ref)
     # and the same row count again reuses the cached header with new values
-    again = codec.to_batch(np.ascontiguousarray(values).view(codec.dtype).reshape(n), found,
-                           MissingPolicy.DEAD_LETTER, {})
+    again = codec.to_batch(np.ascontiguousarray(values).view(codec.dtype).reshape(n), found)
     assert all(c.to_pylist() == [0] * n for c in again.columns)
 
 
-def test_codec_defaults_use_the_ipc_path_and_nulls_keep_validity():
+def test_codec_missing_rows_keep_validity():
     codec = RowCodec(pa.schema([(f"f{j}", pa.float32()) for j in range(3)]))
     values = np.arange(12, dtype=np.float32).reshape(4, 3)
     records = values.view(codec.dtype).reshape(4)
     found = np.array([True, False, True, False])
-    filled = codec.to_batch(records.copy(), found, MissingPolicy.DEFAULTS, {"f1": 5.0})
-    assert filled.column("f1").to_pylist() == [1.0, 5.0, 7.0, 5.0] and filled.column("f1").null_count == 0
-    assert np.isnan(filled.column("f0")[1].as_py())
-    nulls = codec.to_batch(records, found, MissingPolicy.NULLS, {})
+    nulls = codec.to_batch(records, found)
     assert nulls.column("f2").to_pylist() == [2.0, None, 8.0, None]
     # mixed dtypes and booleans take the column-by-column path
     mixed = RowCodec(pa.schema([("a", pa.float32()), ("b", pa.int8())]))

@@ -8,9 +8,10 @@ import pyarrow as pa
 import pytest
 
 from connectors.feature_store import (
-    FeatureStore, FeatureStoreError, PlasmaServer, load_table, open_store,
+    FeatureStore, FeatureStoreError, load_table, open_store,
 )
-from connectors.feature_store.plasma_store import versions, connect
+from connectors.embedded.plasma_server import PlasmaServer
+from connectors.feature_store.plasma_objects import versions, connect
 from feature_store_fixtures import expected, feature_table, plasma_server  # noqa: F401
 
 

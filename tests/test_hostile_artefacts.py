@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_helpers import onnx_variant
-from connectors.feature_store import FeatureStoreError, PlasmaServer, load_table, open_store, read_table_file
+from connectors.embedded.plasma_server import PlasmaServer
+from connectors.feature_store import FeatureStoreError, load_table, open_store, read_table_file
 from jobs import demo_data
 from jobs.cli import main as cli
 from jobs.producer import produce

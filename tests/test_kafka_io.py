@@ -77,7 +77,7 @@ def test_writer_without_dlq_refuses_dead_letters(topics):
     bootstrap, topic = topics
     writer = KafkaBatchWriter(producer_config(bootstrap), topic, None)
     with pytest.raises(DeliveryError, match="no dead-letter topic"):
-        writer.write([], dead_letters=[DeadLetter(b"x", "r", "d", "t", 0, 0)])
+        writer.write([], dead_letters=[DeadLetter(b"x", "invalid_json", "d", "t", 0, 0)])
 
 
 def test_unknown_topic_is_a_clear_error(stack):

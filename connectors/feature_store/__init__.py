@@ -1,12 +1,19 @@
-"""Feature stores behind one interface (see `connectors.feature_store.base`).
+"""Feature stores behind one interface: the `FeatureStore` protocol (`base.py`).
 
 ``open_store(uri)`` returns a reader, ``load_table(uri, table, key)`` publishes a new version.
 Schemes: ``plasma://`` (default, shared memory), ``arrow-shm://`` (Arrow IPC file in /dev/shm),
-``redis://`` and ``postgresql://``. Backends import their client libraries lazily.
+``redis://`` and ``postgresql://``. A store answers a batch of keys with ``(features, found)``;
+it neither decides what happens to an unknown entity (``operators.steps.MissingEntityPolicy``)
+nor retries (``connectors.retry``): it fails fast with ``FeatureStoreUnavailable``.
+
+To add a backend: one module here with a reader class (``common.StoreBase`` gives the protocol
+on top of one ``_fetch``; ``shm_reader.SnapshotReader`` for shared-memory snapshots) and two
+functions, ``open_reader(uri, options)`` and ``publish(uri, name, table, key, progress)``, then
+one line in ``options.BACKENDS``. Backends import their client libraries lazily.
 """
 from __future__ import annotations
 
-import logging
+import importlib
 from typing import Any
 
 import pyarrow as pa
@@ -14,34 +21,27 @@ import pyarrow as pa
 from connectors.feature_store.base import (  # noqa: F401
     FeatureStore, FeatureStoreError, FeatureStoreUnavailable,
 )
-from connectors.feature_store.options import (  # noqa: F401
-    REASON_MISSING, REASON_UNAVAILABLE, MissingPolicy, StoreOptions, UnavailablePolicy, parse_uri,
-)
+from connectors.feature_store.options import BACKENDS, StoreOptions, StoreURI, parse_uri  # noqa: F401
 from connectors.feature_store.snapshot import Progress
 
 __all__ = [
-    "FeatureStore", "FeatureStoreError", "FeatureStoreUnavailable", "MissingPolicy",
-    "UnavailablePolicy", "StoreOptions", "REASON_MISSING", "REASON_UNAVAILABLE",
-    "open_store", "load_table", "read_table_file", "PlasmaServer",
+    "FeatureStore", "FeatureStoreError", "FeatureStoreUnavailable", "StoreOptions", "BACKENDS",
+    "open_store", "load_table", "read_table_file", "parse_uri",
 ]
+
+def backend(uri: StoreURI) -> Any:
+    """The backend module of ``uri``'s scheme; an unknown scheme is an error, never a default."""
+    if uri.scheme not in BACKENDS:
+        raise ValueError(f"unknown feature-store scheme {uri.scheme!r} in {uri.raw!r}; "
+                         f"expected one of {', '.join(BACKENDS)}")
+    return importlib.import_module(BACKENDS[uri.scheme])
 
 
 def open_store(uri: str, **options: Any) -> FeatureStore:
     """A reader for the store at ``uri``. ``options`` override the URI query (see StoreOptions):
-    e.g. ``missing="defaults", defaults={"f0": 0.0}, refresh_interval_s=0.5``."""
+    e.g. ``refresh_interval_s=0.5, stale_grace_s=0``."""
     u = parse_uri(uri)
-    opts = StoreOptions.build(u.params, **options)
-    if u.scheme == "plasma":
-        from connectors.feature_store.plasma_store import PlasmaFeatureStore, socket_path
-        return PlasmaFeatureStore(socket_path(u), opts)
-    if u.scheme == "arrow-shm":
-        from connectors.feature_store.arrow_shm_store import ArrowShmFeatureStore, directory
-        return ArrowShmFeatureStore(directory(u), opts)
-    if u.scheme == "redis":
-        from connectors.feature_store.redis_store import RedisFeatureStore
-        return RedisFeatureStore(u, opts)
-    from connectors.feature_store.postgres_store import PostgresFeatureStore
-    return PostgresFeatureStore(u, opts)
+    return backend(u).open_reader(u, StoreOptions.build(u.params, **options))
 
 
 def load_table(uri: str, table: pa.Table, key: str, progress: Progress | None = None,
@@ -53,36 +53,16 @@ def load_table(uri: str, table: pa.Table, key: str, progress: Progress | None = 
     refused with :class:`FeatureStoreError`, and the served version stays: running jobs were
     built for those features. ``replace_schema=True`` publishes it anyway."""
     u = parse_uri(uri)
+    module = backend(u)
     name = StoreOptions.build(u.params).name
     if key not in table.column_names:
         raise FeatureStoreError(f"the table has no key column {key!r} (columns: {table.column_names[:10]})")
     if not replace_schema:
         _refuse_schema_change(uri, pa.schema([f for f in table.schema if f.name != key]))
-    if u.scheme == "plasma":
-        from connectors.feature_store import plasma_store
-        return plasma_store.publish(plasma_store.socket_path(u), name, table, key, progress)
-    if u.scheme == "arrow-shm":
-        from connectors.feature_store import arrow_shm_store
-        return arrow_shm_store.publish(arrow_shm_store.directory(u), table, key, progress)
-    if u.scheme == "redis":
-        from connectors.feature_store import redis_store
-        return redis_store.publish(u, name, table, key, progress)
-    from connectors.feature_store import postgres_store
-    return postgres_store.publish(u, name, table, key, progress)
+    return module.publish(u, name, table, key, progress)
 
 
 def _refuse_schema_change(uri: str, features: pa.Schema) -> None:
-    # "nothing published yet" is the expected answer for a new store: not worth a warning
-    store_log = logging.getLogger("streamscore.feature_store")
-    level = store_log.level
-    store_log.setLevel(logging.ERROR)
-    try:
-        _compare_with_current(uri, features)
-    finally:
-        store_log.setLevel(level)
-
-
-def _compare_with_current(uri: str, features: pa.Schema) -> None:
     try:
         store = open_store(uri, stale_grace_s=0, prefault=False)  # only the schema is read
         try:
@@ -120,10 +100,3 @@ def _read_table_file(path: str) -> pa.Table:
         import pyarrow.csv as csv
         return csv.read_csv(path)
     raise FeatureStoreError(f"unsupported table file {path!r} (use .parquet, .arrow or .csv)")
-
-
-def __getattr__(name: str) -> Any:
-    if name == "PlasmaServer":
-        from connectors.feature_store.plasma_store import PlasmaServer
-        return PlasmaServer
-    raise AttributeError(name)

@@ -71,7 +71,17 @@ class ArrowShmFeatureStore(SnapshotReader):
         return snap
 
 
-def publish(path: str, table: pa.Table, key: str, progress: S.Progress | None = None) -> str:
+def open_reader(uri: StoreURI, options: StoreOptions) -> ArrowShmFeatureStore:
+    """The reader of ``arrow-shm:///dev/shm/dir``."""
+    return ArrowShmFeatureStore(directory(uri), options)
+
+
+def publish(uri: StoreURI, name: str, table: pa.Table, key: str, progress: S.Progress | None = None) -> str:
+    """`publish_to_directory` for a store URI (the directory is the store: ``name`` is unused)."""
+    return publish_to_directory(directory(uri), table, key, progress)
+
+
+def publish_to_directory(path: str, table: pa.Table, key: str, progress: S.Progress | None = None) -> str:
     """Write ``table`` as the next version in ``path``; unlink older versions."""
     os.makedirs(path, exist_ok=True)
     existing = versions(path)

@@ -1,79 +1,22 @@
-"""What every backend shares: lookup entry points, the missing-key policy and the
-unavailability policy (retry with back-off, bounded by a timeout, never forever)."""
+"""What every backend shares: the lookup entry points of the `FeatureStore` protocol on top of
+one ``_fetch`` per backend, and the network stores' metadata path.
+
+Stores fail fast: an unreachable store raises ``FeatureStoreUnavailable`` at once, saying why.
+Whether to try again is the caller's decision (``connectors.retry.RetryPolicy``)."""
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
 
 from connectors.feature_store.base import FeatureStoreUnavailable
-from connectors.feature_store.options import StoreOptions, UnavailablePolicy
-from connectors.feature_store.rows import RowCodec, check_defaults, dead_letter_mask
+from connectors.feature_store.options import StoreOptions
+from connectors.feature_store.rows import RowCodec
 
 log = logging.getLogger("streamscore.feature_store")
-T = TypeVar("T")
 Fetched = tuple[RowCodec, np.ndarray, np.ndarray]  # codec, records, found
-
-
-class Backoff:
-    """Exponential back-off delays: initial, 2x, 4x ... capped at ``maximum``."""
-
-    def __init__(self, initial: float, maximum: float):
-        self.initial, self.maximum = initial, maximum
-        self.current = initial
-
-    def next(self) -> float:
-        delay = self.current
-        self.current = min(self.maximum, self.current * 2)
-        return delay
-
-    def reset(self) -> None:
-        self.current = self.initial
-
-
-def _deadline(opts: StoreOptions) -> float:
-    wait = opts.wait_timeout_s if opts.unavailable is UnavailablePolicy.WAIT else 0.0
-    return time.monotonic() + wait
-
-
-def retry_sync(fn: Callable[[], T], opts: StoreOptions) -> T:
-    """Call ``fn``; on FeatureStoreUnavailable retry with back-off while the policy allows."""
-    try:
-        return fn()  # the hot path: no deadline bookkeeping
-    except FeatureStoreUnavailable:
-        if opts.unavailable is not UnavailablePolicy.WAIT:
-            raise
-    deadline, backoff = _deadline(opts), Backoff(opts.backoff_initial_s, opts.backoff_max_s)
-    while True:
-        try:
-            return fn()
-        except FeatureStoreUnavailable:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise
-            time.sleep(min(backoff.next(), left))
-
-
-async def retry_async(fn: Callable[[], Awaitable[T]], opts: StoreOptions) -> T:
-    """`retry_sync` for coroutines: waits with ``asyncio.sleep``, never blocking the loop."""
-    try:
-        return await fn()
-    except FeatureStoreUnavailable:
-        if opts.unavailable is not UnavailablePolicy.WAIT:
-            raise
-    deadline, backoff = _deadline(opts), Backoff(opts.backoff_initial_s, opts.backoff_max_s)
-    while True:
-        try:
-            return await fn()
-        except FeatureStoreUnavailable:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise
-            await asyncio.sleep(min(backoff.next(), left))
 
 
 class StoreBase:
@@ -103,35 +46,32 @@ class StoreBase:
         pass
 
     # public API -------------------------------------------------------------------------------
-    def _batch(self, fetched: Fetched) -> tuple[pa.RecordBatch, np.ndarray]:
+    @staticmethod
+    def _batch(fetched: Fetched) -> tuple[pa.RecordBatch, np.ndarray]:
         codec, records, found = fetched
-        if self.options.defaults:
-            check_defaults(codec.schema, self.options.defaults)
-        return codec.to_batch(records, found, self.options.missing, self.options.defaults), found
+        return codec.to_batch(records, found), found
 
-    def _matrix(self, fetched: Fetched) -> tuple[np.ndarray, np.ndarray]:
+    @staticmethod
+    def _matrix(fetched: Fetched) -> tuple[np.ndarray, np.ndarray]:
         codec, records, found = fetched
-        return codec.to_matrix(records, found, self.options.missing, self.options.defaults), found
+        return codec.to_matrix(records, found), found
 
     def lookup(self, keys: np.ndarray | pa.Array) -> tuple[pa.RecordBatch, np.ndarray]:
-        """Features of ``keys`` (row-aligned, duplicates allowed) and the found mask."""
-        return self._batch(retry_sync(lambda: self._fetch(keys), self.options))
+        """Features of ``keys`` (row-aligned, duplicates allowed; rows of missing keys null) and
+        the found mask."""
+        return self._batch(self._fetch(keys))
 
     async def lookup_async(self, keys: np.ndarray | pa.Array) -> tuple[pa.RecordBatch, np.ndarray]:
         """`lookup` for asyncio callers."""
-        return self._batch(await retry_async(lambda: self._fetch_async(keys), self.options))
+        return self._batch(await self._fetch_async(keys))
 
     def lookup_numpy(self, keys: np.ndarray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """Features as an (n, features) matrix (all features must share one dtype): the fast
-        path for models that take a float matrix. Missing rows: NaN/0, or defaults (policy)."""
-        return self._matrix(retry_sync(lambda: self._fetch(keys), self.options))
+        path for models that take a float matrix. Rows of missing keys: NaN (floats) or 0."""
+        return self._matrix(self._fetch(keys))
 
     async def lookup_numpy_async(self, keys: np.ndarray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-        return self._matrix(await retry_async(lambda: self._fetch_async(keys), self.options))
-
-    def dead_letter_mask(self, found: np.ndarray) -> np.ndarray:
-        """Events to dead-letter with reason ``unknown_entity`` under the missing-key policy."""
-        return dead_letter_mask(found, self.options.missing)
+        return self._matrix(await self._fetch_async(keys))
 
     def __enter__(self):
         return self
@@ -141,38 +81,6 @@ class StoreBase:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.options.name!r}>"
-
-
-class CircuitBreaker:
-    """Reconnect with back-off: after a failure, calls fail fast (no connect attempt, no
-    timeout wait) until the next back-off delay has passed; one success closes it."""
-
-    def __init__(self, opts: StoreOptions, location: str):
-        self.backoff = Backoff(opts.backoff_initial_s, opts.backoff_max_s)
-        self.location = location
-        self.retry_at = 0.0
-        self.down_since: float | None = None
-        self.last_error = ""
-
-    def check(self) -> None:
-        if self.down_since is not None and time.monotonic() < self.retry_at:
-            raise FeatureStoreUnavailable(f"feature store {self.location} unavailable "
-                                          f"(retrying with back-off): {self.last_error}")
-
-    def failure(self, exc: BaseException) -> FeatureStoreUnavailable:
-        now = time.monotonic()
-        if self.down_since is None:
-            self.down_since = now
-            log.warning("feature store %s unavailable: %s", self.location, exc)
-        self.last_error = f"{type(exc).__name__}: {exc}"
-        self.retry_at = now + self.backoff.next()
-        return FeatureStoreUnavailable(f"feature store {self.location} unavailable: {self.last_error}")
-
-    def success(self) -> None:
-        if self.down_since is not None:
-            log.warning("feature store %s is back", self.location)
-            self.down_since = None
-            self.backoff.reset()
 
 
 def dedupe(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -200,14 +108,14 @@ def network_keys(keys: Any) -> np.ndarray:
 
 class NetworkStore(StoreBase):
     """The metadata path the network backends (Redis, PostgreSQL) share: the current version's
-    metadata, read through the circuit breaker with retries.
+    metadata, failing fast with the reason when the store cannot be reached.
 
-    Subclasses set ``_breaker`` and ``_network_errors`` (the client exceptions that mean the
-    store is unreachable) and implement ``_sync_version``; ``_drop_sync`` forgets a broken
-    synchronous connection where the client does not reconnect by itself."""
+    Subclasses set ``_network_errors`` (the client exceptions that mean the store is
+    unreachable) and ``_location``, and implement ``_sync_version``; ``_drop_sync`` forgets a
+    broken synchronous connection where the client does not reconnect by itself."""
 
-    _breaker: CircuitBreaker
     _network_errors: Callable[[], tuple[type[BaseException], ...]]
+    _location: str
 
     def _sync_version(self, force: bool) -> Any:
         raise NotImplementedError
@@ -215,17 +123,17 @@ class NetworkStore(StoreBase):
     def _drop_sync(self) -> None:
         pass
 
+    def unavailable(self, exc: BaseException) -> FeatureStoreUnavailable:
+        """The error a lookup raises for a client failure: where, and why."""
+        log.debug("feature store %s unavailable: %s", self._location, exc)
+        return FeatureStoreUnavailable(f"feature store {self._location} unavailable: {type(exc).__name__}: {exc}")
+
     def _meta(self) -> Any:
-        def read() -> Any:
-            self._breaker.check()
-            try:
-                cur = self._sync_version(force=False)
-            except self._network_errors() as exc:
-                self._drop_sync()
-                raise self._breaker.failure(exc) from exc
-            self._breaker.success()
-            return cur
-        return retry_sync(read, self.options)
+        try:
+            return self._sync_version(force=False)
+        except self._network_errors() as exc:
+            self._drop_sync()
+            raise self.unavailable(exc) from exc
 
     @property
     def schema(self) -> pa.Schema:

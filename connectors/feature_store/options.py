@@ -1,72 +1,54 @@
-"""Store URIs and reader options (missing-key policy, refresh, unavailability)."""
+"""Store URIs and reader options (refresh, timeouts, shared-memory behaviour).
+
+What a pipeline does with an entity the store does not know is not a store option: stores
+answer ``(features, found)`` and ``operators.steps.MissingEntityPolicy`` decides. Retrying an
+unavailable store is not a store option either: stores fail fast, ``connectors.retry`` decides.
+"""
 from __future__ import annotations
 
 import dataclasses
-import enum
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-# Dead-letter reasons the operators attach to events.
-from connectors.dead_letter import FEATURE_STORE_UNAVAILABLE as REASON_UNAVAILABLE  # noqa: F401
-from connectors.dead_letter import UNKNOWN_ENTITY as REASON_MISSING  # noqa: F401
-
-
-class MissingPolicy(str, enum.Enum):
-    """What a lookup does for keys that are not in the store."""
-    DEAD_LETTER = "dead_letter"   # row is null, found=False: the operator dead-letters the event
-    NULLS = "nulls"               # row is null, the event is scored anyway
-    DEFAULTS = "defaults"         # row holds the per-feature defaults, the event is scored
-
-
-class UnavailablePolicy(str, enum.Enum):
-    """What a lookup does when the store cannot be reached."""
-    DEAD_LETTER = "dead_letter"   # raise FeatureStoreUnavailable at once (after one quick retry)
-    WAIT = "wait"                 # retry with back-off up to ``wait_timeout_s``, then raise
+SERVER_PARAMS = {"memory"}   # read by `streamscore features serve` (the Plasma server), not by readers
+MOVED = {  # options that stores no longer take, and where they went
+    "missing": "features.on_missing in the job config (operators.steps.MissingEntityPolicy)",
+    "default": "features.defaults in the job config (operators.steps.MissingEntityPolicy)",
+    "defaults": "features.defaults in the job config (operators.steps.MissingEntityPolicy)",
+    "unavailable": "features.retries in the job config (connectors.retry.RetryPolicy)",
+    "wait_timeout_s": "features.retries in the job config (connectors.retry.RetryPolicy)",
+}
 
 
 @dataclass
 class StoreOptions:
-    """Reader options; every field can also come from the URI query (``?missing=nulls``)."""
+    """Reader options; every field can also come from the URI query (``?refresh_interval_s=0.5``)."""
     name: str = "features"                 # store name (plasma/redis) or table (postgres)
-    missing: MissingPolicy = MissingPolicy.DEAD_LETTER
-    defaults: dict[str, Any] = field(default_factory=dict)  # per-feature defaults (policy DEFAULTS)
     refresh_interval_s: float = 1.0        # bound on the time to switch to a new version
-    unavailable: UnavailablePolicy = UnavailablePolicy.DEAD_LETTER
-    wait_timeout_s: float = 30.0           # policy WAIT: longest a lookup waits for the store
     stale_grace_s: float = 60.0            # shared memory: keep serving the held snapshot this long
                                            # after the store went away (0 = strict)
     timeout_s: float = 5.0                 # any single network / IPC operation
-    backoff_initial_s: float = 0.05
-    backoff_max_s: float = 2.0
     prefault: bool = True                  # shared memory: map every page of a version when it is
                                            # opened (no page fault on a row's first lookup)
 
     @classmethod
     def build(cls, params: dict[str, str] | None = None, **overrides: Any) -> "StoreOptions":
-        """Options from URI query parameters, then keyword overrides (which win)."""
+        """Options from URI query parameters, then keyword overrides (which win). An unknown
+        option is an error naming it."""
         values: dict[str, Any] = {}
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        defaults: dict[str, Any] = {}
         for key, raw in (params or {}).items():
-            if key.startswith("default."):
-                defaults[key[len("default."):]] = float(raw)
-            elif key == "table":
-                values["name"] = raw
-            elif key in fields:
-                values[key] = raw
-        values.update({k: v for k, v in overrides.items() if k != "table"})
-        if "table" in overrides:
-            values["name"] = overrides["table"]
-        unknown = set(values) - set(fields)
+            if key not in SERVER_PARAMS:
+                values["name" if key == "table" else key] = raw
+        values.update({("name" if k == "table" else k): v for k, v in overrides.items()})
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
         if unknown:
-            raise TypeError(f"unknown feature-store options: {sorted(unknown)}")
+            moved = [f"{k!r} is now {MOVED[k.split('.')[0]]}" for k in unknown if k.split(".")[0] in MOVED]
+            raise ValueError(f"unknown feature-store options: {unknown}"
+                             + (f" ({'; '.join(moved)})" if moved else f" (known: {sorted(fields)})"))
         opts = cls(**values)
-        opts.defaults = {**defaults, **(opts.defaults or {})}
-        opts.missing = MissingPolicy(opts.missing)
-        opts.unavailable = UnavailablePolicy(opts.unavailable)
-        for name in ("refresh_interval_s", "wait_timeout_s", "stale_grace_s", "timeout_s",
-                     "backoff_initial_s", "backoff_max_s"):
+        for name in ("refresh_interval_s", "stale_grace_s", "timeout_s"):
             setattr(opts, name, float(getattr(opts, name)))
         if isinstance(opts.prefault, str):
             opts.prefault = opts.prefault.strip().lower() not in ("0", "false", "no", "off", "")
@@ -88,14 +70,20 @@ class StoreURI:
         return urllib.parse.urlunsplit((self.scheme, self.netloc, self.path, "", ""))
 
 
-SCHEMES = ("plasma", "arrow-shm", "redis", "postgresql", "postgres")
+BACKENDS = {   # URI scheme -> the module with its open_reader() and publish()
+    "plasma": "connectors.feature_store.plasma_store",
+    "arrow-shm": "connectors.feature_store.arrow_shm_store",
+    "redis": "connectors.feature_store.redis_store",
+    "postgresql": "connectors.feature_store.postgres_store",
+    "postgres": "connectors.feature_store.postgres_store",
+}
 
 
 def parse_uri(uri: str) -> StoreURI:
     """Split a store URI; raises ValueError on an unknown scheme."""
     parts = urllib.parse.urlsplit(uri)
-    if parts.scheme not in SCHEMES:
+    if parts.scheme not in BACKENDS:
         raise ValueError(f"unknown feature-store scheme {parts.scheme!r} in {uri!r}; "
-                         f"expected one of {', '.join(SCHEMES)}")
+                         f"expected one of {', '.join(BACKENDS)}")
     params = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
     return StoreURI(parts.scheme, parts.netloc, parts.path, params, uri)

@@ -27,7 +27,7 @@ import pyarrow as pa
 from connectors.feature_store import keys as K
 from connectors.feature_store.base import FeatureStoreError, FeatureStoreUnavailable
 from connectors.feature_store.common import (
-    CircuitBreaker, Fetched, NetworkStore, dedupe, network_keys,
+    Fetched, NetworkStore, dedupe, network_keys,
 )
 from connectors.feature_store.options import StoreOptions, StoreURI
 from connectors.feature_store.rows import RowCodec, iter_chunks
@@ -81,7 +81,7 @@ class PostgresFeatureStore(NetworkStore):
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._current: _Version | None = None
         self._next_check = 0.0
-        self._breaker = CircuitBreaker(options, f"{uri.base}?table={self.table}")
+        self._location = f"{uri.base}?table={self.table}"
         self._q_meta = f"SELECT version, meta FROM {self.table}_meta"
 
     # ---- helpers ------------------------------------------------------------------------------
@@ -132,7 +132,6 @@ class PostgresFeatureStore(NetworkStore):
 
     def _fetch(self, keys: Any) -> Fetched:
         import psycopg
-        self._breaker.check()
         uniq, inverse = dedupe(network_keys(keys))
         try:
             for attempt in range(4):
@@ -145,11 +144,10 @@ class PostgresFeatureStore(NetworkStore):
                         rows = c.execute(sql, params, prepare=True).fetchall()
                 except psycopg.errors.UndefinedTable:
                     continue  # that version was just dropped: read the meta row again
-                self._breaker.success()
                 return self._finish(cur, rows, keys_, inverse)
         except _errors() as exc:
             self._drop_sync()
-            raise self._breaker.failure(exc) from exc
+            raise self.unavailable(exc) from exc
         raise FeatureStoreUnavailable(f"postgres store {self.table!r}: version kept changing")
 
     def _drop_sync(self) -> None:
@@ -184,7 +182,6 @@ class PostgresFeatureStore(NetworkStore):
 
     async def _fetch_async(self, keys: Any) -> Fetched:
         import psycopg
-        self._breaker.check()
         uniq, inverse = dedupe(network_keys(keys))
         try:
             for attempt in range(4):
@@ -199,11 +196,10 @@ class PostgresFeatureStore(NetworkStore):
                         rows = await c.fetchall()
                 except psycopg.errors.UndefinedTable:
                     continue
-                self._breaker.success()
                 return self._finish(cur, rows, keys_, inverse)
         except _errors() as exc:
             self._aconn = None
-            raise self._breaker.failure(exc) from exc
+            raise self.unavailable(exc) from exc
         raise FeatureStoreUnavailable(f"postgres store {self.table!r}: version kept changing")
 
     def close(self) -> None:
@@ -230,6 +226,11 @@ def _copy_int_rows(seq: int, keys: np.ndarray, records: np.ndarray, itemsize: in
 
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\0" + struct.pack(">ii", 0, 0)
 _COPY_TRAILER = struct.pack(">h", -1)
+
+
+def open_reader(uri: StoreURI, options: StoreOptions) -> PostgresFeatureStore:
+    """The reader of a store URI of this scheme."""
+    return PostgresFeatureStore(uri, options)
 
 
 def publish(uri: StoreURI, name: str, table: pa.Table, key: str, progress: Progress | None = None,

@@ -24,7 +24,7 @@ import pyarrow as pa
 from connectors.feature_store import keys as K
 from connectors.feature_store.base import FeatureStoreUnavailable
 from connectors.feature_store.common import (
-    CircuitBreaker, Fetched, NetworkStore, dedupe, network_keys,
+    Fetched, NetworkStore, dedupe, network_keys,
 )
 from connectors.feature_store.options import StoreOptions, StoreURI
 from connectors.feature_store.rows import RowCodec, iter_chunks
@@ -74,7 +74,7 @@ class RedisFeatureStore(NetworkStore):
         self._async_loop: asyncio.AbstractEventLoop | None = None
         self._current: _Version | None = None
         self._next_check = 0.0
-        self._breaker = CircuitBreaker(options, f"{uri.base}?name={self.name}")
+        self._location = f"{uri.base}?name={self.name}"
 
     # ---- version tracking (shared by sync and async through generators of commands) -----------
     def _switch(self, version: bytes | None, meta_of) -> _Version:
@@ -109,7 +109,6 @@ class RedisFeatureStore(NetworkStore):
                             lambda v: self._sync.get(f"{self.name}:v{v}:meta"))
 
     def _fetch(self, keys: Any) -> Fetched:
-        self._breaker.check()
         inverse, chunks = self._chunks(keys)
         try:
             for attempt in range(4):
@@ -127,12 +126,11 @@ class RedisFeatureStore(NetworkStore):
                     if any(None in r for r in replies):  # unknown key, or version just dropped?
                         if self._sync_version(force=True) is not cur:
                             continue
-                    self._breaker.success()
                     return self._finish(cur, replies, inverse)
                 except _VersionChanged:
                     continue
         except _errors() as exc:
-            raise self._breaker.failure(exc) from exc
+            raise self.unavailable(exc) from exc
         raise FeatureStoreUnavailable(f"redis store {self.name!r}: version kept changing during lookup")
 
     # ---- async --------------------------------------------------------------------------------
@@ -153,7 +151,6 @@ class RedisFeatureStore(NetworkStore):
         return self._switch(version, lambda v: meta)
 
     async def _fetch_async(self, keys: Any) -> Fetched:
-        self._breaker.check()
         client = self._async_client()
         inverse, chunks = self._chunks(keys)
         try:
@@ -172,12 +169,11 @@ class RedisFeatureStore(NetworkStore):
                     if any(None in r for r in replies):
                         if await self._async_version(client, force=True) is not cur:
                             continue
-                    self._breaker.success()
                     return self._finish(cur, replies, inverse)
                 except _VersionChanged:
                     continue
         except _errors() as exc:
-            raise self._breaker.failure(exc) from exc
+            raise self.unavailable(exc) from exc
         raise FeatureStoreUnavailable(f"redis store {self.name!r}: version kept changing during lookup")
 
     def close(self) -> None:
@@ -195,6 +191,11 @@ class RedisFeatureStore(NetworkStore):
 
 class _VersionChanged(Exception):
     """The version was replaced while being opened: look it up again."""
+
+
+def open_reader(uri: StoreURI, options: StoreOptions) -> RedisFeatureStore:
+    """The reader of a store URI of this scheme."""
+    return RedisFeatureStore(uri, options)
 
 
 def publish(uri: StoreURI, name: str, table: pa.Table, key: str, progress: Progress | None = None,

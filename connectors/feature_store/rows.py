@@ -19,7 +19,6 @@ import numpy as np
 import pyarrow as pa
 
 from connectors.feature_store.base import FeatureStoreError
-from connectors.feature_store.options import MissingPolicy
 
 MAX_LAYOUTS = 4096  # cached IPC headers per codec (~1.7 KiB each for 32 columns)
 
@@ -89,19 +88,13 @@ class RowCodec:
         return np.frombuffer(raw, dtype=self.dtype), found
 
     # ---- unpacking (lookups) -----------------------------------------------------------------
-    def to_batch(self, records: np.ndarray, found: np.ndarray, policy: MissingPolicy,
-                 defaults: dict[str, Any]) -> pa.RecordBatch:
-        """RecordBatch of ``records``; rows not ``found`` are null, or defaults (policy)."""
+    def to_batch(self, records: np.ndarray, found: np.ndarray) -> pa.RecordBatch:
+        """RecordBatch of ``records``; rows not ``found`` are null."""
         n = len(records)
-        all_found = bool(found.all())
-        use_defaults = policy is MissingPolicy.DEFAULTS and not all_found
-        if self.ipc_ok and (all_found or use_defaults):
-            matrix = records.view(self.matrix_dtype).reshape(n, len(self.names))
-            return self.matrix_batch(self.fill_missing(matrix, found, policy, defaults))
-        validity = None
-        if not all_found and not use_defaults:
-            validity = pa.py_buffer(np.packbits(found, bitorder="little"))
-        if self.matrix_dtype is not None and self.matrix_dtype != np.bool_ and not use_defaults:
+        if self.ipc_ok and bool(found.all()):
+            return self.matrix_batch(records.view(self.matrix_dtype).reshape(n, len(self.names)))
+        validity = None if bool(found.all()) else pa.py_buffer(np.packbits(found, bitorder="little"))
+        if self.matrix_dtype is not None and self.matrix_dtype != np.bool_:
             # one transpose, one buffer, each column a zero-copy slice of it
             matrix = records.view(self.matrix_dtype).reshape(n, len(self.names))
             buf = pa.py_buffer(np.ascontiguousarray(matrix.T))
@@ -113,8 +106,6 @@ class RowCodec:
         arrays = []
         for name, ftype in zip(self.names, self.types):
             values = np.ascontiguousarray(records[name])
-            if use_defaults:
-                values = np.where(found, values, defaults.get(name, _null_value(values.dtype)))
             if values.dtype == np.bool_:
                 arrays.append(pa.array(values, type=ftype, mask=None if validity is None else ~found))
             else:
@@ -154,45 +145,25 @@ class RowCodec:
             raise FeatureStoreError(f"unexpected Arrow IPC layout ({body} body bytes for {n} rows)")
         return np.frombuffer(message, dtype=np.uint8, count=message.size - body).copy(), padded
 
-    def to_matrix(self, records: np.ndarray, found: np.ndarray, policy: MissingPolicy,
-                  defaults: dict[str, Any]) -> np.ndarray:
-        """(n, features) matrix; rows of missing keys are NaN (floats) or defaults (policy)."""
+    def to_matrix(self, records: np.ndarray, found: np.ndarray) -> np.ndarray:
+        """(n, features) matrix; rows of missing keys are NaN (floats) or 0."""
         if self.matrix_dtype is None:
             raise FeatureStoreError("lookup_numpy needs every feature to have the same dtype")
         matrix = records.view(self.matrix_dtype).reshape(len(records), len(self.names))
-        return self.fill_missing(matrix, found, policy, defaults)
+        return self.blank_missing(matrix, found)
 
-    def fill_missing(self, matrix: np.ndarray, found: np.ndarray, policy: MissingPolicy,
-                     defaults: dict[str, Any]) -> np.ndarray:
-        """Overwrite the rows of missing keys (NaN/0, or the defaults)."""
+    def blank_missing(self, matrix: np.ndarray, found: np.ndarray) -> np.ndarray:
+        """Overwrite the rows of missing keys with NaN (floats) or 0."""
         if found.all():
             return matrix
         if not matrix.flags.writeable:
             matrix = matrix.copy()
-        missing = ~found
-        if policy is MissingPolicy.DEFAULTS:
-            matrix[missing] = np.array([defaults.get(n, _null_value(self.matrix_dtype)) for n in self.names],
-                                       dtype=self.matrix_dtype)
-        else:
-            matrix[missing] = _null_value(self.matrix_dtype)
+        matrix[~found] = _null_value(self.matrix_dtype)
         return matrix
 
 
 def _null_value(dtype: np.dtype) -> Any:
     return np.nan if np.issubdtype(dtype, np.floating) else 0
-
-
-def check_defaults(schema: pa.Schema, defaults: dict[str, Any]) -> None:
-    unknown = set(defaults) - set(schema.names)
-    if unknown:
-        raise FeatureStoreError(f"defaults for unknown features: {sorted(unknown)}")
-
-
-def dead_letter_mask(found: np.ndarray, policy: MissingPolicy) -> np.ndarray:
-    """Which events to dead-letter with reason ``unknown_entity`` under ``policy``."""
-    if policy is MissingPolicy.DEAD_LETTER:
-        return ~found
-    return np.zeros(len(found), dtype=bool)
 
 
 def iter_chunks(n: int, size: int) -> Iterable[tuple[int, int]]:

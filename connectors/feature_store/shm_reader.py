@@ -1,6 +1,8 @@
 """Reader logic shared by the shared-memory stores (plasma, arrow-shm): hold one mapped
 snapshot, check for a newer version every ``refresh_interval_s`` and swap atomically, and
-survive store loss (reconnect with back-off, serve the held snapshot for ``stale_grace_s``).
+survive store loss: serve the held snapshot for ``stale_grace_s`` (checking again every
+``refresh_interval_s``), otherwise fail fast; the next due check reconnects. Retrying a failed
+lookup is the caller's (``connectors.retry``).
 
 Hot paths: while no version check is due (one ``time.monotonic()``, a vDSO call of ~50 ns, no
 syscall), a one-key lookup is pure Python index arithmetic (dense keys) or one binary search,
@@ -24,7 +26,7 @@ import pyarrow as pa
 
 from connectors.feature_store import keys as K
 from connectors.feature_store.base import FeatureStoreUnavailable
-from connectors.feature_store.common import Backoff, Fetched, StoreBase, log
+from connectors.feature_store.common import Fetched, StoreBase, log
 from connectors.feature_store.options import StoreOptions
 from connectors.feature_store.snapshot import Snapshot
 
@@ -58,8 +60,6 @@ class SnapshotReader(StoreBase):
         self._handle: Any = None
         self._next_check = 0.0
         self._lost_at: float | None = None
-        self._next_reconnect = 0.0
-        self._backoff = Backoff(options.backoff_initial_s, options.backoff_max_s)
         self._missing: tuple[Snapshot, pa.RecordBatch] | None = None  # see `_missing_row`
 
     # hooks -------------------------------------------------------------------------------------
@@ -104,23 +104,22 @@ class SnapshotReader(StoreBase):
             return snap
         try:
             if self._lost_at is not None:
-                if now < self._next_reconnect:
-                    raise StoreGone("waiting to reconnect")
                 self._reconnect()
             self._refresh()
         except StoreGone as exc:
             if self._lost_at is None:
                 self._lost_at = now
-                log.warning("feature store %s unavailable: %s", self._location(), exc)
-            if str(exc) != "waiting to reconnect":
-                self._next_reconnect = now + self._backoff.next()
+                # losing a served store is news; a store with nothing published yet says so in
+                # the FeatureStoreUnavailable every lookup raises
+                (log.warning if self._snap is not None else log.debug)(
+                    "feature store %s unavailable: %s", self._location(), exc)
             if self._snap is not None and now - self._lost_at < self.options.stale_grace_s:
+                self._next_check = now + self.options.refresh_interval_s
                 return self._snap  # immutable, complete, still mapped: keep scoring with it
             raise FeatureStoreUnavailable(f"feature store {self._location()} unavailable: {exc}") from exc
         if self._lost_at is not None:
             log.warning("feature store %s is back", self._location())
         self._lost_at = None
-        self._backoff.reset()
         self._next_check = now + self.options.refresh_interval_s
         return self._snap  # type: ignore[return-value]
 
@@ -144,7 +143,7 @@ class SnapshotReader(StoreBase):
         key = single_int_key(keys)
         if key is None:
             return None
-        missing = self._missing_row(snap)  # also validates the defaults, as every lookup does
+        missing = self._missing_row(snap)
         pos = snap.index.locate_one(key)
         if pos < 0:
             return missing, _FALSE1.copy()
@@ -152,8 +151,7 @@ class SnapshotReader(StoreBase):
         return None if row is None else (row, _TRUE1.copy())
 
     def _missing_row(self, snap: Snapshot) -> pa.RecordBatch:
-        """The one-row answer for a missing key under the missing-key policy (immutable, built
-        once per snapshot)."""
+        """The one-row answer for a missing key: nulls (immutable, built once per snapshot)."""
         cached = self._missing
         if cached is None or cached[0] is not snap:
             codec = snap.codec
@@ -183,7 +181,7 @@ class SnapshotReader(StoreBase):
             matrix = snap.matrix.take(pos, axis=0, mode="clip")
             if found.item() if found.size == 1 else found.all():
                 return matrix, found
-            return snap.codec.fill_missing(matrix, found, self.options.missing, self.options.defaults), found
+            return snap.codec.blank_missing(matrix, found), found
         return super().lookup_numpy(keys)
 
     def refresh(self) -> None:
@@ -193,26 +191,22 @@ class SnapshotReader(StoreBase):
 
     @property
     def schema(self) -> pa.Schema:
-        return self._current_or_wait().schema
+        return self._current().schema
 
     @property
     def version(self) -> str:
-        return self._current_or_wait().version
+        return self._current().version
 
     @property
     def key(self) -> str:
-        return self._current_or_wait().key
+        return self._current().key
 
     def __len__(self) -> int:
-        return self._current_or_wait().num_rows
-
-    def _current_or_wait(self) -> Snapshot:
-        from connectors.feature_store.common import retry_sync
-        return retry_sync(self._current, self.options)
+        return self._current().num_rows
 
     def all_keys(self) -> np.ndarray:
         """Keys of the served version (for debugging tools)."""
-        return self._current_or_wait().index.keys
+        return self._current().index.keys
 
     def close(self) -> None:
         with quiet_release():

@@ -1,10 +1,22 @@
 """Apache Beam adapters: the streamscore pieces as stock-Beam building blocks.
 
-* ``inference.StreamscoreModelHandler``: a ModelHandler for ``RunInference`` (PMML, ONNX, skops).
-* ``enrichment.FeatureStoreEnrichmentHandler``: an EnrichmentSourceHandler for ``Enrichment``.
-* ``kafka_io``: a splittable-DoFn Kafka reader (offsets in the restriction) and a Kafka writer.
-* ``pipeline``: decode → Enrichment → RunInference as one ``ScoreEvents`` transform, and sinks.
+For your own pipeline of rows (``beam.Row``):
 
-Like the Flink operators, these are thin: the work is done by ``operators.steps``,
-``connectors`` and ``model_formats``.
+* ``FeatureStoreEnrichmentHandler`` (``enrichment``): an EnrichmentSourceHandler for stock
+  ``Enrichment`` over any feature-store URI;
+* ``StreamscoreModelHandler`` (``inference``): a ModelHandler for stock ``RunInference`` (PMML,
+  ONNX, skops); ``Rejected`` is the inference of a row that cannot be scored and
+  ``SplitRejected`` routes those to their own output.
+
+The streamscore job's pipeline (``pipeline.ScoreEvents``) works on micro-batches with
+``EnrichMicroBatches`` and ``MicroBatchModelHandler``; ``kafka_io`` reads Kafka partitions
+(offsets in the restriction) and writes predictions and dead letters.
+
+To adapt another engine: call ``operators.steps`` (decode, join_features, score_batch) from
+the engine's operators, as ``operators/flink/`` and this package do; nothing else is needed.
 """
+from operators.beam.enrichment import EnrichMicroBatches, FeatureStoreEnrichmentHandler
+from operators.beam.inference import MicroBatchModelHandler, Rejected, SplitRejected, StreamscoreModelHandler
+
+__all__ = ["FeatureStoreEnrichmentHandler", "StreamscoreModelHandler", "Rejected", "SplitRejected",
+           "EnrichMicroBatches", "MicroBatchModelHandler"]

@@ -1,27 +1,26 @@
-"""A Beam ``ModelHandler`` for every model format of ``model_formats`` (PMML, ONNX, skops), for
-stock ``apache_beam.ml.inference.RunInference``.
+"""Beam ``ModelHandler``s for every model format of ``model_formats`` (PMML, ONNX, skops), for
+stock ``apache_beam.ml.inference.RunInference``, one class per element kind:
 
-Examples may be either
-
-* rows: ``dict``, ``beam.Row`` or NamedTuple (what a Beam user has, e.g. after ``Enrichment``).
-  RunInference batches them (``batch_elements_kwargs``); the whole batch is validated against
-  the model's own input schema and scored in one call. Inference: a dict of the model's outputs
-  (``score``, ``label``, ``probability_<class>``), or :class:`Rejected` with the validator's
-  reason for a row the model cannot take.
-* micro-batches (:class:`operators.batch.MicroBatch`, the streamscore pipeline): each is scored
-  by ``operators.steps`` exactly as the Flink job does. Inference: a ``ScoredBatch`` (prediction
-  records + dead letters, rows the schema refuses as ``model_input_rejected``).
+* :class:`StreamscoreModelHandler` — rows (``beam.Row``, NamedTuple or dict, e.g. after
+  ``Enrichment``). RunInference batches them (``batch_elements_kwargs``); the whole batch is
+  validated against the model's own input schema and scored in one call. Inference: a dict of
+  the model's outputs (``score``, ``label``, ``probability_<class>``), or :class:`Rejected`
+  (reason ``unknown_entity`` or ``model_input_rejected``, and the detail) for a row that cannot
+  be scored; :class:`SplitRejected` routes those to their own output.
+* :class:`MicroBatchModelHandler` — micro-batches (the streamscore pipeline): each is scored by
+  ``operators.steps`` exactly as the Flink job does. Inference: a ``ScoredBatch``.
 
 A runtime failure raises out of ``run_inference``, so ``RunInference(...).with_exception_handling()``
-routes the failed batch to its dead-letter output (:func:`failed_batch_dead_letters` turns it
-into streamscore dead letters, reason ``scoring_error``). ``PredictionResult.model_id`` is
-``name:version`` of the model that scored the example, so a model swap through RunInference's
+routes the failed batch to its dead-letter output (:func:`failed_batch_dead_letters` turns
+micro-batches into streamscore dead letters, reason ``scoring_error``). ``PredictionResult.model_id``
+is ``name:version`` of the model that scored the example, so a model swap through RunInference's
 side input (``model_metadata_pcoll`` / ``watch_model_pattern``) shows in every result.
 """
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
+import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
@@ -32,39 +31,36 @@ from model_formats import Model, load_model
 from operators import steps
 from operators.batch import MicroBatch
 from operators.beam.common import METRICS_NAMESPACE, as_dict
-
-Example = MicroBatch | Mapping[str, Any] | Any   # Any: beam.Row / NamedTuple
+from operators.beam.enrichment import UNKNOWN_ENTITY_FIELD
 
 
 class Rejected(NamedTuple):
-    """The inference of a row the model's input schema refuses (row examples only)."""
+    """The inference of a row that cannot be scored (row examples only)."""
 
-    reason: str
-
-
-def example_rows(example: Example) -> int:
-    """How many rows an example holds (BatchElements' ``element_size_fn``)."""
-    return example.events.num_rows if isinstance(example, MicroBatch) else 1
+    reason: dl.Reason       # unknown_entity or model_input_rejected
+    detail: str             # the validator's reason (e.g. ``missing:f0``)
 
 
-class StreamscoreModelHandler(ModelHandler[Example, PredictionResult, Model]):
-    """Loads any ``model_formats`` model (the file extension picks the runtime) and scores
-    batches of rows or micro-batches with it."""
+class _Handler(ModelHandler):
+    """What both element kinds share: loading, model updates, batching, metrics."""
 
-    def __init__(self, model_path: str, *, schema: EventSchema | None = None, intra_op_threads: int = 1,
-                 min_batch_size: int = 1, max_batch_size: int = 4000,
-                 max_batch_duration_secs: float | None = None, **load_options: Any) -> None:
-        """``schema``: the event schema (micro-batch examples); ``max_batch_size`` counts rows
-        (a micro-batch weighs its number of events); ``load_options`` go to ``load_model``."""
+    def __init__(self, model_path: str, *, intra_op_threads: int = 1, min_batch_size: int = 1,
+                 max_batch_size: int = 4000, max_batch_duration_secs: float | None = None,
+                 **load_options: Any) -> None:
+        """``max_batch_size`` counts rows (a micro-batch weighs its number of events);
+        ``load_options`` go to ``load_model``."""
         super().__init__()
         self._model_path = str(model_path)
-        self._schema = schema or EventSchema()
         self._intra_op_threads = intra_op_threads
         self._load_options = load_options
         self._batching = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size,
-                          "element_size_fn": example_rows}
+                          "element_size_fn": self.example_rows}
         if max_batch_duration_secs is not None:
             self._batching["max_batch_duration_secs"] = max_batch_duration_secs
+
+    @staticmethod
+    def example_rows(example: Any) -> int:
+        return 1
 
     @property
     def model_path(self) -> str:
@@ -78,43 +74,10 @@ class StreamscoreModelHandler(ModelHandler[Example, PredictionResult, Model]):
         if model_path:
             self._model_path = model_path
 
-    def run_inference(self, batch: Sequence[Example], model: Model,
-                      inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
-        model_id = f"{model.name}:{model.version}"
-        rows = [e for e in batch if not isinstance(e, MicroBatch)]
-        row_inferences = iter(self._score_rows(rows, model) if rows else ())
-        return [PredictionResult(e, self._score_batch(e, model) if isinstance(e, MicroBatch) else next(row_inferences),
-                                 model_id) for e in batch]
-
-    def _score_batch(self, batch: MicroBatch, model: Model) -> steps.ScoredBatch:
-        scored = steps.score_strict(batch, model, self._schema)
-        self._count(len(scored.dead_letters) - len(batch.dead_letters), scored.predictions.num_rows)
-        return scored
-
     def _count(self, rejected: int, scored: int) -> None:
         namespace = self.get_metrics_namespace()
         Metrics.counter(namespace, "model_input_rejected").inc(rejected)
         Metrics.counter(namespace, "rows_scored").inc(scored)
-
-    def _score_rows(self, rows: Sequence[Any], model: Model) -> list[Any]:
-        """One validation and one model call for all row examples of the batch."""
-        dicts = [as_dict(r) for r in rows]
-        present = {name for d in dicts for name in d}
-        columns = {name: np.asarray([d.get(name) for d in dicts]) for name in model.schema.input_names
-                   if name in present}
-        checked = model.validate(columns)
-        outputs = model.predict(checked.valid).to_pylist() if len(checked.valid_index) else []
-        inferences: list[Any] = [None] * len(rows)
-        for i, out in zip(checked.valid_index, outputs):
-            inferences[int(i)] = out
-        for i, reason in zip(checked.rejected_index, checked.reasons):
-            inferences[int(i)] = Rejected(reason)
-        self._count(len(checked.rejected_index), len(outputs))
-        return inferences
-
-    def get_num_bytes(self, batch: Sequence[Example]) -> int:
-        """Arrow bytes of micro-batches, 8 bytes a value of rows (Beam's default pickles the batch)."""
-        return sum(e.events.nbytes if isinstance(e, MicroBatch) else 8 * len(as_dict(e)) for e in batch)
 
     def get_metrics_namespace(self) -> str:
         return f"{METRICS_NAMESPACE}.RunInference"
@@ -123,16 +86,93 @@ class StreamscoreModelHandler(ModelHandler[Example, PredictionResult, Model]):
         return self._batching
 
     def __repr__(self) -> str:
-        return f"StreamscoreModelHandler({self._model_path!r})"
+        return f"{type(self).__name__}({self._model_path!r})"
 
 
-def failed_batch_dead_letters(failure: tuple[Sequence[Example], Any]) -> list[MicroBatch]:
-    """RunInference's dead-letter output ``(batch, exception info)`` → the micro-batches of that
-    batch with every event dead-lettered (``scoring_error``), keeping their earlier dead letters.
-    Row examples are left to the caller (there is no Kafka record behind them)."""
+class StreamscoreModelHandler(_Handler):
+    """Rows: loads any ``model_formats`` model (the file extension picks the runtime) and scores
+    a Beam batch of rows with one validation and one model call."""
+
+    def run_inference(self, batch: Sequence[Any], model: Model,
+                      inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
+        model_id = f"{model.name}:{model.version}"
+        return [PredictionResult(row, inference, model_id) for row, inference in zip(batch, self._score(batch, model))]
+
+    def _score(self, rows: Sequence[Any], model: Model) -> list[Any]:
+        dicts = [as_dict(row) for row in rows]
+        inferences: list[Any] = [None] * len(rows)
+        scorable = []
+        for i, d in enumerate(dicts):
+            if d.get(UNKNOWN_ENTITY_FIELD):
+                inferences[i] = Rejected(dl.Reason.UNKNOWN_ENTITY, steps.UNKNOWN_ENTITY_DETAIL)
+            else:
+                scorable.append(i)
+        present = {name for i in scorable for name in dicts[i]}
+        columns = {name: np.asarray([dicts[i].get(name) for i in scorable]) for name in model.schema.input_names
+                   if name in present}
+        checked = model.validate(columns) if scorable else None
+        outputs = model.predict(checked.valid).to_pylist() if checked is not None and len(checked.valid_index) else []
+        if checked is not None:
+            for i, out in zip(checked.valid_index, outputs):
+                inferences[scorable[int(i)]] = out
+            for i, reason in zip(checked.rejected_index, checked.reasons):
+                inferences[scorable[int(i)]] = Rejected(dl.Reason.MODEL_INPUT_REJECTED, reason)
+        self._count(0 if checked is None else len(checked.rejected_index), len(outputs))
+        return inferences
+
+    def get_num_bytes(self, batch: Sequence[Any]) -> int:
+        """8 bytes a value (Beam's default pickles the batch)."""
+        return sum(8 * len(as_dict(row)) for row in batch)
+
+
+class SplitRejected(beam.DoFn):
+    """RunInference results of rows → the scored ones (main output) and, on the output tagged
+    ``rejected``, those whose inference is :class:`Rejected`:
+    ``results | beam.ParDo(SplitRejected()).with_outputs("rejected", main="scored")``."""
+
+    def process(self, result: PredictionResult):
+        if isinstance(result.inference, Rejected):
+            yield beam.pvalue.TaggedOutput("rejected", result)
+        else:
+            yield result
+
+
+class MicroBatchModelHandler(_Handler):
+    """Micro-batches: validates each against the model's schema and scores the valid rows
+    (``steps.score_batch_or_raise``): rows the schema refuses become ``model_input_rejected``."""
+
+    def __init__(self, model_path: str, *, schema: EventSchema | None = None, **options: Any) -> None:
+        """``schema``: the event schema (ids, keys, timestamps of the prediction records)."""
+        super().__init__(model_path, **options)
+        self._schema = schema or EventSchema()
+
+    @staticmethod
+    def example_rows(example: MicroBatch) -> int:
+        return example.events.num_rows
+
+    def run_inference(self, batch: Sequence[MicroBatch], model: Model,
+                      inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
+        model_id = f"{model.name}:{model.version}"
+        return [PredictionResult(b, self._score(b, model), model_id) for b in batch]
+
+    def _score(self, batch: MicroBatch, model: Model) -> steps.ScoredBatch:
+        scored = steps.score_batch_or_raise(batch, model, self._schema)
+        self._count(scored.rejected, scored.predictions.num_rows)
+        return scored
+
+    def get_num_bytes(self, batch: Sequence[MicroBatch]) -> int:
+        """Arrow bytes of the micro-batches."""
+        return sum(b.events.nbytes for b in batch)
+
+
+def failed_batch_dead_letters(failure: tuple[Sequence[MicroBatch], Any]) -> list[MicroBatch]:
+    """RunInference's dead-letter output ``(batch, exception info)`` of micro-batches → the
+    micro-batches with every event dead-lettered (``scoring_error``), keeping their earlier dead
+    letters; counted as ``scoring_errors`` like the Flink scorer does."""
     batch, error = failure
     detail = _error_text(error)
-    return [steps.reject_all(e, dl.SCORING_ERROR, detail) for e in batch if isinstance(e, MicroBatch)]
+    Metrics.counter(f"{METRICS_NAMESPACE}.RunInference", "scoring_errors").inc(sum(b.events.num_rows for b in batch))
+    return [steps.reject_all(b, dl.Reason.SCORING_ERROR, detail) for b in batch]
 
 
 def _error_text(error: Any) -> str:

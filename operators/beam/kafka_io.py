@@ -204,7 +204,7 @@ class WriteToKafkaFn(beam.DoFn):
             values, keys = steps.prediction_records(item)
             self._values += values
             self._keys += keys or []
-            source = item.source
+            source = item.batch
         self._letters += item.dead_letters
         self._polled_at_ms.append(source.polled_at_ms)
         return ()                   # written in finish_bundle; nothing goes downstream

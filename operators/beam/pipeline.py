@@ -1,5 +1,6 @@
-"""The scoring pipeline as Beam transforms: raw Kafka record chunks → decode → stock
-``Enrichment`` → stock ``RunInference`` → scored micro-batches (predictions + dead letters).
+"""The scoring pipeline as Beam transforms: raw Kafka record chunks → decode → enrichment
+(stock ``RequestResponseIO``, Enrichment's engine) → stock ``RunInference`` → scored
+micro-batches (predictions + dead letters).
 
 Every step is a micro-batch step from ``operators.steps``; the stock transforms batch
 micro-batches further (their ``batch_elements_kwargs`` count events). Nothing is flattened on
@@ -21,10 +22,11 @@ from connectors.events import DecoderSpec
 from connectors.kafka.partition_reader import RecordChunk
 from operators import steps
 from operators.batch import MicroBatch
+from operators.steps import MissingEntityPolicy
 from operators.beam.common import METRICS_NAMESPACE
-from operators.beam.enrichment import (DEFAULT_TIMEOUT_SECS, BatchRequest, Enrichment,
-                                       FeatureStoreEnrichmentHandler, join_micro_batch)
-from operators.beam.inference import StreamscoreModelHandler, failed_batch_dead_letters
+from connectors.retry import RetryPolicy
+from operators.beam.enrichment import EnrichMicroBatches
+from operators.beam.inference import MicroBatchModelHandler, failed_batch_dead_letters
 from operators.beam.kafka_io import WriteToKafkaFn
 
 
@@ -74,8 +76,8 @@ class ScoreEvents(beam.PTransform):
     ``event_time_window_s``); ``watch_model_pattern``: RunInference's own ``WatchFilePattern``.
     """
 
-    def __init__(self, *, decoder: DecoderSpec, store_uri: str, model_path: str, retries: int = 5,
-                 retry_backoff_ms: int = 500, lookup_timeout_s: float = DEFAULT_TIMEOUT_SECS,
+    def __init__(self, *, decoder: DecoderSpec, store_uri: str, model_path: str,
+                 retry: RetryPolicy = RetryPolicy(), missing: MissingEntityPolicy = MissingEntityPolicy(),
                  intra_op_threads: int = 1, max_batch_events: int = 4000,
                  model_updates: beam.PCollection | None = None, watch_model_pattern: str | None = None,
                  watch_interval_s: float = 10, event_time_window_s: float | None = None) -> None:
@@ -83,11 +85,10 @@ class ScoreEvents(beam.PTransform):
         self.decoder = decoder
         # a fixed batch size: Beam batches what a bundle holds, up to max_batch_events events
         batching = {"min_batch_size": max_batch_events, "max_batch_size": max_batch_events}
-        self.enrichment = FeatureStoreEnrichmentHandler(store_uri, decoder.schema.key_field, retries=retries,
-                                                        retry_backoff_ms=retry_backoff_ms, **batching)
-        self.lookup_timeout_s = lookup_timeout_s
-        self.model_handler = StreamscoreModelHandler(model_path, schema=decoder.schema,
-                                                     intra_op_threads=intra_op_threads, **batching)
+        self.enrichment = EnrichMicroBatches(store_uri, decoder.schema.key_field, retry=retry, missing=missing,
+                                             **batching)
+        self.model_handler = MicroBatchModelHandler(model_path, schema=decoder.schema,
+                                                    intra_op_threads=intra_op_threads, **batching)
         self.model_updates = model_updates
         self.watch_model_pattern = watch_model_pattern
         self.watch_interval_s = watch_interval_s
@@ -100,10 +101,7 @@ class ScoreEvents(beam.PTransform):
                        | "SplitByEventTime" >> beam.ParDo(SplitByEventTime(self.decoder.schema.timestamp_field,
                                                                            self.event_time_window_s))
                        | "EventTimeWindows" >> beam.WindowInto(window.FixedWindows(self.event_time_window_s)))
-        enriched = (batches
-                    | "AsRequest" >> beam.Map(BatchRequest)
-                    | "Enrichment" >> Enrichment(self.enrichment, join_fn=join_micro_batch,
-                                                 timeout=self.lookup_timeout_s))
+        enriched = batches | "Enrichment" >> self.enrichment
         inference: dict[str, Any] = {"model_metadata_pcoll": self.model_updates}
         if self.watch_model_pattern:
             inference.update(watch_model_pattern=self.watch_model_pattern, interval=self.watch_interval_s)

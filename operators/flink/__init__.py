@@ -1,4 +1,6 @@
-"""Thin PyFlink adapters over `operators.steps` (engine-agnostic) and `connectors`."""
+"""Thin PyFlink adapters over `operators.steps` (engine-agnostic) and `connectors`: the Kafka
+source, async enrichment, scoring, the Kafka and file sinks, thread-safe metrics, and
+``worker.py`` (the Python worker process's settings, made once per process)."""
 from pyflink.datastream import DataStream
 from pyflink.datastream.connectors import Sink
 

@@ -31,7 +31,7 @@ PREDICTIONS, DEAD_LETTERS = "predictions", "dead_letters"
 
 def writer_id(scored: steps.ScoredBatch) -> str:
     """The key: one writer per source topic partition (its offsets fence replays)."""
-    return f"{scored.source.topic}-{scored.source.partition}"
+    return f"{scored.batch.topic}-{scored.batch.partition}"
 
 
 class WriteFiles(KeyedProcessFunction):
@@ -69,7 +69,7 @@ class WriteFiles(KeyedProcessFunction):
         predictions = scored.predictions
         commits = []
         if predictions.num_rows:
-            offsets = scored.source.events.column(OFFSET_COLUMN).to_numpy()
+            offsets = scored.batch.events.column(OFFSET_COLUMN).to_numpy()
             commits += writers[PREDICTIONS].write(predictions, offsets, now)
         if scored.dead_letters and DEAD_LETTERS in writers:
             commits += writers[DEAD_LETTERS].write(*dead_letter_rows(scored.dead_letters), now)

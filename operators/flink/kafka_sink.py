@@ -33,7 +33,7 @@ class WriteToKafka(MapFunction):
         values, keys = steps.prediction_records(scored)
         self._writer.write(values, keys, scored.dead_letters)
         self._outputs.count(len(values), scored.dead_letters)
-        self._latency.update(int(steps.now_ms() - scored.source.polled_at_ms))
+        self._latency.update(int(steps.now_ms() - scored.batch.polled_at_ms))
         return len(values) + len(scored.dead_letters)
 
     def close(self) -> None:

@@ -18,7 +18,6 @@ everything downstream consumes micro-batches of raw records the same way.
 """
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from pyflink.common import Types
@@ -31,11 +30,8 @@ from connectors.events import DecoderSpec
 from connectors.kafka.partition_reader import PartitionReader
 from operators import steps
 from operators.flink.metrics import metric_group
+from operators.flink.worker import WorkerSettings, prepare_process
 
-# The Python worker runs this poller, the async lookup's event loop and the emitter thread that
-# scores and writes. At Python's default GIL switch interval (5 ms) every hand-off between them
-# (and every return from a blocking Kafka/Plasma call) can wait up to 5 ms for the GIL.
-GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def heartbeat(env: StreamExecutionEnvironment, per_second: int) -> DataStream:
@@ -62,7 +58,8 @@ class PollKafkaPartition(KeyedProcessFunction):
     """Keyed by partition: polls it from the checkpointed offset and emits a MicroBatch."""
 
     def __init__(self, consumer_config: dict[str, Any], topic: str, start: str, decoder: DecoderSpec,
-                 max_events: int, poll_timeout_s: float) -> None:
+                 max_events: int, poll_timeout_s: float, worker: WorkerSettings = WorkerSettings()) -> None:
+        self.worker = worker
         self.consumer_config = consumer_config
         self.topic = topic
         self.start = start
@@ -71,7 +68,7 @@ class PollKafkaPartition(KeyedProcessFunction):
         self.poll_timeout_s = poll_timeout_s
 
     def open(self, ctx: RuntimeContext) -> None:
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        prepare_process(self.worker)      # once per worker process (PyFlink has no worker-start hook)
         self._next_offset = ctx.get_state(ValueStateDescriptor("next_offset", Types.LONG()))
         self._readers: dict[int, PartitionReader] = {}
         self._decoder = self.decoder.build()

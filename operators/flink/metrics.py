@@ -22,19 +22,19 @@ from apache_beam.metrics.execution import MetricsEnvironment
 from apache_beam.metrics.metricbase import MetricName
 from pyflink.datastream.functions import RuntimeContext
 
+from operators.flink.worker import PROCESS
+
 QUANTILES = (50, 95, 99)
 
 
-class _MainThread:
-    container = None
-
-
 def _container():
+    """The calling thread's metrics container, or off the main thread the worker process's
+    main-thread container (``worker.PROCESS``), once an update on the main thread made it known."""
     current = MetricsEnvironment.current_container()
     if current is None:
-        return _MainThread.container
-    if _MainThread.container is None:
-        _MainThread.container = current
+        return PROCESS.main_metrics_container
+    if PROCESS.main_metrics_container is None:
+        PROCESS.main_metrics_container = current
     return current
 
 

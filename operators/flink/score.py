@@ -30,21 +30,22 @@ class ScoreMicroBatch(MapFunction):
         metrics = metric_group(ctx)
         self._score_ms = metrics.distribution("scoring_ms")
         self._rejected = metrics.counter("model_input_rejected")
+        self._failed = metrics.counter("scoring_errors")
         self._reloads = metrics.counter("model_reloads")
         self._refused = metrics.counter("model_reloads_refused")
         self._seen = (0, 0)
 
     def map(self, batch: MicroBatch) -> steps.ScoredBatch:
         started = steps.now_ms()
-        before = len(batch.dead_letters)
         model = self._model.current()
         if (self._model.reloads, self._model.failures) != self._seen:
             self._reloads.inc(self._model.reloads - self._seen[0])
             self._refused.inc(self._model.failures - self._seen[1])
             self._seen = (self._model.reloads, self._model.failures)
-        scored = steps.score(batch, model, self.schema)
+        scored = steps.score_batch(batch, model, self.schema)
         self._score_ms.update(int(steps.now_ms() - started))
-        self._rejected.inc(len(scored.dead_letters) - before)
+        self._rejected.inc(scored.rejected)    # rows refused by the schema, not failed batches
+        self._failed.inc(scored.failed)
         return scored
 
     def close(self) -> None:
@@ -53,8 +54,8 @@ class ScoreMicroBatch(MapFunction):
             model.close()
 
 
-def score(stream: DataStream, *, model_path: str, schema: EventSchema, intra_op_threads: int,
-          reload_interval_s: float = 5.0, load_options: dict | None = None) -> DataStream:
+def score_micro_batches(stream: DataStream, *, model_path: str, schema: EventSchema, intra_op_threads: int,
+                        reload_interval_s: float = 5.0, load_options: dict | None = None) -> DataStream:
     return (stream.map(ScoreMicroBatch(model_path, schema, intra_op_threads, reload_interval_s, load_options),
                        Types.PICKLED_BYTE_ARRAY())
             .name("score").uid("score-model"))
