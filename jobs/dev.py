@@ -195,7 +195,7 @@ def _store_version(uri: str | None) -> str:
         return "external"
     try:
         from connectors.feature_store import open_store
-        with open_store(uri, timeout_s=1.0, wait_timeout_s=1.0) as store:
+        with open_store(uri, timeout_s=1.0) as store:
             return f"version {store.version} ({len(store.schema)} features)"
     except Exception:  # noqa: BLE001 - an empty store is the normal state before `features load`
         return "empty (load a table: streamscore features load FILE --store URI)"

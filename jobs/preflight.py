@@ -41,7 +41,7 @@ def feature_columns(cfg: JobConfig, timeout_s: float = 5.0) -> dict[str, str]:
 
     uri = cfg.features.store
     try:
-        with open_store(uri, timeout_s=timeout_s, wait_timeout_s=timeout_s) as store:
+        with open_store(uri, timeout_s=timeout_s) as store:
             schema = store.schema
             schema = schema() if callable(schema) else schema
     except FeatureStoreError as exc:
