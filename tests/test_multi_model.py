@@ -23,7 +23,7 @@ SCHEMA = EventSchema()
 @pytest.fixture(scope="module")
 def enriched(stack):
     """A decoded and enriched micro-batch of the demo: 51 events, the last of an entity without
-    features (scored with nulls under on_missing: score, so the models refuse it)."""
+    features (dead-lettered unknown_entity before any model sees it)."""
     values = [demo_data.encode(e) for e in demo_data.events(51, stack.entities, seed=61)]
     chunk = RecordChunk("in", 3, values, list(range(100, 100 + len(values))))
     batch = steps.decode(DecoderSpec(SCHEMA).build(), chunk)
@@ -35,7 +35,7 @@ def enriched(stack):
     found[-1] = False
     features = pa.RecordBatch.from_arrays([pc.if_else(pa.array(found), c, pa.scalar(None, c.type))
                                            for c in features.columns], names=names)
-    return steps.join_features(batch, features, found, MissingEntityPolicy("score"))
+    return steps.join_features(batch, features, found, MissingEntityPolicy("dead_letter"))
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +68,9 @@ def test_each_model_tagged_and_prediction_ids_unique_per_record_and_model(enrich
     assert theirs.predictions.column("prediction_id")[0].as_py() == "in/3/100/fraud-challenger"
     # the same trees: the same scores, row for row
     assert ours.predictions.column("score").equals(theirs.predictions.column("score"))
-    # the refused row is each model's own dead letter, once per model
-    assert [(d.reason, d.offset) for d in ours.dead_letters] == [(d.reason, d.offset) for d in theirs.dead_letters]
+    # the unknown entity is a dead letter of the batch, the same in each model's result
+    assert [(d.reason, d.offset) for d in ours.dead_letters] == [(d.reason, d.offset) for d in theirs.dead_letters] \
+        == [("unknown_entity", 150)]
 
 
 def test_model_names_must_differ_and_one_model_is_primary(enriched, models):
