@@ -12,6 +12,8 @@ Flink's restarts.
 """
 from __future__ import annotations
 
+import difflib
+
 from pathlib import Path
 from typing import Callable
 
@@ -96,9 +98,11 @@ def check_topics(cfg: JobConfig, timeout_s: float = 5.0) -> dict[str, int]:
         md = topics.get(name)
         if md is None or md.error is not None or not md.partitions:
             existing = sorted(t for t in topics if not t.startswith("__"))
-            raise UserError(f"unknown topic {name!r} ({key}) on {k.bootstrap_servers}; it has: "
-                            f"{', '.join(existing[:12]) or 'no topics'} (create it, or `streamscore dev up "
-                            f"--config job.yaml` creates the topics the config names)")
+            close = difflib.get_close_matches(name, existing, n=3, cutoff=0.6)
+            listed = (f"did you mean {', '.join(map(repr, close))}?" if close else
+                      f"it has: {', '.join(existing[:12]) or 'no topics'}{' …' if len(existing) > 12 else ''}")
+            raise UserError(f"unknown topic {name!r} ({key}) on {k.bootstrap_servers}; {listed} (create it, or "
+                            f"`streamscore dev up --config job.yaml` creates the topics the config names)")
         found[name] = len(md.partitions)
     return found
 
