@@ -136,7 +136,9 @@ class RowCodec:
     def _new_ipc_layout(self, n: int) -> tuple[np.ndarray, int]:
         """The encapsulated IPC message header of an n-row batch of this schema, and the padded
         per-column length (Arrow pads each buffer to 8 bytes): read off a serialised template."""
-        zeros = pa.array(np.zeros(n, dtype=self.matrix_dtype))
+        # from raw buffers: pa.array(ndarray) imports pandas (half a second of a CLI call's start-up)
+        zeros = pa.Array.from_buffers(pa.from_numpy_dtype(self.matrix_dtype), n,
+                                      [None, pa.py_buffer(np.zeros(n, dtype=self.matrix_dtype))])
         message = pa.RecordBatch.from_arrays([zeros] * len(self.names), schema=self.batch_schema).serialize()
         body = pa.ipc.read_message(message).body.size
         item = self.matrix_dtype.itemsize
