@@ -427,8 +427,10 @@ class PmmlModel(ModelBase):
             col = valid.column(valid.schema.get_field_index(name))
             mask = col.is_null().to_numpy(zero_copy_only=False) if col.null_count else None
             if pa.types.is_floating(col.type):
-                nan = np.isnan(col.to_numpy(zero_copy_only=False))
-                mask = nan if mask is None else (mask | nan)
+                values = col.to_numpy(zero_copy_only=False)
+                if np.isnan(values.sum()):  # one pass without allocating in the common case
+                    nan = np.isnan(values)
+                    mask = nan if mask is None else (mask | nan)
             if mask is not None and mask.any():
                 why[f"missing:{name}"] = mask
                 risky |= mask
@@ -506,17 +508,15 @@ class PmmlModel(ModelBase):
         try:
             if self.task == "regression":
                 return regressor_outputs(_float_column(data, index[self._value_col]))
-            labels = _label_column(data, index[self._label_col], self._label_dtype) if self._label_col else None
             if not self._proba_cols:
+                labels = _label_column(data, index[self._label_col], self._label_dtype)
                 score = (_float_column(data, index[self._score_col]) if self._score_col
                          else np.full(len(data), np.nan))
                 return label_outputs(labels, score, self._label_dtype)
         except KeyError as exc:
             raise RuntimeError(f"{self.name}: PMML4S output lacks column {exc} (columns {columns})") from None
         proba = np.column_stack([_float_column(data, index[c]) for c in self._proba_cols])
-        if labels is not None and any(v is None for v in labels):
-            labels = None  # rows without a result: arg-max of NaN probabilities gives a null label
-        return classifier_outputs(proba, self.classes, labels)
+        return classifier_outputs(proba, self.classes)  # label: the arg-max class (null where no result)
 
     def close(self) -> None:
         self._java = None
