@@ -361,7 +361,9 @@ class PmmlModel(ModelBase):
             raise
         self.schema = ModelSchema(inputs=tuple(doc.inputs), outputs=output_fields(
             self.task, self.classes, self._label_dtype, probabilities=bool(self._proba_cols)))
-        self._nullable = [f.name for f in self.schema.inputs]
+        # inputs whose missing values reach the engine (positions in validate()'s valid batch)
+        self._nullable = [(i, f.name, f.dtype in ("float", "double"), doc.treated_as_missing.get(f.name))
+                          for i, f in enumerate(self.schema.inputs) if f.nullable]
 
     # -- what the engine's outputs mean, decided once ----------------------------------------
 
@@ -419,14 +421,15 @@ class PmmlModel(ModelBase):
         (``missing:<field>``, ``invalid:<field>=<value>``); the others go on to predict."""
         result = super().validate(batch)
         valid = result.valid
-        if valid.num_rows == 0:
+        if valid.num_rows == 0 or not self._nullable:
             return result
         risky = np.zeros(valid.num_rows, dtype=bool)
         why: dict[str, np.ndarray] = {}
-        for name in self._nullable:
-            col = valid.column(valid.schema.get_field_index(name))
+        columns = valid.columns  # the input columns, in input order
+        for pos, name, floating, domain in self._nullable:
+            col = columns[pos]
             mask = col.is_null().to_numpy(zero_copy_only=False) if col.null_count else None
-            if pa.types.is_floating(col.type):
+            if floating:
                 values = col.to_numpy(zero_copy_only=False)
                 if np.isnan(values.sum()):  # one pass without allocating in the common case
                     nan = np.isnan(values)
@@ -434,7 +437,6 @@ class PmmlModel(ModelBase):
             if mask is not None and mask.any():
                 why[f"missing:{name}"] = mask
                 risky |= mask
-            domain = self._doc.treated_as_missing.get(name)
             if domain is not None:
                 outside = ~pc.is_in(col.cast(pa.string()), value_set=pa.array(list(domain))).fill_null(True) \
                     .to_numpy(zero_copy_only=False)
