@@ -109,12 +109,12 @@ def cmd_inspect(args) -> int:
     if info["classes"]:
         console.print(f"classes: {info['classes']}")
     t = Table(title="inputs")
-    for col in ("name", "type", "required", "NaN allowed", "domain"):
+    for col in ("name", "type", "required", "NaN allowed", "missing to model", "domain"):
         t.add_column(col)
     for f in info["inputs"]:
         domain = ", ".join(map(str, f.get("allowed_values", []))) if "allowed_values" in f else ""
         t.add_row(f["name"], f["dtype"], "yes" if f["required"] else "no", "yes" if f["allow_nan"] else "no",
-                  domain[:80])
+                  "yes" if f.get("nullable") else "no", domain[:80])
     console.print(t)
     t = Table(title="outputs")
     t.add_column("name")

@@ -361,7 +361,9 @@ class PmmlModel(ModelBase):
             raise
         self.schema = ModelSchema(inputs=tuple(doc.inputs), outputs=output_fields(
             self.task, self.classes, self._label_dtype, probabilities=bool(self._proba_cols)))
-        self._nullable = [f.name for f in self.schema.inputs]
+        # inputs whose missing values reach the engine (positions in validate()'s valid batch)
+        self._nullable = [(i, f.name, f.dtype in ("float", "double"), doc.treated_as_missing.get(f.name))
+                          for i, f in enumerate(self.schema.inputs) if f.nullable]
 
     # -- what the engine's outputs mean, decided once ----------------------------------------
 
@@ -419,20 +421,22 @@ class PmmlModel(ModelBase):
         (``missing:<field>``, ``invalid:<field>=<value>``); the others go on to predict."""
         result = super().validate(batch)
         valid = result.valid
-        if valid.num_rows == 0:
+        if valid.num_rows == 0 or not self._nullable:
             return result
         risky = np.zeros(valid.num_rows, dtype=bool)
         why: dict[str, np.ndarray] = {}
-        for name in self._nullable:
-            col = valid.column(valid.schema.get_field_index(name))
+        columns = valid.columns  # the input columns, in input order
+        for pos, name, floating, domain in self._nullable:
+            col = columns[pos]
             mask = col.is_null().to_numpy(zero_copy_only=False) if col.null_count else None
-            if pa.types.is_floating(col.type):
-                nan = np.isnan(col.to_numpy(zero_copy_only=False))
-                mask = nan if mask is None else (mask | nan)
+            if floating:
+                values = col.to_numpy(zero_copy_only=False)
+                if np.isnan(values.sum()):  # one pass without allocating in the common case
+                    nan = np.isnan(values)
+                    mask = nan if mask is None else (mask | nan)
             if mask is not None and mask.any():
                 why[f"missing:{name}"] = mask
                 risky |= mask
-            domain = self._doc.treated_as_missing.get(name)
             if domain is not None:
                 outside = ~pc.is_in(col.cast(pa.string()), value_set=pa.array(list(domain))).fill_null(True) \
                     .to_numpy(zero_copy_only=False)
@@ -506,17 +510,15 @@ class PmmlModel(ModelBase):
         try:
             if self.task == "regression":
                 return regressor_outputs(_float_column(data, index[self._value_col]))
-            labels = _label_column(data, index[self._label_col], self._label_dtype) if self._label_col else None
             if not self._proba_cols:
+                labels = _label_column(data, index[self._label_col], self._label_dtype)
                 score = (_float_column(data, index[self._score_col]) if self._score_col
                          else np.full(len(data), np.nan))
                 return label_outputs(labels, score, self._label_dtype)
         except KeyError as exc:
             raise RuntimeError(f"{self.name}: PMML4S output lacks column {exc} (columns {columns})") from None
         proba = np.column_stack([_float_column(data, index[c]) for c in self._proba_cols])
-        if labels is not None and any(v is None for v in labels):
-            labels = None  # rows without a result: arg-max of NaN probabilities gives a null label
-        return classifier_outputs(proba, self.classes, labels)
+        return classifier_outputs(proba, self.classes)  # label: the arg-max class (null where no result)
 
     def close(self) -> None:
         self._java = None
