@@ -57,6 +57,7 @@ def build(p: beam.Pipeline, cfg: JobConfig, *, start_offsets: dict[int, int] | N
         decoder=cfg.events.decoder_spec(), store_uri=f.store, model_path=cfg.model.path,
         retry=f.retry_policy(), missing=f.missing_policy(),
         intra_op_threads=cfg.model.intra_op_threads, max_batch_events=cfg.batch.max_events,
+        load_options=cfg.model.load_options(),
         model_updates=model_updates, watch_model_pattern=watch_model_pattern, watch_interval_s=watch_interval_s,
         event_time_window_s=event_time_window_s)
     if output_files:

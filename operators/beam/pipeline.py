@@ -78,7 +78,7 @@ class ScoreEvents(beam.PTransform):
 
     def __init__(self, *, decoder: DecoderSpec, store_uri: str, model_path: str,
                  retry: RetryPolicy = RetryPolicy(), missing: MissingEntityPolicy = MissingEntityPolicy(),
-                 intra_op_threads: int = 1, max_batch_events: int = 4000,
+                 intra_op_threads: int = 1, max_batch_events: int = 4000, load_options: dict | None = None,
                  model_updates: beam.PCollection | None = None, watch_model_pattern: str | None = None,
                  watch_interval_s: float = 10, event_time_window_s: float | None = None) -> None:
         super().__init__()
@@ -88,7 +88,8 @@ class ScoreEvents(beam.PTransform):
         self.enrichment = EnrichMicroBatches(store_uri, decoder.schema.key_field, retry=retry, missing=missing,
                                              **batching)
         self.model_handler = MicroBatchModelHandler(model_path, schema=decoder.schema,
-                                                    intra_op_threads=intra_op_threads, **batching)
+                                                    intra_op_threads=intra_op_threads, **batching,
+                                                    **(load_options or {}))
         self.model_updates = model_updates
         self.watch_model_pattern = watch_model_pattern
         self.watch_interval_s = watch_interval_s
