@@ -8,7 +8,11 @@ tests, the benchmarks and `streamscore dev`. Nothing in production imports this 
 * ``plasma_server`` — runs ``plasma-store-server`` (pyarrow 11 wheel) as a child process, for the
   stack and for ``streamscore features serve`` (the reader and publisher of the store's data are
   production code in ``connectors.feature_store``);
-* ``ports`` — race-free loopback port allocation for the processes above.
+* ``ports`` — race-free loopback port allocation for the processes above;
+* ``process`` — their shared lifecycle (``ProcessGroup``: stop like a service, kill like a crash).
+
+A new embedded service is one module here: a ``ProcessGroup`` started on a port from
+``ports.free_port`` and checked with ``ports.wait_listening`` (retry on a new port when it was taken).
 
 Production clients (Kafka reader/writer, feature stores, file sinks) live beside this package in
 ``connectors.kafka``, ``connectors.feature_store`` and ``connectors.files``.

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -30,6 +29,7 @@ from confluent_kafka.admin import AdminClient
 
 from connectors.embedded.maven import classpath
 from connectors.embedded.ports import free_port
+from connectors.embedded.process import ProcessGroup
 from connectors.embedded.tansu import BrokerError
 
 MAVEN_PROFILE = "kafka-broker"
@@ -84,7 +84,7 @@ def java_binary() -> str:
     return found
 
 
-class ApacheKafkaBroker:
+class ApacheKafkaBroker(ProcessGroup):
     """Start/stop a single-node KRaft Apache Kafka broker on free loopback ports.
 
     ``workdir``: data (``data/``), configuration and log (default: a temporary folder, removed
@@ -149,23 +149,9 @@ class ApacheKafkaBroker:
                 time.sleep(1.0)                # same ports again, once whoever holds them lets go
         raise AssertionError("unreachable")
 
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL the JVM, as a crash would (no controlled shutdown, no flush)."""
-        if self.is_running():
-            os.killpg(self._proc.pid, signal.SIGKILL)
-            self._proc.wait()
-
     def stop(self, timeout_s: float = 30.0) -> None:
         """Controlled shutdown (SIGTERM), SIGKILL if it takes longer than ``timeout_s``."""
-        if self.is_running():
-            os.killpg(self._proc.pid, signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.terminate(grace_s=timeout_s)
 
     def restart(self, timeout_s: float = 180.0) -> "ApacheKafkaBroker":
         """Start again on the same ports and data (after :meth:`kill` or :meth:`stop`)."""

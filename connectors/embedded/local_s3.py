@@ -7,9 +7,7 @@ broker and the S3 server; moto keeps data in memory and s3rver lost acknowledged
 """
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from connectors.embedded.ports import PortError, free_port, wait_listening
+from connectors.embedded.process import ProcessGroup
 from connectors.embedded.tansu import BrokerError
 
 
@@ -28,7 +27,7 @@ def _server_binary() -> str:
     return found
 
 
-class LocalS3:
+class LocalS3(ProcessGroup):
     """``alocals3-server`` on a free loopback port, keeping its data under ``root``."""
 
     def __init__(self, root: Path, port: int | None = None, bucket: str = "tansu") -> None:
@@ -101,19 +100,8 @@ class LocalS3:
             if exc.code != 409:          # 409: it exists already (a restart on the same root)
                 raise BrokerError(f"could not create bucket {self.bucket}: HTTP {exc.code}") from exc
 
-    def kill(self) -> None:
-        """SIGKILL, as a crash would."""
-        if self._proc is not None and self._proc.poll() is None:
-            os.killpg(self._proc.pid, signal.SIGKILL)
-            self._proc.wait()
-
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            os.killpg(self._proc.pid, signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.terminate(grace_s=5)
 
     def __enter__(self) -> "LocalS3":
         return self.start()

