@@ -9,13 +9,17 @@ import apache_beam as beam
 import onnx
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from connectors.kafka.clients import partitions_of
 from jobs.config import JobConfig
 from jobs.tally import OutputReader, Tally
 
 
-def stop_offsets(coords: list[str]) -> dict[int, int]:
-    """Per partition, the offset after the last of these input coordinates (topic/partition/offset)."""
-    stops: dict[int, int] = {}
+def stop_offsets(coords: list[str], partitions: list[int] = ()) -> dict[int, int]:
+    """Per partition, the offset after the last of these input coordinates (topic/partition/offset);
+    0 for each of ``partitions`` none of them is in (the tests' topics are fresh: nothing to read
+    there). Every partition needs a stop offset, or the read is unbounded and never ends — which
+    happened when the producer's sticky partitioner put every record in one partition."""
+    stops: dict[int, int] = {p: 0 for p in partitions}
     for coord in coords:
         partition, offset = map(int, coord.rsplit("/", 2)[1:])
         stops[partition] = max(stops.get(partition, 0), offset + 1)
@@ -28,7 +32,8 @@ def run_bounded(cfg: JobConfig, coords: list[str], model_updates=None, **build_o
     from jobs.beam_score import build
 
     with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
-        build(p, cfg, stop_offsets=stop_offsets(coords), model_updates=model_updates and model_updates(p),
+        partitions = partitions_of(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic)
+        build(p, cfg, stop_offsets=stop_offsets(coords, partitions), model_updates=model_updates and model_updates(p),
               **build_options)
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from beam_helpers import onnx_variant, read_outputs, run_bounded, stop_offsets
 from connectors import dead_letter as dl
-from connectors.kafka.clients import consumer_config
+from connectors.kafka.clients import consumer_config, partitions_of
 from connectors.kafka.partition_reader import committed_offsets
 from jobs import demo_data
 from jobs.beam_score import main as beam_main
@@ -191,7 +191,8 @@ def test_bounded_run_writes_json_lines_files(stack, tmp_path):
     cfg = stack.job_config(f"beam-files-{uuid.uuid4().hex[:6]}", partitions=2)
     records, good, reasons = mixed_records(stack.entities, seed=37)
     coords = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic, records[:600], encode=demo_data.encode)
-    stops = ",".join(f"{p}={o}" for p, o in sorted(stop_offsets(coords).items()))
+    partitions = partitions_of(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic)
+    stops = ",".join(f"{p}={o}" for p, o in sorted(stop_offsets(coords, partitions).items()))
     config = cfg.to_yaml(tmp_path / "job.yaml")
     assert beam_main(["--config", str(config), "--stop-offsets", stops, "--output-files", str(tmp_path / "run")]) == 0
     predictions = [json.loads(line) for f in tmp_path.glob("run-predictions*.jsonl") for line in f.read_text().splitlines()]
