@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from connectors.embedded.ports import PortError, free_port, wait_listening
+from connectors.embedded.ports import free_port, wait_listening
 from connectors.embedded.process import ProcessGroup
 from connectors.embedded.tansu import BrokerError
 
@@ -56,16 +56,8 @@ class LocalS3(ProcessGroup):
         """Start the server and create the bucket; a port someone else took meanwhile is retried
         on a new one (unless the port was given)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        for attempt in range(1, attempts + 1):
-            try:
-                self._start_once(timeout_s)
-                break
-            except PortError as exc:
-                self.kill()
-                if self._fixed_port or attempt == attempts:
-                    raise BrokerError(f"alocals3 could not listen on 127.0.0.1:{self.port}: {exc} "
-                                      f"(log: {self.root / 'alocals3.log'})") from exc
-                self.port = free_port()
+        self.start_on_a_free_port(lambda: self._start_once(timeout_s), attempts=attempts, fixed_port=self._fixed_port,
+                                  what="alocals3", log=self.root / "alocals3.log", error=BrokerError)
         self._create_bucket()
         return self
 

@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from connectors.embedded.ports import PortError, free_port, wait_listening
+from connectors.embedded.ports import free_port, wait_listening
 from connectors.embedded.process import ProcessGroup
 from connectors.kafka.clients import wait_for_broker
 
@@ -70,16 +70,9 @@ class EmbeddedBroker(ProcessGroup):
     def start(self, timeout_s: float = 20.0, attempts: int = 5) -> "EmbeddedBroker":
         """Start the broker and wait until it answers. A port someone else took in the meantime is
         retried on a new one (unless the port was given, or this is a restart)."""
-        for attempt in range(1, attempts + 1):
-            try:
-                return self._start_once(timeout_s)
-            except PortError as exc:
-                self.stop()
-                if self._fixed_port or attempt == attempts:
-                    raise BrokerError(f"tansu could not listen on 127.0.0.1:{self.port}: {exc} "
-                                      f"(log: {self.log_path})") from exc
-                self.port = free_port()
-        raise AssertionError("unreachable")
+        self.start_on_a_free_port(lambda: self._start_once(timeout_s), attempts=attempts, fixed_port=self._fixed_port,
+                                  what="tansu", log=self.log_path, error=BrokerError, stop=self.stop)
+        return self
 
     def _start_once(self, timeout_s: float) -> "EmbeddedBroker":
         url = f"tcp://127.0.0.1:{self.port}"
