@@ -561,9 +561,10 @@ class Registry:
                     conn.execute(sa.text("SELECT pg_notify(:channel, :payload)"), {
                         "channel": self._channel,
                         "payload": json.dumps({"name": name, "env": env, "revision": revision})})
+                result = self._deployment(conn, name, env)   # this change's state, not a later one's
         except sa.exc.IntegrityError as exc:   # a concurrent first promotion inserted the row first
             raise lost from exc
-        return self.deployment(name, env)
+        return result
 
     def rollback(self, name: str, env: str, *, actor: str, reason: str) -> Deployment:
         """Return ``env`` to the champion (and snapshot) it had before the current one."""
