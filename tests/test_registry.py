@@ -263,6 +263,59 @@ def test_two_concurrent_promotions_one_wins_the_other_conflicts(registry_uri_for
     setup.close()
 
 
+PROMOTER = """
+import sys, time, pathlib
+from registry import Conflict, open_registry
+uri, cache, version, ready, go = sys.argv[1:]
+reg = open_registry(uri, cache_dir=cache)
+seen = reg.deployment("fraud", "integration").revision
+pathlib.Path(ready).touch()
+deadline = time.monotonic() + 120
+while not pathlib.Path(go).exists():
+    if time.monotonic() > deadline:
+        sys.exit("the go file never appeared")
+    time.sleep(0.01)
+try:
+    d = reg.promote("fraud", int(version), "integration", actor="proc", reason="race", expected_revision=seen)
+    print("won", d.revision)
+except Conflict as exc:
+    print("conflict", exc)
+"""
+
+
+def test_two_processes_promoting_at_once_one_conflicts(registry_uri_for_test, tmp_path):
+    """As above with two OS processes (separate interpreters and connection pools)."""
+    import subprocess
+    import sys
+
+    setup = open_registry(registry_uri_for_test, cache_dir=tmp_path / "cache")
+    setup.init()
+    for name in ("logreg.onnx", "forest.onnx", "gbm.onnx"):
+        setup.register_model("fraud", str(model_copy(tmp_path, name)), **WHO)
+    setup.promote("fraud", 1, "integration", **WHO)
+    go = tmp_path / "go"
+    procs, readies = [], []
+    for version in (2, 3):
+        ready = tmp_path / f"ready-{version}"
+        readies.append(ready)
+        procs.append(subprocess.Popen([sys.executable, "-c", PROMOTER, registry_uri_for_test, str(tmp_path / "cache"),
+                                       str(version), str(ready), str(go)], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    deadline = time.monotonic() + 300
+    while not all(r.exists() for r in readies):
+        assert time.monotonic() < deadline, "the promoter processes did not read the deployment within 300 s"
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.05)
+    go.touch()                                          # both read revision 1; now both write
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    verdicts = sorted(out.split()[0] for out, _ in outputs)
+    assert verdicts == ["conflict", "won"], outputs
+    assert setup.deployment("fraud", "integration").revision == 2
+    assert [e.action for e in setup.history("fraud", env="integration")] == ["promote", "promote"]
+    setup.close()
+
+
 def test_concurrent_promoters_lose_no_update(registry_uri_for_test, tmp_path):
     """Four clients promote as fast as they can without coordination: each attempt either wins or
     gets Conflict, and the audit log's from -> to chain has no gap (every win saw the previous one)."""
