@@ -465,3 +465,44 @@ def test_s3_model_and_snapshot(reg, tmp_path, local_s3):
     _s3_put(local_s3, f"{reg.backend}/fraud/logreg.onnx", (MODELS / "forest.onnx").read_bytes())   # overwritten
     with pytest.raises(ArtifactError, match="sha256/size mismatch"):
         reg.fetch_model(mv, cache_dir=tmp_path / "host-c")
+
+
+def test_wait_for_change_reports_a_lost_postgres_connection(registry_uri_for_test, tmp_path):
+    """A job following the registry learns that the database went away (RegistryUnavailable), it
+    does not hang or take it for "no change"."""
+    if not registry_uri_for_test.startswith("postgresql"):
+        pytest.skip("PostgreSQL only: LISTEN runs on a connection of its own")
+    import psycopg
+
+    from feature_store_fixtures import POSTGRES_URL
+    from registry import RegistryUnavailable
+
+    reg = open_registry(registry_uri_for_test, cache_dir=tmp_path / "cache")
+    reg.init()
+    reg.register_model("fraud", str(model_copy(tmp_path)), **WHO)
+    reg.promote("fraud", 1, "integration", **WHO)
+    outcome = {}
+
+    def follow() -> None:
+        try:
+            outcome["changed"] = reg.wait_for_change("fraud", "integration", timeout_s=120)
+        except RegistryUnavailable as exc:
+            outcome["error"] = exc
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        deadline = time.monotonic() + 60
+        while True:                                     # the follower's LISTEN session, found by its channel
+            pids = [r[0] for r in admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE query LIKE %s", (f'LISTEN "{reg._channel}"',)).fetchall()]
+            if pids:
+                break
+            assert time.monotonic() < deadline, "the follower never issued LISTEN"
+            time.sleep(0.05)
+        admin.execute("SELECT pg_terminate_backend(%s)", (pids[0],))
+    follower.join(timeout=60)
+    assert not follower.is_alive(), "wait_for_change kept waiting on a dead connection"
+    assert "error" in outcome, outcome
+    assert reg.wait_for_change("fraud", "integration", timeout_s=0.2) is False     # and works again after
+    reg.close()

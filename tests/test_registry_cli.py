@@ -75,6 +75,14 @@ def test_register_promote_show_history_rollback(cli_env, tmp_path, capsys):
     code, out, _ = run(capsys, "registry", "history", "fraud")
     assert code == 0 and "rollback" in out and "drift" in out and "register" in out
 
+    code, _, err = run(capsys, "registry", "retire", "fraud", "1", "--reason", "old")
+    assert code == 1 and "serving (champion in integration)" in err
+    assert cli_json(capsys, "registry", "retire", "fraud", "2", "--reason", "superseded")["retired"] is True
+    code, _, err = run(capsys, "registry", "promote", "fraud", "2", "integration", "--reason", "again")
+    assert code == 1 and "version 2 is retired" in err
+    code, out, _ = run(capsys, "registry", "list", "--snapshots")
+    assert code == 0 and "customers@1" in out
+
 
 def test_typos_and_refusals_are_one_line_errors(cli_env, tmp_path, capsys):
     run(capsys, "registry", "init")
