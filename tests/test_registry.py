@@ -14,7 +14,7 @@ from registry import (
     ArtifactError, Conflict, Environment, NotFound, PolicyRefused, RegistryError, open_registry,
 )
 from registry_fixtures import (  # noqa: F401 - fixtures
-    FEATURES, MODELS, features_table, model_copy, reg, registry_uri_for_test, write_parquet,
+    FEATURES, MODELS, features_table, model_copy, pg_registry_uri, reg, registry_uri_for_test, write_parquet,
 )
 
 WHO = dict(actor="tester@host", reason="test")
@@ -390,14 +390,14 @@ def test_wait_for_change_wakes_on_promotion_and_times_out_otherwise(reg, tmp_pat
     assert reg.deployment("fraud", "integration").revision == 2
 
 
-def test_postgres_connection_dropped_is_reestablished(registry_uri_for_test, tmp_path):
-    if not registry_uri_for_test.startswith("postgresql"):
-        pytest.skip("PostgreSQL only: a server-side kill of the registry's session")
+def test_postgres_connection_dropped_is_reestablished(pg_registry_uri, tmp_path):
+    """PostgreSQL only: the shared cluster cannot be restarted under the other tests, so the
+    registry's own session is killed server-side (what a database restart does to it)."""
     import psycopg
 
     from feature_store_fixtures import POSTGRES_URL
 
-    reg = open_registry(registry_uri_for_test, cache_dir=tmp_path / "cache")
+    reg = open_registry(pg_registry_uri, cache_dir=tmp_path / "cache")
     reg.init()
     reg.register_model("fraud", str(model_copy(tmp_path)), **WHO)
     with reg.engine.connect() as conn:
@@ -467,17 +467,15 @@ def test_s3_model_and_snapshot(reg, tmp_path, local_s3):
         reg.fetch_model(mv, cache_dir=tmp_path / "host-c")
 
 
-def test_wait_for_change_reports_a_lost_postgres_connection(registry_uri_for_test, tmp_path):
+def test_wait_for_change_reports_a_lost_postgres_connection(pg_registry_uri, tmp_path):
     """A job following the registry learns that the database went away (RegistryUnavailable), it
-    does not hang or take it for "no change"."""
-    if not registry_uri_for_test.startswith("postgresql"):
-        pytest.skip("PostgreSQL only: LISTEN runs on a connection of its own")
+    does not hang or take it for "no change" (PostgreSQL: LISTEN runs on a session of its own)."""
     import psycopg
 
     from feature_store_fixtures import POSTGRES_URL
     from registry import RegistryUnavailable
 
-    reg = open_registry(registry_uri_for_test, cache_dir=tmp_path / "cache")
+    reg = open_registry(pg_registry_uri, cache_dir=tmp_path / "cache")
     reg.init()
     reg.register_model("fraud", str(model_copy(tmp_path)), **WHO)
     reg.promote("fraud", 1, "integration", **WHO)

@@ -10,7 +10,7 @@ import pytest
 
 from jobs.cli import main
 from registry_fixtures import (  # noqa: F401 - fixtures
-    FEATURES, features_table, model_copy, registry_uri_for_test, write_parquet,
+    features_table, model_copy, registry_uri_for_test,
 )
 
 
