@@ -43,10 +43,13 @@ def default_registry_uri() -> str:
 
 
 def default_actor() -> str:
+    """``user@host`` (the login name from the environment or the password database)."""
+    import getpass
+
     try:
-        user = os.getlogin()
-    except OSError:
-        user = os.environ.get("USER") or str(os.getuid())
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
     return f"{user}@{socket.gethostname()}"
 
 
