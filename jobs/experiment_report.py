@@ -10,35 +10,9 @@ import html
 import math
 from typing import Any, Sequence
 
+from operators.experiments import merge_windows
+
 WIDTH, HEIGHT, PAD = 640, 260, 60
-
-
-def merge_windows(windows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The figures of several windows of one pair taken together (counts and histograms add up;
-    agreement and the mean difference are weighted by events compared)."""
-    if not windows:
-        raise ValueError("no comparison windows to report")
-    compared = sum(w["compared"] for w in windows)
-    agreed = sum((w["agreement"] or 0) * w["compared"] for w in windows)
-    flips: dict[tuple[str, str], int] = {}
-    for w in windows:
-        for f in w["flips"]:
-            key = (f["champion"], f["challenger"])
-            flips[key] = flips.get(key, 0) + f["count"]
-    first = windows[0]
-    champion_hist = [sum(w["champion_hist"][i] for w in windows) for i in range(len(first["champion_hist"]))]
-    challenger_hist = [sum(w["challenger_hist"][i] for w in windows) for i in range(len(first["challenger_hist"]))]
-    diff_mean = sum((w["score_diff_mean"] or 0) * w["compared"] for w in windows) / compared if compared else None
-    from operators.experiments import population_stability_index
-    return {
-        "champion": first["champion"], "challenger": first["challenger"], "windows": len(windows),
-        "compared": compared, "agreement": agreed / compared if compared else None,
-        "flips": [{"champion": k[0], "challenger": k[1], "count": v} for k, v in sorted(flips.items())],
-        "score_diff_mean": diff_mean,
-        "score_diff_p99_max": max((w["score_diff_p99"] or 0) for w in windows),
-        "bins": first["bins"], "champion_hist": champion_hist, "challenger_hist": challenger_hist,
-        "psi": population_stability_index(champion_hist, challenger_hist) if compared else None,
-    }
 
 
 def render_html(windows: Sequence[dict[str, Any]], title: str) -> str:

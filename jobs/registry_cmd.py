@@ -88,6 +88,12 @@ def register(subparsers) -> None:
                    "pinned now, else the newest of the model's feature set)")
     p.add_argument("--event-fields", metavar="FIELD[:TYPE],...", help="event fields beyond the environment's")
     p.add_argument("--expected-revision", type=int, help="refuse unless the deployment is at this revision")
+    gate = p.add_argument_group("gate", "refuse unless the version's recorded comparison with the champion of "
+                                "ENV (shadow/canary scoring on live traffic, `registry report`) meets these; the "
+                                "decision and the numbers go to the audit log")
+    gate.add_argument("--require-agreement", type=float, metavar="SHARE", help="minimum label agreement, e.g. 0.98")
+    gate.add_argument("--min-compared", type=int, default=1, metavar="N", help="minimum events compared (default 1)")
+    gate.add_argument("--max-psi", type=float, metavar="PSI", help="maximum PSI of its scores against the champion's")
     _change_args(p)
     p.set_defaults(func=cmd_promote)
 
@@ -106,6 +112,19 @@ def register(subparsers) -> None:
     p.add_argument("version")
     _change_args(p)
     p.set_defaults(func=cmd_retire)
+
+    p = _sub(sub, "report", "the champion/challenger comparison recorded in an environment",
+             "The in-stream comparison of each challenger (shadow or canary) with the champion: events compared, "
+             "label agreement, the flip matrix, |score difference|, PSI. --html writes a self-contained page "
+             "(no network needed to view it) with plots of agreement over time, both score distributions, the "
+             "flip matrix and latency per model.",
+             "streamscore registry report fraud --env production --html fraud-report.html")
+    p.add_argument("name")
+    p.add_argument("--env", required=True)
+    p.add_argument("--challenger", type=int, metavar="VERSION", help="one challenger (default: each compared one)")
+    p.add_argument("--html", metavar="FILE", help="also write the report as one HTML page")
+    _common_args(p)
+    p.set_defaults(func=cmd_report)
 
     p = _sub(sub, "history", "the audit log, newest first",
              "Every register, publish, promote, rollback, retire and refusal (by promote or by a running job) "
@@ -351,9 +370,65 @@ def _print_deployment(args, d, verb: str) -> int:
 @registry_errors
 def cmd_promote(args) -> int:
     reg = open_from_args(args)
+    gate = None
+    if args.require_agreement is not None or args.max_psi is not None or args.min_compared != 1:
+        from registry import Gate
+        gate = Gate(min_agreement=args.require_agreement if args.require_agreement is not None else 0.0,
+                    min_compared=args.min_compared, max_psi=args.max_psi)
     d = reg.promote(args.name, args.version, args.env, actor=_actor(args), reason=args.reason,
-                    features=args.features, event_fields=args.event_fields, expected_revision=args.expected_revision)
+                    features=args.features, event_fields=args.event_fields, expected_revision=args.expected_revision,
+                    gate=gate)
     return _print_deployment(args, d, "promoted")
+
+
+@registry_errors
+def cmd_report(args) -> int:
+    from operators.experiments import merge_windows
+    from registry import NotFound
+
+    reg = open_from_args(args)
+    reg.environment(args.env)
+    if args.name not in reg.model_names():
+        raise NotFound("model", args.name, reg.model_names())
+    windows = reg.comparisons(args.name, args.env, args.challenger)
+    if not windows:
+        from jobs.errors import UserError
+        which = f"v{args.challenger} of " if args.challenger else ""
+        raise UserError(f"no comparison recorded for {which}{args.name} in {args.env} (shadow or canary "
+                        "scoring records one window every few seconds while the job runs)")
+    pairs: dict[tuple[str, str], list[dict]] = {}
+    for w in windows:
+        pairs.setdefault((w["champion"], w["challenger"]), []).append(w)
+    totals = [merge_windows(ws) for ws in pairs.values()]
+    if args.html:
+        from pathlib import Path
+
+        from jobs.experiment_report import render_html
+        (champion, challenger), ws = max(pairs.items(), key=lambda kv: sum(w["compared"] for w in kv[1]))
+        Path(args.html).write_text(render_html(ws, f"{args.name} in {args.env}: {champion} vs {challenger}"))
+    if args.json:
+        _print_json(totals)
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"{args.name} in {args.env}: challengers against the champion")
+    for col in ("champion", "challenger", "windows", "compared", "agreement", "|diff| mean", "|diff| p99 max", "PSI"):
+        table.add_column(col, justify="right" if col not in ("champion", "challenger") else "left")
+    for t in totals:
+        table.add_row(t["champion"], t["challenger"], str(t["windows"]), f"{t['compared']:,}",
+                      _num(t["agreement"]), _num(t["score_diff_mean"]), _num(t["score_diff_p99_max"]), _num(t["psi"]))
+    console = _console()
+    console.print(table)
+    for t in totals:
+        flips = ", ".join(f"{f['champion']}->{f['challenger']}: {f['count']:,}" for f in t["flips"])
+        console.print(f"flips {t['champion']} -> {t['challenger']}: {flips}")
+    if args.html:
+        console.print(f"report written to {args.html}")
+    return 0
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 @registry_errors

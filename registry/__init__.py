@@ -16,7 +16,7 @@ from registry.errors import (  # noqa: F401
     ArtifactError, Conflict, NotFound, PolicyRefused, RegistryError, RegistryUnavailable,
 )
 from registry.records import (  # noqa: F401
-    AuditEntry, Deployment, Environment, FeatureSetRef, FeatureSnapshot, ModelVersion,
+    AuditEntry, Gate, Deployment, Environment, FeatureSetRef, FeatureSnapshot, ModelVersion,
 )
 from registry.snapshots import write_dataset  # noqa: F401
 

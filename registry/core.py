@@ -24,7 +24,7 @@ from registry import tables as t
 from registry.artifacts import ModelCache, resolve, sha256_of, download, default_cache_dir
 from registry.errors import ArtifactError, Conflict, NotFound, PolicyRefused, RegistryError, RegistryUnavailable
 from registry.records import (
-    ROLES, AuditEntry, Deployment, Environment, FeatureSetRef, FeatureSnapshot, ModelVersion,
+    ROLES, AuditEntry, Deployment, Environment, FeatureSetRef, FeatureSnapshot, Gate, ModelVersion,
 )
 from registry.snapshots import (
     Compatibility, check_inputs, parse_event_fields, read_dataset, schema_columns, schema_fingerprint,
@@ -465,7 +465,7 @@ class Registry:
 
     def promote(self, name: str, version: int | str, env: str, *, actor: str, reason: str, role: str = "champion",
                 features: str | FeatureSnapshot | None = None, event_fields: str | list | dict | None = None,
-                expected_revision: int | None = None) -> Deployment:
+                expected_revision: int | None = None, gate: Gate | None = None) -> Deployment:
         """Make ``name/version`` the champion of ``env`` (pinning ``features``: a snapshot, ``name@v``
         or a name for its newest version; default: the snapshot already pinned, else the newest of
         the model's feature set).
@@ -474,7 +474,8 @@ class Registry:
         environment requires the version to have been champion in the previous one and it was not,
         or its inputs cannot be fed by the pinned snapshot plus the event fields (the policy's,
         extended by ``event_fields``). ``Conflict`` when the deployment changed since it was read
-        (or is not at ``expected_revision``)."""
+        (or is not at ``expected_revision``). With a ``gate``, the version's recorded comparison
+        against the champion in ``env`` must meet it; the evidence goes to the audit log either way."""
         _need_reason(reason, actor)
         if role not in ROLES:
             raise RegistryError(f"role {role!r}: one of {', '.join(ROLES)}")
@@ -510,12 +511,60 @@ class Registry:
         compat = self.check_compatibility(mv, snap, events)
         if not compat.ok:
             refuse(compat.describe(), missing=compat.missing, mistyped=compat.mistyped)
+        gate_detail: dict[str, Any] = {}
+        if gate is not None:
+            evidence = self.comparison_evidence(name, env, mv.version)
+            gate_detail = {"gate": _gate_dict(gate), "evidence": evidence}
+            failed = gate.failures(evidence)
+            if failed:
+                refuse("the comparison does not meet the gate: " + "; ".join(failed), **gate_detail)
         if current and current.champion.version == mv.version and \
                 (current.features.ref if current.features else None) == (snap.ref if snap else None):
             raise RegistryError(f"{mv.ref} is already champion in {env} with "
                                 f"{snap.ref if snap else 'no feature snapshot'}; nothing to change")
+        detail = {"unchecked_inputs": compat.unchecked} if compat.unchecked else {}
         return self._set_champion(name, env, mv, snap, current, actor=actor, reason=reason, action="promote",
-                                  detail={"unchecked_inputs": compat.unchecked} if compat.unchecked else {})
+                                  detail={**detail, **gate_detail})
+
+    # --- the in-stream comparison of challengers (shadow, canary) with the champion -------------
+
+    def record_comparison(self, name: str, env: str, summary: dict[str, Any], *, role: str = "shadow") -> bool:
+        """Store one window of a champion/challenger comparison (``WindowComparison.summary()``,
+        whose ``champion``/``challenger`` are ``name@version``). A window already stored (a replay
+        after a restart) is left as it is: False."""
+        if role not in ROLES or role == "champion":
+            raise RegistryError(f"a comparison's challenger role is shadow or canary, not {role!r}")
+        champion, challenger = (_version_of(summary[k], name, k) for k in ("champion", "challenger"))
+        values = dict(name=name, env=env, champion_version=champion, challenger_version=challenger, role=role,
+                      window_start_ms=int(summary["window_start_ms"]), compared=int(summary["compared"]),
+                      summary=summary, recorded_at=_now())
+        try:
+            with self._tx() as conn:
+                conn.execute(t.comparisons.insert().values(**values))
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def comparisons(self, name: str, env: str, challenger_version: int | None = None) -> list[dict[str, Any]]:
+        """The stored comparison windows of ``name`` in ``env`` (of one challenger), oldest first."""
+        c = t.comparisons.c
+        query = sa.select(t.comparisons.c.summary).where(c.name == name, c.env == env)
+        if challenger_version is not None:
+            query = query.where(c.challenger_version == int(challenger_version))
+        with self._read() as conn:
+            return [row.summary for row in conn.execute(query.order_by(c.window_start_ms, c.id))]
+
+    def comparison_evidence(self, name: str, env: str, challenger_version: int) -> dict[str, Any]:
+        """The comparison of one challenger against the champion it was compared with, all
+        recorded windows taken together (``compared``, ``agreement``, ``psi``, ``windows``, …)."""
+        from operators.experiments import merge_windows
+
+        windows = self.comparisons(name, env, challenger_version)
+        if not windows:
+            return {"windows": 0, "compared": 0, "agreement": None, "psi": None}
+        merged = merge_windows(windows)
+        return {k: merged[k] for k in ("champion", "challenger", "windows", "compared", "agreement",
+                                       "score_diff_mean", "psi")}
 
     def _pick_features(self, mv: ModelVersion, features, current: Deployment | None) -> FeatureSnapshot | None:
         if isinstance(features, FeatureSnapshot):
@@ -694,6 +743,18 @@ class Registry:
                 return self.revision(name, env) != start
         except psycopg.OperationalError as exc:
             raise RegistryUnavailable(f"registry database {self._safe_uri()}: {' '.join(str(exc).split())[:300]}") from exc
+
+
+def _version_of(ref: str, name: str, what: str) -> int:
+    """``fraud@3`` → 3 (the comparison's model must be the deployment's)."""
+    model, _, version = str(ref).rpartition("@")
+    if model != name or not version.isdigit():
+        raise RegistryError(f"comparison {what} {ref!r} is not a version of {name} (expected {name}@<version>)")
+    return int(version)
+
+
+def _gate_dict(gate: Gate) -> dict[str, Any]:
+    return {"min_agreement": gate.min_agreement, "min_compared": gate.min_compared, "max_psi": gate.max_psi}
 
 
 def _describe_model(path: Path) -> dict:

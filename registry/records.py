@@ -130,3 +130,30 @@ class Environment:
     position: int
     requires_previous_champion: bool = False
     event_fields: dict[str, str] | None = None   # field -> dtype ("any" when unknown); None: not declared
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What a challenger's recorded comparison must show before it may be promoted: at least
+    ``min_compared`` events compared, label agreement of at least ``min_agreement``, and (when
+    given) a PSI of its scores against the champion's of at most ``max_psi``."""
+
+    min_agreement: float
+    min_compared: int = 1
+    max_psi: float | None = None
+
+    def failures(self, evidence: dict[str, Any]) -> list[str]:
+        """Why ``evidence`` (``Registry.comparison_evidence``) does not meet the gate; [] if it does."""
+        out = []
+        compared = evidence.get("compared") or 0
+        if compared < self.min_compared:
+            out.append(f"{compared:,} events compared, the gate needs {self.min_compared:,}")
+        agreement = evidence.get("agreement")
+        if agreement is None or agreement < self.min_agreement:
+            shown = "none" if agreement is None else f"{agreement:.4f}"
+            out.append(f"label agreement {shown}, the gate needs {self.min_agreement}")
+        psi = evidence.get("psi")
+        if self.max_psi is not None and (psi is None or psi > self.max_psi):
+            shown = "none" if psi is None else f"{psi:.4f}"
+            out.append(f"PSI {shown}, the gate allows at most {self.max_psi}")
+        return out

@@ -80,6 +80,25 @@ deployment_roles = sa.Table(
     sa.CheckConstraint("role IN ('champion', 'shadow', 'canary')", name="ck_deployment_roles_role"),
 )
 
+# The in-stream champion/challenger comparison, one row per (deployment, pair, window) as the job
+# emitted it (operators.experiments.WindowComparison.summary()); a window emitted again after a
+# restart is the same row (unique), so replays do not count twice.
+comparisons = sa.Table(
+    "comparisons", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("env", sa.String(100), nullable=False),
+    sa.Column("champion_version", sa.Integer, nullable=False),
+    sa.Column("challenger_version", sa.Integer, nullable=False),
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("window_start_ms", sa.BigInteger, nullable=False),
+    sa.Column("compared", sa.BigInteger, nullable=False),
+    sa.Column("summary", sa.JSON, nullable=False),
+    sa.Column("recorded_at", TS, nullable=False),
+    sa.UniqueConstraint("name", "env", "champion_version", "challenger_version", "window_start_ms",
+                        name="uq_comparisons_window"),
+)
+
 audit_log = sa.Table(
     "audit_log", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
