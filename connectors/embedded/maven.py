@@ -91,7 +91,8 @@ def classpath(profile: str) -> str:
     return str(jars(profile) / "*")
 
 
-if __name__ == "__main__":          # python -m connectors.embedded.maven kafka-broker
+if __name__ == "__main__":          # python -m connectors.embedded.maven kafka-broker [kafka-records ...]
     import sys
     for name in sys.argv[1:] or ["kafka-broker"]:
-        print(jars(name))
+        project = POM.parent / name     # a Maven project folder next to the pom: build it
+        print(built_jar(project) if (project / "pom.xml").exists() else jars(name))
