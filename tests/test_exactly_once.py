@@ -27,6 +27,7 @@ def test_delivery_is_at_least_once_unless_asked():
         load_config(None, ["kafka.delivery=exactly-twice"])
 
 
+@pytest.mark.slow   # the first run fetches the connector and builds the serializer with mvn (~1-2 min)
 @pytest.mark.skipif(shutil.which("mvn") is None, reason="building the serializer jar needs Maven (`mvn`)")
 def test_the_sink_jars_are_the_connector_and_the_serializer_built_from_source():
     found = exactly_once_jars()
