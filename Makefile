@@ -17,7 +17,8 @@ help:
 	@echo "make test-kafka                     the Kafka-facing suites against Apache Kafka 4.x (jars fetched once by mvn)"
 	@echo "make services                       install (Debian) and start PostgreSQL :5432 and Redis :6379 for the tests"
 	@echo "make cluster-test                   production path: standalone Flink cluster, file sink, compose file"
-	@echo "make chaos [CHAOS_EVENTS=50000]     break the job on purpose (kills, outages): exact accounting table"
+	@echo "make chaos [CHAOS_EVENTS=50000]     break the job on purpose (kills, outages): exact accounting table,"
+	@echo "                                   at-least-once and exactly-once (the latter on Apache Kafka, via mvn)"
 	@echo "make bench                          end-to-end, model-format and side-store benchmarks"
 	@echo "make bench-deps                     .venv-bench: Quix Streams and Bytewax for the e2e comparison"
 	@echo "make mlflow-deps                    .venv-mlflow: an MLflow server for the registry's models:/ test"
@@ -47,10 +48,10 @@ test-fast: install
 
 # the suites that talk to Kafka, on an embedded Apache Kafka 4.x (single-node KRaft) instead of Tansu
 KAFKA_SUITES ?= tests/test_apache_kafka.py tests/test_kafka_io.py tests/test_consume.py tests/test_job_integration.py \
-	tests/test_job_restart.py tests/test_fuzz_job.py tests/chaos
+	tests/test_job_restart.py tests/test_fuzz_job.py tests/test_exactly_once.py tests/chaos
 .PHONY: test-kafka kafka-jars
 kafka-jars: install
-	$(BIN)/python -m connectors.embedded.maven kafka-broker
+	$(BIN)/python -m connectors.embedded.maven kafka-broker flink-kafka kafka-records
 
 test-kafka: install
 	STREAMSCORE_TEST_BROKER=kafka $(PYTEST) $(KAFKA_SUITES)

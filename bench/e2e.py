@@ -4,6 +4,9 @@ Runs, in one invocation on the same data and the same embedded broker/store/mode
 doing the same work (consume JSON events, look up 32 features per event, score, produce one JSON
 prediction per event), each read back by the same OutputReader:
   flink    the PyFlink job (MiniCluster, process mode, Arrow micro-batches, checkpoints every 2 s)
+  flink-eos  the same job with kafka.delivery: exactly_once (Flink's transactional KafkaSink; output
+           visible to the read_committed reader only when the checkpoint commits: latency >= the
+           checkpoint interval). Needs --broker kafka (Tansu's transactions do not isolate)
   loop     a plain single-process Python loop calling the same steps (the practical ceiling)
   naive    PyFlink written one event per record in Python maps (the baseline to beat 10x)
   beam     the job's steps as stock Beam transforms (Enrichment, RunInference) on the DirectRunner
@@ -23,6 +26,7 @@ would hand it out. Hops: event→scored (``scored_ts`` in the prediction: input 
 decoding, lookup, scoring) and scored→read (encoding, producing, the output topic).
 
     python bench/e2e.py [--events 100000] [--rate 5000] [--latency-seconds 20] [--runners flink,loop]
+    python bench/e2e.py --broker kafka --runners flink,flink-eos --out bench/results/e2e_exactly_once.json
 """
 from __future__ import annotations
 
@@ -56,10 +60,15 @@ class Runner:
     module: str                 # python -m MODULE --config job.yaml
     how: str                    # how it does the work (shown in the table)
     bench_venv: bool = False    # needs .venv-bench (make bench-deps)
+    overrides: tuple = ()       # job config overrides of this runner: ((section__key, value), ...)
+    needs_kafka: bool = False   # runs only on the embedded Apache Kafka (--broker kafka)
 
 
 RUNNERS = {
     "flink": Runner("jobs.score_stream", "PyFlink job: Arrow micro-batches, async lookup; checkpoints 2 s"),
+    "flink-eos": Runner("jobs.score_stream", "the PyFlink job, kafka.delivery exactly_once: transactional "
+                        "KafkaSink committed per checkpoint (2 s)", overrides=(("kafka__delivery", "exactly_once"),),
+                        needs_kafka=True),
     "loop": Runner("bench.plain_loop", "one Python process, the job's steps, no engine, no checkpoints"),
     "beam": Runner("jobs.beam_score", "Beam DirectRunner: stock Enrichment + RunInference over Arrow micro-batches"),
     "naive": Runner("bench.naive_flink", "PyFlink, one event per record in Python maps; checkpoints 2 s"),
@@ -75,7 +84,7 @@ console = Console(stderr=True)
 
 def _start(stack, name: str, runner: Runner, tag: str):
     """Start a runner on fresh topics and wait until it scores warm-up events."""
-    cfg = stack.job_config(f"bench-{name}-{tag}", partitions=2, **OVERRIDES)
+    cfg = stack.job_config(f"bench-{name}-{tag}", partitions=2, **{**OVERRIDES, **dict(runner.overrides)})
     job, reader = stack.start_job(cfg, module=runner.module)
     return cfg, job, reader
 
@@ -147,11 +156,13 @@ def latency(stack, name: str, runner: Runner, rate: float, seconds: float, ramp_
         job.stop()
 
 
-def _selected(names: str) -> dict[str, Runner]:
+def _selected(names: str, broker: str) -> dict[str, Runner]:
     chosen = {}
     for name in names.split(","):
         if name not in RUNNERS:
             raise SystemExit(f"unknown runner {name!r}; choose from {', '.join(RUNNERS)}")
+        if RUNNERS[name].needs_kafka and broker != "kafka":
+            raise SystemExit(f"{name} needs the embedded Apache Kafka: add --broker kafka")
         if RUNNERS[name].bench_venv and not competitors.venv_ready():
             console.print(f"[yellow]{name}: skipped[/] ({competitors.VENV.name} missing: run `{competitors.SETUP}`)")
             continue
@@ -215,7 +226,10 @@ def main() -> int:
     parser.add_argument("--ramp-seconds", type=float, default=2,
                         help="the latency runs start with this long at the same rate, left out of the "
                              "percentiles (first real load: JIT, buffers); their events must still come out")
-    parser.add_argument("--runners", default=",".join(RUNNERS), help=f"comma-separated subset of {', '.join(RUNNERS)}")
+    parser.add_argument("--runners", default=",".join(n for n, r in RUNNERS.items() if not r.needs_kafka),
+                        help=f"comma-separated subset of {', '.join(RUNNERS)} (default: all but flink-eos)")
+    parser.add_argument("--broker", choices=["tansu", "kafka"], default="tansu",
+                        help="the embedded broker: tansu (default) or kafka (Apache Kafka 4.x; flink-eos needs it)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="job config override for every runner, e.g. batch.poll_timeout_ms=10 or "
                              "kafka.consumer.fetch.wait.max.ms=10")
@@ -228,9 +242,9 @@ def main() -> int:
     args = parser.parse_args()
     for section, values in apply_overrides({}, args.set).items():
         OVERRIDES.update({f"{section}__{key}": value for key, value in values.items()})
-    runners = _selected(args.runners)
+    runners = _selected(args.runners, args.broker)
     results: dict[str, dict] = {}
-    with EmbeddedStack(say=lambda m: console.print(m)) as stack:
+    with EmbeddedStack(say=lambda m: console.print(m), broker=args.broker) as stack:
         for name, runner in runners.items():
             results.setdefault(name, {})["throughput"] = {"events_per_s": float("nan"), "missing": 0}
             if not args.skip_throughput:

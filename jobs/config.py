@@ -31,6 +31,18 @@ class KafkaSettings(_Section):
         "earliest", description="where a partition with no checkpointed offset starts")
     consumer: dict[str, Any] = Field(default_factory=dict, description="extra confluent-kafka consumer settings")
     producer: dict[str, Any] = Field(default_factory=dict, description="extra confluent-kafka producer settings")
+    delivery: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once", description="at_least_once: the Python sink, each micro-batch acknowledged before a "
+        "checkpoint can complete (duplicates after a restore). exactly_once: Flink's transactional KafkaSink, "
+        "committed with each checkpoint, so read_committed consumers see every output once and only after the "
+        "checkpoint (latency >= checkpoint interval); needs a broker with real transactions (Apache Kafka, not "
+        "the embedded Tansu) and Maven for the connector jars")
+    transactional_id_prefix: str | None = Field(
+        None, description="exactly_once: prefix of the sink's Kafka transactional ids (default: job_name); "
+        "unique per job on a cluster and the same across restarts of one job")
+    transaction_timeout_ms: int = Field(
+        600_000, gt=0, description="exactly_once: Kafka transaction.timeout.ms; above the longest checkpoint "
+        "+ restart, at most the broker's transaction.max.timeout.ms (15 min by default)")
 
 
 class EventSettings(_Section):

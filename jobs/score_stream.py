@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from pyflink.common import Configuration
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
@@ -19,7 +20,7 @@ from jobs.config import JobConfig
 from jobs.run_cmd import add_job_arguments, config_from_args  # noqa: F401 (also this module's API)
 from operators.flink.enrich import enrich
 from operators.flink.file_sink import file_targets, write_to_files
-from operators.flink.kafka_sink import write_to_kafka
+from operators.flink.kafka_sink import write_to_kafka, write_to_kafka_exactly_once
 from operators.flink.kafka_source import kafka_micro_batches
 from operators.flink.score import score_micro_batches
 from operators.flink.worker import WorkerSettings
@@ -38,7 +39,7 @@ def flink_configuration(cfg: JobConfig) -> Configuration:
         "parallelism.default": str(f.parallelism),
         "execution.buffer-timeout.interval": f"{f.buffer_timeout_ms} ms",
         "execution.checkpointing.interval": f"{f.checkpoint_interval_ms} ms",
-        "execution.checkpointing.mode": "EXACTLY_ONCE",   # of Flink state; the Kafka sink is at-least-once
+        "execution.checkpointing.mode": "EXACTLY_ONCE",   # of Flink state; kafka.delivery says the sink's
         "execution.checkpointing.dir": f.checkpoint_dir,
         "execution.checkpointing.unaligned.enabled": str(f.unaligned_checkpoints).lower(),
         "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
@@ -81,6 +82,14 @@ def micro_batches(env: StreamExecutionEnvironment, cfg: JobConfig) -> DataStream
     )
 
 
+def exactly_once_jars() -> list[Path]:
+    """The jars the exactly-once Kafka sink needs in ``pipeline.jars``: Flink's Kafka connector
+    (Maven Central, pom profile ``flink-kafka``) and the record serializer built from
+    ``flink-conf/maven/kafka-records`` (both fetched or built by ``mvn`` once, then cached)."""
+    from connectors.embedded.maven import POM, built_jar, jars
+    return [*sorted(jars("flink-kafka").glob("*.jar")), built_jar(POM.parent / "kafka-records")]
+
+
 def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
     """Wire the pipeline onto ``env``."""
     k = cfg.kafka
@@ -94,7 +103,13 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
                                  reload_interval_s=cfg.model.reload_interval_s,
                                  load_options=cfg.model.load_options())
     s = cfg.sink
-    if s.kind in ("kafka", "both"):
+    if s.kind in ("kafka", "both") and k.delivery == "exactly_once":
+        env.add_jars(*(jar.as_uri() for jar in exactly_once_jars()))
+        write_to_kafka_exactly_once(scored, bootstrap_servers=k.bootstrap_servers, topic=k.output_topic,
+                                    dead_letter_topic=k.dead_letter_topic,
+                                    transactional_id_prefix=k.transactional_id_prefix or cfg.job_name,
+                                    transaction_timeout_ms=k.transaction_timeout_ms)
+    elif s.kind in ("kafka", "both"):
         write_to_kafka(scored, producer_config=producer_config(k.bootstrap_servers, k.producer),
                        topic=k.output_topic, dead_letter_topic=k.dead_letter_topic)
     if s.kind in ("files", "both"):

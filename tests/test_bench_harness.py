@@ -90,7 +90,7 @@ def test_latency_stats_per_hop():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in RUNNERS if n != "flink"])
+@pytest.mark.parametrize("name", [n for n in RUNNERS if RUNNERS[n].module != "jobs.score_stream"])   # the job: its own tests
 def test_runner_scores_like_the_model_offline(stack, name):
     runner = RUNNERS[name]
     if runner.bench_venv and not competitors.venv_ready():

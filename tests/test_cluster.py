@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -286,6 +287,33 @@ def test_submit_stop_with_savepoint_resume_on_a_standalone_cluster(cluster, stac
             time.sleep(0.5)
         assert sorted(ids) == sorted(tally.predictions)
         assert sorted(read_committed(out / "dead_letters", "source")) == sorted(tally.dead_letters)
+        cluster.cancel(job_id)
+    finally:
+        reader.stop()
+
+
+def test_exactly_once_sink_jars_reach_a_standalone_cluster(cluster, kafka_stack, tmp_path):
+    """``kafka.delivery: exactly_once`` submitted with ``flink run``: the job adds the Kafka
+    connector and the record-serializer jar to ``pipeline.jars``, the client ships them with the
+    job, and the TaskManager writes committed predictions and dead letters (with headers)."""
+    cfg = kafka_stack.job_config(f"cluster-eos-{uuid.uuid4().hex[:6]}", partitions=2,
+                                 flink__checkpoint_interval_ms=1000, kafka__delivery="exactly_once")
+    cfg.kafka.consumer["isolation.level"] = "read_committed"
+    job_yaml = cfg.to_yaml(tmp_path / "job.yaml")
+    reader = OutputReader(cfg.kafka.bootstrap_servers, cfg.kafka.output_topic, cfg.kafka.dead_letter_topic,
+                          cfg.kafka.consumer).start()
+    job_id = cluster.submit(job_yaml)
+    try:
+        records, reasons = demo_data.with_bad_events(demo_data.events(N_FIRST, kafka_stack.entities, seed=53,
+                                                                      prefix="eos"),
+                                                     kafka_stack.entities, every=61, start=30)
+        coords = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic, records, encode=demo_data.encode)
+        tally = reader.wait_for(set(coords), timeout_s=300, stall_s=240)
+        assert not tally.missing(set(coords)), f"committed outputs did not arrive:\n{cluster.log_tail()}"
+        assert tally.reasons() == Counter(reasons.values()), "dead letters keep their reason header"
+        assert tally.duplicate_predictions == 0 and tally.duplicate_dead_letters == 0
+        vertices = " ".join(v["name"] for v in cluster.rest(f"/jobs/{job_id}")["vertices"])
+        assert "kafka-transactional-sink" in vertices, vertices
         cluster.cancel(job_id)
     finally:
         reader.stop()

@@ -1,15 +1,26 @@
-"""Kafka sink written in Python: predictions to the output topic, dead letters to the DLQ.
+"""Kafka sinks: predictions to the output topic, dead letters to the DLQ.
 
-Each micro-batch is acknowledged by the broker before the operator returns, so a checkpoint
-barrier (which follows the batch) never completes over unacknowledged records: at-least-once.
+At-least-once (:func:`write_to_kafka`, written in Python): each micro-batch is acknowledged by the
+broker before the operator returns, so a checkpoint barrier (which follows the batch) never
+completes over unacknowledged records.
+
+Exactly-once (:func:`write_to_kafka_exactly_once`): a Python operator turns each micro-batch into
+Kafka record rows, and Flink's own transactional ``KafkaSink`` writes them in a transaction that
+commits when the checkpoint completes (PyFlink gives Python operators no checkpoint callbacks). Its
+record serializer is ``streamscore.flink.KafkaRowSerializer`` (flink-conf/maven/kafka-records:
+PyFlink cannot set record headers, and dead letters carry theirs); the connector and that jar must
+be in the job's ``pipeline.jars``.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from pyflink.common import Types
+from pyflink.common import Row, Types
 from pyflink.datastream import DataStream
-from pyflink.datastream.functions import MapFunction, RuntimeContext
+from pyflink.datastream.connectors.base import DeliveryGuarantee
+from pyflink.datastream.connectors.kafka import KafkaSink
+from pyflink.datastream.functions import FlatMapFunction, MapFunction, RuntimeContext
+from pyflink.java_gateway import get_gateway
 
 from connectors.kafka.writer import KafkaBatchWriter
 from operators import steps
@@ -46,3 +57,54 @@ def write_to_kafka(stream: DataStream, *, producer_config: dict[str, Any], topic
     written = (stream.map(WriteToKafka(producer_config, topic, dead_letter_topic), Types.INT())
                .name("sink").uid(f"kafka-sink-{topic}"))
     return discard(written)
+
+
+# One Kafka record as the Java serializer (streamscore.flink.KafkaRowSerializer) reads it.
+KAFKA_RECORD = Types.ROW_NAMED(
+    ["topic", "key", "value", "headers"],
+    [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE()),
+     Types.MAP(Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()))])
+ROW_SERIALIZER_CLASS = "streamscore.flink.KafkaRowSerializer"
+
+
+class ToKafkaRecords(FlatMapFunction):
+    """A scored micro-batch as Kafka record rows: predictions (key = entity id) and dead letters
+    (the original bytes, key = source coordinates, reason/detail/source headers), the same records
+    the at-least-once sink writes. Counts them as handed to the sink, which commits them with
+    the next checkpoint."""
+
+    def __init__(self, topic: str, dead_letter_topic: str) -> None:
+        self.topic = topic
+        self.dead_letter_topic = dead_letter_topic
+
+    def open(self, ctx: RuntimeContext) -> None:
+        self._outputs = OutputMetrics(metric_group(ctx))
+
+    def flat_map(self, scored: steps.ScoredBatch):
+        values, keys = steps.prediction_records(scored)
+        for value, key in zip(values, keys or ()):
+            yield Row(self.topic, key, value, None)
+        for letter in scored.dead_letters:
+            yield Row(self.dead_letter_topic, letter.source.encode(), letter.value, dict(letter.headers()))
+        self._outputs.count(len(values), scored.dead_letters)
+
+
+def write_to_kafka_exactly_once(stream: DataStream, *, bootstrap_servers: str, topic: str, dead_letter_topic: str,
+                                transactional_id_prefix: str, transaction_timeout_ms: int,
+                                producer_properties: dict[str, Any] | None = None):
+    """Predictions and dead letters through Flink's transactional ``KafkaSink``
+    (``DeliveryGuarantee.EXACTLY_ONCE``): visible to ``read_committed`` consumers once the
+    checkpoint that covers them completes, once each across restores."""
+    records = (stream.flat_map(ToKafkaRecords(topic, dead_letter_topic), KAFKA_RECORD)
+               .name("sink").uid(f"kafka-records-{topic}"))
+    jvm = get_gateway().jvm
+    builder = (jvm.org.apache.flink.connector.kafka.sink.KafkaSink.builder()
+               .setBootstrapServers(bootstrap_servers)
+               .setRecordSerializer(getattr(jvm, ROW_SERIALIZER_CLASS)())
+               .setDeliveryGuarantee(DeliveryGuarantee.EXACTLY_ONCE._to_j_delivery_guarantee())
+               .setTransactionalIdPrefix(transactional_id_prefix)
+               .setProperty("transaction.timeout.ms", str(transaction_timeout_ms)))
+    for key, value in (producer_properties or {}).items():
+        builder = builder.setProperty(key, str(value))
+    return (records.sink_to(KafkaSink(builder.build()))
+            .name("kafka-transactional-sink").uid(f"kafka-transactional-sink-{topic}"))

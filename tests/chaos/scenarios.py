@@ -18,7 +18,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import orjson
+from confluent_kafka import Consumer, TopicPartition
+
+from connectors.dead_letter import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER
 from connectors.feature_store import load_table
+from connectors.kafka.clients import consumer_config, partitions_of
 from jobs import demo_data
 from jobs.demo import DemoOptions, demo_records_with_reasons
 from jobs.embedded import EmbeddedStack
@@ -40,7 +45,9 @@ class Outcome:
     lost: int                 # inputs with neither (must be 0)
     seconds: float
     failovers: int = 0        # in-process restarts Flink made in the last job process
+    delivery: str = "at_least_once"   # kafka.delivery of the job (exactly_once: read_committed reader)
     wrong_reasons: int = 0    # outputs that break the dead-letter promise (see expected_outcomes)
+    damaged_dead_letters: int = 0   # dead letters without their original bytes, key, reason, detail or source
     reasons: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -57,6 +64,11 @@ class ChaosRun:
         self.scenario = scenario
         overrides.setdefault("flink__checkpoint_interval_ms", 1000)
         self.cfg = stack.job_config(f"{scenario}-{uuid.uuid4().hex[:6]}", partitions=2, **overrides)
+        if self.cfg.kafka.delivery == "exactly_once":
+            if stack.broker_kind != "kafka":
+                raise ValueError("exactly_once needs real transactions: run it on EmbeddedStack(broker='kafka')")
+            # the reader (and the job's source) see committed records only
+            self.cfg.kafka.consumer["isolation.level"] = "read_committed"
         self.records, self.bad_reasons = demo_records_with_reasons(DemoOptions(events=events, entities=stack.entities))
         self.rate = rate
         # the upstream producer outlives a broker outage (Apache Kafka takes 10-40 s to come back
@@ -144,6 +156,8 @@ class ChaosRun:
             inputs = set(self.coords)
             tally = self.reader.wait_for(inputs, timeout_s=timeout_s, stall_s=240, check=self.job.check_alive)
             failovers = self.restarts()
+            letters = read_dead_letters(self.cfg.kafka.bootstrap_servers, self.cfg.kafka.dead_letter_topic,
+                                        inputs & set(tally.dead_letters), self.cfg.kafka.consumer)
         finally:
             self.__exit__()
         predicted = inputs & set(tally.predictions)
@@ -157,10 +171,53 @@ class ChaosRun:
                 wrong.append(f"{coord}: {got} (allowed {sorted(allowed)})")
         if wrong:
             self.notes.append(f"{len(wrong)} outputs broke the promise, e.g. {wrong[:3]}")
+        damaged = self.damaged_dead_letters(letters, tally.dead_letters)
+        if damaged:
+            self.notes.append(f"{len(damaged)} damaged dead letters, e.g. {damaged[:3]}")
         return Outcome(self.scenario, len(inputs), len(predicted), len(dead),
                        len(inputs & tally.duplicate_ids), len(inputs - predicted - dead),
-                       round(time.monotonic() - self.started, 1), failovers, len(wrong),
-                       dict(sorted(reasons.items())), self.notes)
+                       round(time.monotonic() - self.started, 1), failovers, self.cfg.kafka.delivery,
+                       len(wrong), len(damaged), dict(sorted(reasons.items())), self.notes)
+
+    def damaged_dead_letters(self, letters: dict[str, list], reasons: dict[str, str]) -> list[str]:
+        """Dead letters (every copy read back) that break the promise: key and ``streamscore.source``
+        = the input's coordinates, ``streamscore.reason`` = the reason the reader saw, a detail,
+        and the original bytes as the value (for a valid event dead-lettered whole, its id)."""
+        position = {coord: i for i, coord in enumerate(self.coords)}
+        damaged = []
+        for coord, copies in letters.items():
+            record = self.records[position[coord]]
+            for key, value, headers in copies:
+                original_ok = (value == record if isinstance(record, bytes)
+                               else value is not None and orjson.loads(value).get("id") == record["id"])
+                if not (key == coord.encode() and headers.get(SOURCE_HEADER) == coord.encode()
+                        and headers.get(REASON_HEADER, b"").decode() == reasons[coord]
+                        and headers.get(DETAIL_HEADER) and original_ok):
+                    damaged.append(f"{coord}: key {key!r}, headers {headers}, value {value[:60]!r}")
+        return damaged
+
+
+def read_dead_letters(bootstrap_servers: str, topic: str, wanted: set[str], consumer: dict,
+                      timeout_s: float = 120) -> dict[str, list[tuple[bytes, bytes, dict]]]:
+    """Every dead letter of ``topic`` for the ``wanted`` input coordinates, read back whole:
+    coordinates -> [(key, value, headers)], one entry per copy."""
+    reader = Consumer(consumer_config(bootstrap_servers, f"chaos-dlq-{uuid.uuid4().hex[:6]}", consumer))
+    reader.assign([TopicPartition(topic, p, 0) for p in partitions_of(bootstrap_servers, topic)])
+    found: dict[str, list] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not wanted <= found.keys() and time.monotonic() < deadline:
+            for m in reader.consume(1000, 0.5):
+                if m.error() is None:
+                    headers = dict(m.headers() or [])
+                    coord = headers.get(SOURCE_HEADER, b"?").decode()
+                    if coord in wanted:
+                        found.setdefault(coord, []).append((m.key(), m.value(), headers))
+    finally:
+        reader.close()
+    if not wanted <= found.keys():
+        raise TimeoutError(f"read {len(found)} of {len(wanted)} dead letters back from {topic} in {timeout_s}s")
+    return found
 
 
 def expected_outcomes(bad_reason: str | None) -> set[str]:
@@ -177,14 +234,15 @@ def expected_outcomes(bad_reason: str | None) -> set[str]:
 
 
 def kill_job(stack: EmbeddedStack, events: int = 50_000, kills: int = 3, rate: float = 2000,
-             seed: int | None = None) -> Outcome:
+             seed: int | None = None, delivery: str = "at_least_once") -> Outcome:
     """Scenario 1: kill -9 the job process (MiniCluster and workers) ``kills`` times at random
     points; restart it from the latest checkpoint each time.
 
     The input goes in ``kills + 1`` segments, each fed once the (restarted) job is up, and each
-    kill falls at a random point of a segment's output: mid-stream however slow the machine."""
+    kill falls at a random point of a segment's output: mid-stream however slow the machine.
+    ``delivery``: the job's ``kafka.delivery`` (exactly_once needs an Apache Kafka stack)."""
     rng = random.Random(seed)
-    with ChaosRun(stack, "kill-job", events, rate) as run:
+    with ChaosRun(stack, "kill-job", events, rate, kafka__delivery=delivery) as run:
         run.start(feed=False)
         size = -(-len(run.records) // (kills + 1))
         segments = [run.records[i:i + size] for i in range(0, len(run.records), size)]
@@ -199,13 +257,16 @@ def kill_job(stack: EmbeddedStack, events: int = 50_000, kills: int = 3, rate: f
         return run.finish()
 
 
-def kill_python_worker(stack: EmbeddedStack, events: int = 50_000, rate: float = 2000) -> Outcome:
+def kill_python_worker(stack: EmbeddedStack, events: int = 50_000, rate: float = 2000,
+                       delivery: str = "at_least_once") -> Outcome:
     """Scenario 2: kill -9 the Python worker process only; Flink must fail the task over (its
     restart strategy) and resume from the last checkpoint, with the job process still up.
 
     The job runs its Python operators in separate worker processes, as on a cluster (on a local
-    MiniCluster PyFlink otherwise runs them inside the job's own process)."""
-    with ChaosRun(stack, "kill-worker", events, rate, flink__python_workers="process") as run:
+    MiniCluster PyFlink otherwise runs them inside the job's own process). ``delivery``: as in
+    :func:`kill_job`."""
+    with ChaosRun(stack, "kill-worker", events, rate, flink__python_workers="process",
+                  kafka__delivery=delivery) as run:
         run.start()
         run.wait_scored(events // 5)
         workers = python_workers(run.job.pid)

@@ -21,6 +21,7 @@ def _assert_accounted(outcome: scenarios.Outcome) -> None:
     # malformed input keeps its own reason; only a lookup that outlived its retries may turn a
     # valid or unknown-entity event into feature_store_unavailable
     assert outcome.wrong_reasons == 0, outcome.notes
+    assert outcome.damaged_dead_letters == 0, outcome.notes
 
 
 def test_kill_job_three_times(stack):
