@@ -14,7 +14,7 @@ PYTEST  = $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 help:
 	@echo "make demo [EVENTS=20000 RATE=5000]  run the scoring job end to end on embedded defaults"
 	@echo "make test [TEST_WORKERS=2]          run the test suite (real broker, Plasma, MiniCluster), in 2 processes"
-	@echo "make test-kafka                     the Kafka-facing suites against Apache Kafka 4.x (jars fetched once by mvn)"
+	@echo "make test-tansu                     the Kafka-facing suites against Tansu (make test runs them on Apache Kafka)"
 	@echo "make services                       install (Debian) and start PostgreSQL :5432 and Redis :6379 for the tests"
 	@echo "make cluster-test                   production path: standalone Flink cluster, file sink, compose file"
 	@echo "make chaos [CHAOS_EVENTS=50000]     break the job on purpose (kills, outages): exact accounting table,"
@@ -46,15 +46,15 @@ test: install
 test-fast: install
 	$(PYTEST) -m "not slow"
 
-# the suites that talk to Kafka, on an embedded Apache Kafka 4.x (single-node KRaft) instead of Tansu
+# the suites that talk to Kafka, on Tansu (the demo's zero-download broker) instead of Apache Kafka
 KAFKA_SUITES ?= tests/test_apache_kafka.py tests/test_kafka_io.py tests/test_consume.py tests/test_job_integration.py \
 	tests/test_job_restart.py tests/test_fuzz_job.py tests/test_exactly_once.py tests/chaos
-.PHONY: test-kafka kafka-jars
+.PHONY: test-tansu kafka-jars
 kafka-jars: install
 	$(BIN)/python -m connectors.embedded.maven kafka-broker flink-kafka kafka-records
 
-test-kafka: install
-	STREAMSCORE_TEST_BROKER=kafka $(PYTEST) $(KAFKA_SUITES)
+test-tansu: install
+	STREAMSCORE_TEST_BROKER=tansu $(PYTEST) $(KAFKA_SUITES)
 
 CHAOS_EVENTS ?= 50000
 
