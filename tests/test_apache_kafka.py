@@ -5,8 +5,8 @@ broker (single-node KRaft, ``connectors/embedded/apache_kafka.py``): produce/con
 duplicating nothing it had acknowledged. (Tansu fails the last three; see README "Tansu and
 Apache Kafka".) One Kafka JVM per session: the ``kafka_stack`` fixture.
 
-The scoring job itself runs against Apache Kafka with ``STREAMSCORE_TEST_BROKER=kafka`` (every
-suite on the ``stack`` fixture), e.g. ``make test-kafka``.
+The scoring job itself runs against Apache Kafka in every suite on the ``stack`` fixture (the
+default; ``STREAMSCORE_TEST_BROKER=tansu`` or ``make test-tansu`` for Tansu).
 """
 from __future__ import annotations
 
