@@ -14,7 +14,8 @@ COMMAND_MODULES = [
     "jobs.run_cmd",        # streamscore run (the Flink scoring job)
     "jobs.beam_cmd",       # streamscore beam (the scoring job on Apache Beam)
     "jobs.models_cmd",     # streamscore models inspect|check|export
-    "jobs.features_cmd",   # streamscore features load|serve|get
+    "jobs.features_cmd",   # streamscore features load|serve|get|publish
+    "jobs.registry_cmd",   # streamscore registry init|register|list|show|promote|rollback|retire|history
     "jobs.consume_cmd",    # streamscore consume [--dedupe]
     "jobs.produce_cmd",    # streamscore produce FILE
     "jobs.dev_cmd",        # streamscore dev up|down|status

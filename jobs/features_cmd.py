@@ -1,4 +1,5 @@
-"""`streamscore features load|serve|get`: fill, run and inspect the feature store."""
+"""`streamscore features load|serve|get|publish`: fill, run and inspect the feature store; publish a
+snapshot to the registry."""
 from __future__ import annotations
 
 import argparse
@@ -54,6 +55,9 @@ def register(subparsers) -> None:
     p.add_argument("--load", metavar="FILE", help="publish this table once the store is up")
     p.add_argument("--key", default="entity_id", help="key column of --load (default entity_id)")
     p.set_defaults(func=cmd_serve)
+
+    from jobs.registry_cmd import add_publish_parser
+    add_publish_parser(sub)
 
     p = sub.add_parser("get", help="print the features of some keys as JSON lines",
                        description="Look up entity keys and print one JSON object per key: its features, or "
