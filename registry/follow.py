@@ -1,0 +1,215 @@
+"""Jobs follow a registry deployment: the model source a scorer serves from, and the thread that
+watches the deployment.
+
+:class:`RegistrySource` is a ``model_formats.reloading.ModelSource``: it starts with the
+deployment's champion and offers the next champion whenever the deployment's ``revision``
+changes (promotion, rollback). A background thread waits for changes (PostgreSQL: LISTEN/NOTIFY
+through ``wait_for_change``; SQLite: polling every ``interval_s``), fetches the new artifact into
+the per-host cache (sha256 checked by ``fetch_model``) and queues it; the scorer loads, checks
+and swaps it between micro-batches (``ReloadingModel``'s one swap path). A version whose artifact
+cannot be fetched or verified, or that fails to load or check, is refused: the serving version
+stays and the refusal goes to the registry's audit log (``record_refusal``), where ``registry
+history`` shows it. While the registry cannot be reached the job keeps serving what it has and
+resumes following when it is back.
+
+Deployments that pin a feature snapshot call ``on_features(deployment)`` (see
+``registry.materialize``) from the same thread, before the model that needs it is offered.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from model_formats.base import Model
+from model_formats.reloading import Candidate
+
+log = logging.getLogger(__name__)
+
+
+def job_actor() -> str:
+    """Who a running job is in the audit log: ``job:<host>:<pid>``."""
+    return f"job:{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class FollowSpec:
+    """What a scorer follows (picklable: Flink ships it to the workers; ``open`` runs there)."""
+    registry: str
+    name: str
+    env: str = "production"
+    interval_s: float = 1.0
+    cache_dir: str | None = None
+    feature_store: str | None = None    # a shared-memory store to materialize pinned snapshots into
+
+    def open(self) -> "RegistrySource":
+        on_features = None
+        if self.feature_store:
+            from registry.materialize import HostMaterializer
+
+            on_features = HostMaterializer(self.feature_store, self.registry).ensure
+        return RegistrySource(self.registry, self.name, self.env, interval_s=self.interval_s,
+                              cache_dir=self.cache_dir, on_features=on_features)
+
+
+class RegistrySource:
+    """The champion of deployment ``name`` in ``env``, followed (see the module docstring)."""
+
+    def __init__(self, registry: Any, name: str, env: str, *, interval_s: float = 1.0,
+                 cache_dir: str | os.PathLike | None = None, actor: str | None = None,
+                 on_features: Callable[[Any], None] | None = None) -> None:
+        """``registry``: a URI or an open ``Registry``. ``on_features(deployment)``: called when the
+        deployment's pinned FeatureSnapshot changes (raise to refuse the deployment)."""
+        self.registry_uri = registry if isinstance(registry, str) else None
+        self._reg = registry if not isinstance(registry, str) else None
+        self.name, self.env = name, env
+        self.interval_s = interval_s
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.actor = actor or job_actor()
+        self.on_features = on_features
+        self.revision: int | None = None       # the deployment revision last acted on
+        self.serving_version: int | None = None
+        self.features: str | None = None       # name@version of the pinned snapshot last materialized
+        self.available = True                  # False while the registry cannot be reached
+        self.refusals = 0
+        self._offers: queue.Queue[Candidate] = queue.Queue()
+        self._reports: queue.Queue[tuple[int, str]] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # the registry --------------------------------------------------------------------------------
+    def _registry(self):
+        if self._reg is None:
+            from registry import open_registry
+
+            self._reg = open_registry(self.registry_uri)
+        return self._reg
+
+    def _fetch(self, mv) -> Path:
+        return self._registry().fetch_model(mv, cache_dir=self.cache_dir)
+
+    def _candidate(self, deployment, path: Path) -> Candidate:
+        mv = deployment.champion
+        return Candidate(path, name=mv.name, version=str(mv.version), token=deployment.revision)
+
+    # ModelSource -------------------------------------------------------------------------------
+    def initial(self) -> Candidate:
+        """The deployment's champion now, fetched and verified (raises RegistryError: no start
+        without a model). Starts the follower thread."""
+        from registry import RegistryError
+
+        reg = self._registry()
+        deployment = reg.deployment(self.name, self.env)
+        if deployment is None:
+            raise RegistryError(f"no deployment of {self.name!r} in {self.env!r}: promote a version first "
+                                f"(streamscore registry promote {self.name} VERSION --env {self.env})")
+        self._materialize(deployment)
+        candidate = self._candidate(deployment, self._fetch(deployment.champion))
+        self.revision = deployment.revision
+        self._thread = threading.Thread(target=self._follow, name=f"registry-follow-{self.name}", daemon=True)
+        self._thread.start()
+        return candidate
+
+    def poll(self) -> Candidate | None:
+        """The newest queued replacement (older ones are skipped), never blocking."""
+        offer = None
+        while True:
+            try:
+                offer = self._offers.get_nowait()
+            except queue.Empty:
+                return offer
+
+    def accepted(self, candidate: Candidate, model: Model) -> None:
+        self.serving_version = int(candidate.version) if candidate.version else None
+
+    def refused(self, candidate: Candidate, reason: str) -> None:
+        """Recorded in the audit log by the follower thread (the scorer never waits on the DB)."""
+        self.refusals += 1
+        self._reports.put((int(candidate.version), reason))
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval_s + 5)
+
+    def __str__(self) -> str:
+        return f"registry deployment {self.name}/{self.env}"
+
+    # the follower thread -------------------------------------------------------------------------
+    def _follow(self) -> None:
+        backoff = self.interval_s
+        while not self._stop.is_set():
+            try:
+                self._report_refusals()
+                self._step()
+                if not self.available:
+                    log.warning("registry for %s/%s is reachable again; following it", self.name, self.env)
+                self.available, backoff = True, self.interval_s
+                self._registry().wait_for_change(self.name, self.env, self.interval_s, since_revision=self.revision)
+            except Exception as exc:  # noqa: BLE001 - an unreachable registry must not stop the scorer
+                if self.available:
+                    log.warning("registry for %s/%s unreachable (%s: %s); the serving model stays, retrying",
+                                self.name, self.env, type(exc).__name__, str(exc)[:300])
+                self.available = False
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10 * self.interval_s)
+
+    def step(self) -> None:
+        """One look at the deployment (what the thread does every change or ``interval_s``)."""
+        self._report_refusals()
+        self._step()
+
+    def _step(self) -> None:
+        deployment = self._registry().deployment(self.name, self.env)
+        if deployment is None or deployment.revision == self.revision:
+            return
+        revision, self.revision = self.revision, deployment.revision
+        log.info("registry deployment %s/%s: revision %s -> %s (champion version %s)", self.name, self.env,
+                 revision, deployment.revision, deployment.champion.version)
+        mv = deployment.champion
+        try:
+            self._materialize(deployment)
+            path = self._fetch(mv)
+        except Exception as exc:  # noqa: BLE001 - sha256 mismatch, unreadable artifact, incompatible snapshot
+            from registry import RegistryUnavailable
+
+            if isinstance(exc, (RegistryUnavailable, OSError)):
+                self.revision = revision        # not a refusal: look again when the registry/storage is back
+                raise
+            self.refusals += 1
+            self._record(mv.version, f"{type(exc).__name__}: {exc}"[:500])
+            return
+        if mv.version == self.serving_version and not self._offers.qsize():
+            return                               # e.g. only the feature snapshot changed
+        self._offers.put(self._candidate(deployment, path))
+
+    def _materialize(self, deployment) -> None:
+        snapshot = deployment.features
+        if snapshot is None or self.on_features is None:
+            return
+        ref = f"{snapshot.name}@{snapshot.version}"
+        if ref != self.features:
+            self.on_features(deployment)
+            self.features = ref
+
+    def _report_refusals(self) -> None:
+        while True:
+            try:
+                version, reason = self._reports.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._record(version, reason)
+            except Exception:
+                self._reports.put((version, reason))   # the registry is away: report when it is back
+                raise
+
+    def _record(self, version: int, reason: str) -> None:
+        log.error("registry deployment %s/%s: version %s refused by %s: %s", self.name, self.env, version,
+                  self.actor, reason)
+        self._registry().record_refusal(self.name, self.env, version, actor=self.actor, reason=reason)
