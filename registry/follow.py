@@ -77,6 +77,7 @@ class RegistrySource:
         self.features: str | None = None       # name@version of the pinned snapshot last materialized
         self.available = True                  # False while the registry cannot be reached
         self.refusals = 0
+        self.wakeups = 0                       # waits ended by a change (NOTIFY on PostgreSQL), not a timeout
         self._offers: queue.Queue[Candidate] = queue.Queue()
         self._reports: queue.Queue[tuple[int, str]] = queue.Queue()
         self._stop = threading.Event()
@@ -132,10 +133,16 @@ class RegistrySource:
         self.refusals += 1
         self._reports.put((int(candidate.version), reason))
 
+    def stop(self) -> None:
+        """Stop following (the thread ends after its current wait; ``close`` also waits for it)."""
+        self._stop.set()
+
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=self.interval_s + 5)
+            self._thread.join(timeout=min(self.interval_s, 5.0) + 1)
+        if self.registry_uri is not None and self._reg is not None:     # opened here: release its connections
+            self._reg.close()
 
     def __str__(self) -> str:
         return f"registry deployment {self.name}/{self.env}"
@@ -150,7 +157,9 @@ class RegistrySource:
                 if not self.available:
                     log.warning("registry for %s/%s is reachable again; following it", self.name, self.env)
                 self.available, backoff = True, self.interval_s
-                self._registry().wait_for_change(self.name, self.env, self.interval_s, since_revision=self.revision)
+                if self._registry().wait_for_change(self.name, self.env, self.interval_s,
+                                                    since_revision=self.revision):
+                    self.wakeups += 1
             except Exception as exc:  # noqa: BLE001 - an unreachable registry must not stop the scorer
                 if self.available:
                     log.warning("registry for %s/%s unreachable (%s: %s); the serving model stays, retrying",

@@ -14,9 +14,11 @@ import pyarrow as pa
 import pytest
 
 from model_formats.reloading import ReloadingModel
+from registry import open_registry
 from registry.follow import RegistrySource
 from registry_fixtures import (  # noqa: F401 - fixtures
-    FEATURES, MODELS, features_table, model_copy, reg, registry_uri_for_test, write_parquet,
+    FEATURES, MODELS, drop_schema, features_table, model_copy, reg, registry_uri, registry_uri_for_test,
+    write_parquet,
 )
 
 WHO = dict(actor="tester@host", reason="test")
@@ -114,3 +116,66 @@ def test_no_deployment_is_a_clear_error(reg, tmp_path):
     reg.register_model("fraud", str(model_copy(tmp_path)), **WHO)
     with pytest.raises(RegistryError, match="no deployment of 'fraud' in 'qa'.*registry promote fraud"):
         ReloadingModel(RegistrySource(reg.uri, "fraud", "qa", cache_dir=tmp_path / "c"), check_interval_s=0)
+
+
+def test_postgres_notify_wakes_the_follower(tmp_path):
+    """PostgreSQL: the follower waits on LISTEN with an hour-long timeout, so only a NOTIFY can
+    bring it the promotion (the swap latency is printed, a figure, not asserted)."""
+    uri, schema = registry_uri("postgresql", tmp_path)
+    reg = open_registry(uri, cache_dir=tmp_path / "cache")
+    try:
+        reg.init()
+        for name in ("logreg.onnx", "forest.onnx"):
+            reg.register_model("fraud", str(model_copy(tmp_path, name)), **WHO)
+        reg.promote("fraud", 1, ENV, **WHO)
+        source = RegistrySource(uri, "fraud", ENV, interval_s=3600, cache_dir=tmp_path / "host", actor="job:pg")
+        model = ReloadingModel(source, check_interval_s=0)
+        time.sleep(0.5)                      # (not a wait on a condition: let the thread reach LISTEN)
+        started = time.monotonic()
+        reg.promote("fraud", 2, ENV, **WHO)
+        wait_until(model.check, "the follower to be woken by NOTIFY", timeout_s=60, seen=lambda: source.wakeups)
+        print(f"\nPostgreSQL NOTIFY: promotion -> swapped in {time.monotonic() - started:.3f} s")
+        assert model.model.version == "2" and source.wakeups >= 1
+        source.stop()
+        reg.rollback("fraud", ENV, **WHO)    # wakes the listener once more, so it ends now
+        model.close()
+    finally:
+        reg.close()
+        drop_schema(schema)
+
+
+def test_registry_outage_keeps_serving_and_following_resumes(tmp_path):
+    """The registry database goes away (a proxy in front of PostgreSQL cuts every connection):
+    the scorer keeps serving; a promotion made meanwhile is taken once the registry is back."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from chaos.latency_proxy import LatencyProxy
+
+    direct, schema = registry_uri("postgresql", tmp_path)
+    parts = urlsplit(direct)
+    proxy = LatencyProxy(parts.hostname, parts.port or 5432).start()
+    via_proxy = urlunsplit((parts.scheme, f"{parts.username}@127.0.0.1:{proxy.port}", parts.path, parts.query, ""))
+    reg = open_registry(direct, cache_dir=tmp_path / "cache")
+    try:
+        reg.init()
+        for name in ("logreg.onnx", "forest.onnx"):
+            reg.register_model("fraud", str(model_copy(tmp_path, name)), **WHO)
+        reg.promote("fraud", 1, ENV, **WHO)
+        source = RegistrySource(via_proxy, "fraud", ENV, interval_s=0.3, cache_dir=tmp_path / "host", actor="job:x")
+        model = ReloadingModel(source, check_interval_s=0)
+        v1_scores = scores(model.model)
+        proxy.cut()
+        wait_until(lambda: not source.available, "the follower to notice the outage")
+        reg.promote("fraud", 2, ENV, **WHO)                 # made while the job cannot see the registry
+        for _ in range(5):
+            assert model.check() is False and scores(model.current()) == v1_scores   # still serving
+            time.sleep(0.2)
+        proxy.restore()
+        wait_until(model.check, "the follower to resume and take version 2",
+                   seen=lambda: (source.available, model.model.version))
+        assert source.available and model.model.version == "2"
+        model.close()
+    finally:
+        proxy.stop()
+        reg.close()
+        drop_schema(schema)
