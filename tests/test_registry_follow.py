@@ -179,3 +179,29 @@ def test_registry_outage_keeps_serving_and_following_resumes(tmp_path):
         proxy.stop()
         reg.close()
         drop_schema(schema)
+
+
+def test_preflight_checks_the_deployment_before_a_job_starts(reg, tmp_path):
+    """`streamscore run` with model.registry: the champion is fetched and loaded, the pinned
+    snapshot's columns stand in for an empty host store, a typo lists what exists."""
+    from jobs.config import load_config
+    from jobs.errors import UserError
+    from jobs.preflight import check_model_fits, registry_champion
+
+    snap = reg.register_snapshot("customers", str(write_parquet(tmp_path, features_table(20))),
+                                 key_column="entity_id", **WHO)
+    reg.register_model("fraud", str(model_copy(tmp_path)), feature_set=snap, **WHO)
+    reg.promote("fraud", 1, ENV, **WHO)
+    fields = "{id: string, entity_id: int, amount: float, ts: int}"
+    cfg = load_config(None, [f"model.registry={reg.uri}", "model.name=fraud", f"model.env={ENV}",
+                             f"events.fields={fields}"])
+    model, columns = registry_champion(cfg)
+    try:
+        assert (model.name, model.version) == ("fraud", "1")
+        assert set(columns) == set(FEATURES)
+        check_model_fits(model, cfg, columns)
+    finally:
+        model.close()
+    cfg.model.name = "fraudd"
+    with pytest.raises(UserError, match=r"no deployment of 'fraudd' in 'integration'.*did you mean 'fraud'"):
+        registry_champion(cfg)
