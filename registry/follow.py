@@ -18,6 +18,7 @@ Deployments that pin a feature snapshot call ``on_features(deployment)`` (see
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import socket
@@ -222,3 +223,54 @@ class RegistrySource:
         log.error("registry deployment %s/%s: version %s refused by %s: %s", self.name, self.env, version,
                   self.actor, reason)
         self._registry().record_refusal(self.name, self.env, version, actor=self.actor, reason=reason)
+
+
+# -- engines that swap models through a side input (Beam's RunInference) ------------------------
+
+CHAMPION_CHANGES = ("promote", "rollback")
+
+
+def model_id(path: str | os.PathLike, name: str, version: int | str) -> str:
+    """A model id naming a local file and its registered identity: ``<path>#name=<n>&version=<v>``
+    (``operators.beam.inference`` loads the file under that name and version)."""
+    return f"{path}#name={name}&version={version}"
+
+
+def champion_model_id(registry: Any, name: str, env: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """The model id of the deployment's champion, fetched into the per-host cache (sha256 checked)."""
+    from registry import RegistryError
+
+    reg = _open(registry)
+    deployment = reg.deployment(name, env)
+    if deployment is None:
+        raise RegistryError(f"no deployment of {name!r} in {env!r}")
+    mv = deployment.champion
+    return model_id(reg.fetch_model(mv, cache_dir=cache_dir), mv.name, mv.version)
+
+
+def champion_schedule(registry: Any, name: str, env: str, window_s: float,
+                      cache_dir: str | os.PathLike | None = None) -> dict[float, str]:
+    """``{start_s: model id}``: which version was champion from when, from the audit log, each
+    change taking effect at the first ``window_s`` boundary at or after it (an event is never
+    scored by a version promoted after its window began; of several changes in one window the
+    last counts). For replays on runners whose side inputs do not update while they run."""
+    reg = _open(registry)
+    changes = [e for e in reversed(reg.history(name, env=env, limit=100_000)) if e.action in CHAMPION_CHANGES]
+    schedule: dict[float, str] = {}
+    paths: dict[int, str] = {}
+    for entry in changes:
+        version = int(entry.to_version)
+        if version not in paths:
+            mv = reg.model_version(name, version)
+            paths[version] = model_id(reg.fetch_model(mv, cache_dir=cache_dir), mv.name, mv.version)
+        start = math.ceil(entry.at.timestamp() / window_s) * window_s
+        schedule[float(start)] = paths[version]
+    return schedule
+
+
+def _open(registry: Any):
+    if isinstance(registry, str):
+        from registry import open_registry
+
+        return open_registry(registry)
+    return registry

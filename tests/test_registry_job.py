@@ -215,3 +215,44 @@ def test_promotion_feature_switch_rollback_and_refusals_in_one_running_job(run, 
         assert np.abs(got - want).max() <= 1e-5, (version, features)
     print(f"\n{len(coords):,} inputs; lineages {sorted((k, len(v)) for k, v in by_lineage.items())}; "
           f"refused {sorted(refused)}")
+
+
+def test_beam_job_follows_the_registry_as_far_as_the_direct_runner_allows(stack, tmp_path):
+    """The Beam job (DirectRunner, bounded read) with model.registry: RunInference's model-update
+    side input carries the registry's champion history in event time, so events before the
+    promotion's window are scored by version 1 and after it by version 2, named as registered.
+    (A side input that updates while a pipeline runs needs a streaming runner: not run here.)"""
+    import json
+    import math
+    import uuid
+    from collections import Counter
+
+    from beam_helpers import onnx_variant, read_outputs, run_bounded
+
+    reg = open_registry(f"sqlite:///{tmp_path / 'registry.db'}", cache_dir=tmp_path / "registry-cache")
+    reg.init(environments=[Environment(ENV, 0)])
+    v2_path = onnx_variant(stack.model_path, tmp_path / "v2.onnx", version="two")
+    reg.register_model(NAME, str(stack.model_path), reason="v1", **WHO)
+    reg.register_model(NAME, str(v2_path), reason="v2", **WHO)
+    reg.promote(NAME, 1, ENV, reason="start", **WHO)
+    time.sleep(1.1)                 # the two promotions fall in different 1 s windows (the schedule's grain)
+    reg.promote(NAME, 2, ENV, reason="promoted", **WHO)
+    switch_s = math.ceil(reg.history(NAME, env=ENV)[0].at.timestamp())   # v2 from this window on
+    reg.close()
+
+    cfg = stack.job_config(f"beam-registry-{uuid.uuid4().hex[:6]}", partitions=2)
+    cfg.model = ModelSettings(registry=reg.uri, name=NAME, env=ENV)
+    before = demo_data.events(300, stack.entities, seed=71, prefix="before")
+    after = demo_data.events(300, stack.entities, seed=72, prefix="after")
+
+    def stamped(ts_ms):
+        return lambda event: json.dumps({**event, "ts": ts_ms}).encode()
+
+    coords = (produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic, before, encode=stamped(switch_s * 1000 - 500))
+              + produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic, after, encode=stamped(switch_s * 1000 + 500)))
+    run_bounded(cfg, coords, registry_schedule_s=1, registry_schedule_until_s=3)
+    tally = read_outputs(cfg, coords)
+    assert not tally.missing(set(coords)) and not tally.dead_letters and tally.duplicate_predictions == 0
+    lineage = Counter((tally.predictions[c]["event_id"].split("-")[0], tally.predictions[c]["model"],
+                       tally.predictions[c]["model_version"]) for c in coords)
+    assert lineage == Counter({("before", NAME, "1"): 300, ("after", NAME, "2"): 300})
