@@ -16,6 +16,7 @@ help:
 	@echo "make chaos [CHAOS_EVENTS=50000]     break the job on purpose (kills, outages): exact accounting table"
 	@echo "make bench                          end-to-end, model-format and side-store benchmarks"
 	@echo "make bench-deps                     .venv-bench: Quix Streams and Bytewax for the e2e comparison"
+	@echo "make mlflow-deps                    .venv-mlflow: an MLflow server for the registry's models:/ test"
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "streamscore needs Python 3.11 (PyFlink 2.3)"'
@@ -66,8 +67,19 @@ cluster-test: install
 
 bench-deps: .venv-bench/.installed
 
+# a real MLflow server for tests/test_registry_mlflow.py in a venv of its own: full mlflow would resolve in
+# the project venv but adds ~30 server packages (Flask, gunicorn, matplotlib, …); ours holds the mlflow-skinny client
+.venv-mlflow/.installed:
+	$(PYTHON) -m venv .venv-mlflow
+	.venv-mlflow/bin/pip install --quiet --upgrade pip
+	.venv-mlflow/bin/pip install --quiet "mlflow>=3.1,<4"
+	@touch $@
+
+.PHONY: mlflow-deps
+mlflow-deps: .venv-mlflow/.installed
+
 bench: install bench-deps
 	$(BIN)/python bench/e2e.py
 
 clean:
-	rm -rf $(VENV) .venv-bench .pytest_cache
+	rm -rf $(VENV) .venv-bench .venv-mlflow .pytest_cache

@@ -43,6 +43,7 @@ def register(subparsers) -> None:
              'streamscore registry init --env dev --env prod:gated\n'
              '  streamscore registry init --env "integration;events=amount:double,hour:int" --env qa:gated')
     p.add_argument("--env", action="append", dest="envs", metavar="SPEC", help="environment spec (repeatable, in order)")
+    _common_args(p)
     p.set_defaults(func=cmd_init)
 
     p = _sub(sub, "register", "register a model artifact as the next version",

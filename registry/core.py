@@ -7,12 +7,10 @@ deployment cannot both win, the loser gets ``Conflict`` and nothing is lost.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import json
 import os
 import socket
 import tempfile
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -162,11 +160,12 @@ class Registry:
         try:
             with self.engine.begin() as conn:
                 if self.backend == "postgresql":
-                    if self.schema:
-                        conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-                    # one initializer at a time (tables + triggers are not concurrency-safe DDL)
+                    # one initializer at a time (CREATE SCHEMA/TABLE IF NOT EXISTS and the triggers are
+                    # not safe against a concurrent twin)
                     conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))",
                                          (f"streamscore-registry-init-{self.schema}",))
+                    if self.schema:
+                        conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                 t.metadata.create_all(conn)
                 triggers = t.sqlite_triggers() if self.backend == "sqlite" else t.postgres_triggers(self.schema)
                 for ddl in triggers:
@@ -561,9 +560,10 @@ class Registry:
                     conn.execute(sa.text("SELECT pg_notify(:channel, :payload)"), {
                         "channel": self._channel,
                         "payload": json.dumps({"name": name, "env": env, "revision": revision})})
+                result = self._deployment(conn, name, env)   # this change's state, not a later one's
         except sa.exc.IntegrityError as exc:   # a concurrent first promotion inserted the row first
             raise lost from exc
-        return self.deployment(name, env)
+        return result
 
     def rollback(self, name: str, env: str, *, actor: str, reason: str) -> Deployment:
         """Return ``env`` to the champion (and snapshot) it had before the current one."""

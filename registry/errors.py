@@ -15,7 +15,8 @@ class NotFound(RegistryError):
 
     def __init__(self, what: str, wanted: object, existing: Iterable[object] = ()) -> None:
         existing = [str(e) for e in existing]
-        close = difflib.get_close_matches(str(wanted), existing, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(str(wanted), existing, n=1, cutoff=0.6) or \
+            [e for e in existing if str(wanted) and e.startswith(str(wanted))][:1]
         hint = f"; did you mean {close[0]}?" if close else ""
         listing = f" (existing: {', '.join(existing[:20])}{' …' if len(existing) > 20 else ''})" if existing \
             else " (none registered yet)"

@@ -77,3 +77,11 @@ def write_parquet(tmp_path: Path, table: pa.Table, name: str = "features.parquet
     target.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, target)
     return target
+
+
+@pytest.fixture
+def pg_registry_uri(tmp_path):
+    """A PostgreSQL registry URI with a schema of its own (for the PostgreSQL-only tests)."""
+    uri, schema = registry_uri("postgresql", tmp_path)
+    yield uri
+    drop_schema(schema)

@@ -14,7 +14,7 @@ from registry import (
     ArtifactError, Conflict, Environment, NotFound, PolicyRefused, RegistryError, open_registry,
 )
 from registry_fixtures import (  # noqa: F401 - fixtures
-    FEATURES, MODELS, features_table, model_copy, reg, registry_uri_for_test, write_parquet,
+    FEATURES, MODELS, features_table, model_copy, pg_registry_uri, reg, registry_uri_for_test, write_parquet,
 )
 
 WHO = dict(actor="tester@host", reason="test")
@@ -263,6 +263,59 @@ def test_two_concurrent_promotions_one_wins_the_other_conflicts(registry_uri_for
     setup.close()
 
 
+PROMOTER = """
+import sys, time, pathlib
+from registry import Conflict, open_registry
+uri, cache, version, ready, go = sys.argv[1:]
+reg = open_registry(uri, cache_dir=cache)
+seen = reg.deployment("fraud", "integration").revision
+pathlib.Path(ready).touch()
+deadline = time.monotonic() + 120
+while not pathlib.Path(go).exists():
+    if time.monotonic() > deadline:
+        sys.exit("the go file never appeared")
+    time.sleep(0.01)
+try:
+    d = reg.promote("fraud", int(version), "integration", actor="proc", reason="race", expected_revision=seen)
+    print("won", d.revision)
+except Conflict as exc:
+    print("conflict", exc)
+"""
+
+
+def test_two_processes_promoting_at_once_one_conflicts(registry_uri_for_test, tmp_path):
+    """As above with two OS processes (separate interpreters and connection pools)."""
+    import subprocess
+    import sys
+
+    setup = open_registry(registry_uri_for_test, cache_dir=tmp_path / "cache")
+    setup.init()
+    for name in ("logreg.onnx", "forest.onnx", "gbm.onnx"):
+        setup.register_model("fraud", str(model_copy(tmp_path, name)), **WHO)
+    setup.promote("fraud", 1, "integration", **WHO)
+    go = tmp_path / "go"
+    procs, readies = [], []
+    for version in (2, 3):
+        ready = tmp_path / f"ready-{version}"
+        readies.append(ready)
+        procs.append(subprocess.Popen([sys.executable, "-c", PROMOTER, registry_uri_for_test, str(tmp_path / "cache"),
+                                       str(version), str(ready), str(go)], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    deadline = time.monotonic() + 300
+    while not all(r.exists() for r in readies):
+        assert time.monotonic() < deadline, "the promoter processes did not read the deployment within 300 s"
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.05)
+    go.touch()                                          # both read revision 1; now both write
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    verdicts = sorted(out.split()[0] for out, _ in outputs)
+    assert verdicts == ["conflict", "won"], outputs
+    assert setup.deployment("fraud", "integration").revision == 2
+    assert [e.action for e in setup.history("fraud", env="integration")] == ["promote", "promote"]
+    setup.close()
+
+
 def test_concurrent_promoters_lose_no_update(registry_uri_for_test, tmp_path):
     """Four clients promote as fast as they can without coordination: each attempt either wins or
     gets Conflict, and the audit log's from -> to chain has no gap (every win saw the previous one)."""
@@ -337,14 +390,14 @@ def test_wait_for_change_wakes_on_promotion_and_times_out_otherwise(reg, tmp_pat
     assert reg.deployment("fraud", "integration").revision == 2
 
 
-def test_postgres_connection_dropped_is_reestablished(registry_uri_for_test, tmp_path):
-    if not registry_uri_for_test.startswith("postgresql"):
-        pytest.skip("PostgreSQL only: a server-side kill of the registry's session")
+def test_postgres_connection_dropped_is_reestablished(pg_registry_uri, tmp_path):
+    """PostgreSQL only: the shared cluster cannot be restarted under the other tests, so the
+    registry's own session is killed server-side (what a database restart does to it)."""
     import psycopg
 
     from feature_store_fixtures import POSTGRES_URL
 
-    reg = open_registry(registry_uri_for_test, cache_dir=tmp_path / "cache")
+    reg = open_registry(pg_registry_uri, cache_dir=tmp_path / "cache")
     reg.init()
     reg.register_model("fraud", str(model_copy(tmp_path)), **WHO)
     with reg.engine.connect() as conn:
@@ -358,4 +411,96 @@ def test_postgres_connection_dropped_is_reestablished(registry_uri_for_test, tmp
     assert d.revision == 1
     with reg.engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() not in pids
+    reg.close()
+
+
+# --- s3:// through pyarrow's S3 filesystem, against the repo's embedded S3 server -----------------
+
+@pytest.fixture(scope="module")
+def local_s3(tmp_path_factory):
+    import os
+
+    pytest.importorskip("alocals3", reason="alocals3 not installed (pip install '.[embedded]')")
+    from connectors.embedded.local_s3 import LocalS3
+
+    with LocalS3(tmp_path_factory.mktemp("s3"), bucket="artifacts") as s3:
+        saved = {k: os.environ.get(k) for k in s3.broker_env()}
+        os.environ.update(s3.broker_env())          # credentials for pyarrow's S3 client (not checked)
+        yield s3
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _s3_put(s3, key: str, data: bytes) -> str:
+    """PUT an object (plain HTTP: alocals3 has no multipart upload, which pyarrow's writer uses) and
+    return the s3:// URI pyarrow reads it by. alocals3 serves the S3 API under /s3, which pyarrow's
+    endpoint_override cannot carry: the "s3" path segment is given as the bucket, so the request
+    path is /s3/<bucket>/<key> as on alocals3."""
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"{s3.endpoint}/{s3.bucket}/{key}", data=data, method="PUT"),
+                           timeout=30).close()
+    return f"s3://s3/{s3.bucket}/{key}?endpoint_override=127.0.0.1:{s3.port}&scheme=http"
+
+
+def test_s3_model_and_snapshot(reg, tmp_path, local_s3):
+    import io
+
+    import pyarrow.parquet as pq
+
+    data = (MODELS / "logreg.onnx").read_bytes()
+    uri = _s3_put(local_s3, f"{reg.backend}/fraud/logreg.onnx", data)
+    mv = reg.register_model("fraud", uri, **WHO)
+    assert mv.uri == uri and mv.sha256 == hashlib.sha256(data).hexdigest() and mv.filename == "logreg.onnx"
+    fetched = reg.fetch_model(mv, cache_dir=tmp_path / "host-b")
+    assert fetched.read_bytes() == data
+    buf = io.BytesIO()
+    pq.write_table(features_table(30), buf)
+    snap_uri = _s3_put(local_s3, f"{reg.backend}/customers/part-0.parquet", buf.getvalue())
+    snap = reg.register_snapshot("customers", snap_uri, key_column="entity_id", **WHO)
+    assert snap.row_count == 30 and reg.fetch_snapshot(snap).num_rows == 30
+    _s3_put(local_s3, f"{reg.backend}/fraud/logreg.onnx", (MODELS / "forest.onnx").read_bytes())   # overwritten
+    with pytest.raises(ArtifactError, match="sha256/size mismatch"):
+        reg.fetch_model(mv, cache_dir=tmp_path / "host-c")
+
+
+def test_wait_for_change_reports_a_lost_postgres_connection(pg_registry_uri, tmp_path):
+    """A job following the registry learns that the database went away (RegistryUnavailable), it
+    does not hang or take it for "no change" (PostgreSQL: LISTEN runs on a session of its own)."""
+    import psycopg
+
+    from feature_store_fixtures import POSTGRES_URL
+    from registry import RegistryUnavailable
+
+    reg = open_registry(pg_registry_uri, cache_dir=tmp_path / "cache")
+    reg.init()
+    reg.register_model("fraud", str(model_copy(tmp_path)), **WHO)
+    reg.promote("fraud", 1, "integration", **WHO)
+    outcome = {}
+
+    def follow() -> None:
+        try:
+            outcome["changed"] = reg.wait_for_change("fraud", "integration", timeout_s=120)
+        except RegistryUnavailable as exc:
+            outcome["error"] = exc
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        deadline = time.monotonic() + 60
+        while True:                                     # the follower's LISTEN session, found by its channel
+            pids = [r[0] for r in admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE query LIKE %s", (f'LISTEN "{reg._channel}"',)).fetchall()]
+            if pids:
+                break
+            assert time.monotonic() < deadline, "the follower never issued LISTEN"
+            time.sleep(0.05)
+        admin.execute("SELECT pg_terminate_backend(%s)", (pids[0],))
+    follower.join(timeout=60)
+    assert not follower.is_alive(), "wait_for_change kept waiting on a dead connection"
+    assert "error" in outcome, outcome
+    assert reg.wait_for_change("fraud", "integration", timeout_s=0.2) is False     # and works again after
     reg.close()
