@@ -63,7 +63,8 @@ def registry_champion(cfg: JobConfig) -> tuple[object, dict[str, str] | None]:
     except RegistryError as exc:
         raise UserError(f"registry {m.registry} (model.registry): {' '.join(str(exc).split())}") from exc
     pinned = deployment.features
-    columns = None if pinned is None else {c["name"]: c["type"] for c in pinned.columns if c["name"] != pinned.key_column}
+    columns = None if pinned is None else \
+        {c["name"]: c["type"] for c in pinned.columns if c["name"] != pinned.key_column}
     try:
         return load_model(path, name=mv.name, version=str(mv.version), **m.load_options()), columns
     except (ModelLoadError, OSError, ValueError) as exc:
