@@ -17,6 +17,8 @@ Deployments that pin a feature snapshot call ``on_features(deployment)`` (see
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -100,9 +102,62 @@ class RegistrySource:
         return Candidate(path, name=mv.name, version=str(mv.version), token=deployment.revision)
 
     # ModelSource -------------------------------------------------------------------------------
+    def _state_path(self) -> Path:
+        """Where this host remembers what it last served of this deployment."""
+        from registry.artifacts import default_cache_dir
+
+        key = hashlib.sha256(f"{self.registry_uri or self._reg!r}|{self.name}|{self.env}".encode()).hexdigest()[:24]
+        root = self.cache_dir or default_cache_dir() / "registry"
+        return Path(root) / "serving" / f"{key}.json"
+
+    def _remember(self, candidate: Candidate) -> None:
+        path = self._state_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"path": str(candidate.path), "name": candidate.name,
+                                   "version": candidate.version, "revision": candidate.token}))
+        os.replace(tmp, path)
+
+    def _last_served(self) -> Candidate | None:
+        """What this host served last, if its cached artifact is still intact (sha256 = its folder)."""
+        from registry.artifacts import sha256_of
+
+        try:
+            state = json.loads(self._state_path().read_text())
+            path = Path(state["path"])
+            if sha256_of(path)[0] != path.parent.name:
+                return None
+        except (OSError, ValueError, KeyError):
+            return None
+        return Candidate(path, name=state["name"], version=state["version"], token=state["revision"])
+
     def initial(self) -> Candidate:
         """The deployment's champion now, fetched and verified (raises RegistryError: no start
-        without a model). Starts the follower thread."""
+        without a model). Starts the follower thread. If the registry cannot be reached, the
+        version this host served last (its cached artifact, sha256 checked again) serves until the
+        registry is back (a worker restarted by Flink during a registry outage keeps scoring)."""
+        from registry import RegistryError, RegistryUnavailable
+
+        try:
+            return self._initial()
+        except RegistryUnavailable as exc:
+            last = self._last_served()
+            if last is None:
+                raise
+            log.warning("registry for %s/%s unreachable at start (%s); serving the last version this host "
+                        "served, %s, until it is back", self.name, self.env, exc, last.describe())
+            self.available = False
+            self.revision = last.token
+            self._start()
+            return last
+        except RegistryError:
+            raise
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._follow, name=f"registry-follow-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _initial(self) -> Candidate:
         from registry import RegistryError
 
         reg = self._registry()
@@ -113,8 +168,7 @@ class RegistrySource:
         self._materialize(deployment)
         candidate = self._candidate(deployment, self._fetch(deployment.champion))
         self.revision = deployment.revision
-        self._thread = threading.Thread(target=self._follow, name=f"registry-follow-{self.name}", daemon=True)
-        self._thread.start()
+        self._start()
         return candidate
 
     def poll(self) -> Candidate | None:
@@ -128,6 +182,10 @@ class RegistrySource:
 
     def accepted(self, candidate: Candidate, model: Model) -> None:
         self.serving_version = int(candidate.version) if candidate.version else None
+        try:
+            self._remember(candidate)
+        except OSError as exc:
+            log.warning("could not remember the served version in %s: %s", self._state_path(), exc)
 
     def refused(self, candidate: Candidate, reason: str) -> None:
         """Recorded in the audit log by the follower thread (the scorer never waits on the DB)."""

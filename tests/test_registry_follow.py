@@ -146,7 +146,8 @@ def test_postgres_notify_wakes_the_follower(tmp_path):
 
 def test_registry_outage_keeps_serving_and_following_resumes(tmp_path):
     """The registry database goes away (a proxy in front of PostgreSQL cuts every connection):
-    the scorer keeps serving; a promotion made meanwhile is taken once the registry is back."""
+    the scorer keeps serving; a worker starting meanwhile serves the version its host served last;
+    a promotion made meanwhile is taken by both once the registry is back."""
     from urllib.parse import urlsplit, urlunsplit
 
     from chaos.latency_proxy import LatencyProxy
@@ -170,10 +171,17 @@ def test_registry_outage_keeps_serving_and_following_resumes(tmp_path):
         for _ in range(5):
             assert model.check() is False and scores(model.current()) == v1_scores   # still serving
             time.sleep(0.2)
+        # a worker (re)started during the outage serves what this host served last
+        restarted = ReloadingModel(RegistrySource(via_proxy, "fraud", ENV, interval_s=0.3,
+                                                  cache_dir=tmp_path / "host", actor="job:y"), check_interval_s=0)
+        assert restarted.model.version == "1" and not restarted.source.available
         proxy.restore()
         wait_until(model.check, "the follower to resume and take version 2",
                    seen=lambda: (source.available, model.model.version))
         assert source.available and model.model.version == "2"
+        wait_until(restarted.check, "the restarted worker to follow once the registry is back")
+        assert restarted.model.version == "2"
+        restarted.close()
         model.close()
     finally:
         proxy.stop()
