@@ -136,7 +136,7 @@ class RegistrySource:
         without a model). Starts the follower thread. If the registry cannot be reached, the
         version this host served last (its cached artifact, sha256 checked again) serves until the
         registry is back (a worker restarted by Flink during a registry outage keeps scoring)."""
-        from registry import RegistryError, RegistryUnavailable
+        from registry import RegistryUnavailable
 
         try:
             return self._initial()
@@ -150,8 +150,6 @@ class RegistrySource:
             self.revision = last.token
             self._start()
             return last
-        except RegistryError:
-            raise
 
     def _start(self) -> None:
         self._thread = threading.Thread(target=self._follow, name=f"registry-follow-{self.name}", daemon=True)
@@ -249,8 +247,10 @@ class RegistrySource:
             if isinstance(exc, (RegistryUnavailable, OSError)):
                 self.revision = revision        # not a refusal: look again when the registry/storage is back
                 raise
-            self.refusals += 1
-            self._record(mv.version, f"{type(exc).__name__}: {exc}"[:500])
+            try:
+                self._record(mv.version, f"{type(exc).__name__}: {exc}"[:500])
+            finally:
+                self.refusals += 1
             return
         if mv.version == self.serving_version and not self._offers.qsize():
             return                               # e.g. only the feature snapshot changed
@@ -278,9 +278,24 @@ class RegistrySource:
                 raise
 
     def _record(self, version: int, reason: str) -> None:
+        """Into the audit log, once per host for a (revision, version): the host's other workers
+        refusing the same thing for the same reason find the marker and only log it."""
         log.error("registry deployment %s/%s: version %s refused by %s: %s", self.name, self.env, version,
                   self.actor, reason)
-        self._registry().record_refusal(self.name, self.env, version, actor=self.actor, reason=reason)
+        marker = self._state_path().with_name(f"{self._state_path().stem}-refused-r{self.revision}-v{version}")
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))     # atomic: one worker claims it
+        except FileExistsError:
+            return
+        except OSError:
+            marker = None                    # no marker possible: record it anyway
+        try:
+            self._registry().record_refusal(self.name, self.env, version, actor=self.actor, reason=reason)
+        except BaseException:
+            if marker is not None:
+                marker.unlink(missing_ok=True)   # not recorded: the next attempt (any worker) claims it again
+            raise
 
 
 # -- engines that swap models through a side input (Beam's RunInference) ------------------------

@@ -213,3 +213,24 @@ def test_preflight_checks_the_deployment_before_a_job_starts(reg, tmp_path):
     cfg.model.name = "fraudd"
     with pytest.raises(UserError, match=r"no deployment of 'fraudd' in 'integration'.*did you mean 'fraud'"):
         registry_champion(cfg)
+
+
+def test_workers_of_one_host_record_a_refusal_once(reg, tmp_path):
+    """Three workers on one host (one host cache) refuse the same corrupt version: one audit entry
+    (a host marker next to the cache); each worker still refuses and keeps serving."""
+    reg.register_model("fraud", str(model_copy(tmp_path)), **WHO)
+    reg.promote("fraud", 1, ENV, **WHO)
+    workers = [ReloadingModel(RegistrySource(reg.uri, "fraud", ENV, interval_s=0.2, cache_dir=tmp_path / "host",
+                                             actor=f"job:host:{i}"), check_interval_s=0) for i in range(3)]
+    try:
+        artifact = model_copy(tmp_path, "gbm.onnx")
+        reg.register_model("fraud", str(artifact), **WHO)
+        artifact.write_bytes(b"not the registered bytes")
+        reg.promote("fraud", 2, ENV, **WHO)
+        wait_until(lambda: all(w.source.refusals for w in workers), "every worker to refuse version 2",
+                   seen=lambda: [w.source.refusals for w in workers])
+        assert len(refusals(reg, 2)) == 1
+        assert all(w.model.version == "1" and w.check() is False for w in workers)
+    finally:
+        for w in workers:
+            w.close()
