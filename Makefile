@@ -4,12 +4,16 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 EVENTS ?= 20000
 RATE   ?= 5000
+# pytest-xdist workers for make test/test-fast (0 = one process); tests that share a fixed resource
+# are kept on one worker with @pytest.mark.xdist_group (--dist loadgroup)
+TEST_WORKERS ?= 2
+PYTEST  = $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: install demo test test-fast services bench bench-deps clean help
 
 help:
 	@echo "make demo [EVENTS=20000 RATE=5000]  run the scoring job end to end on embedded defaults"
-	@echo "make test                           run the test suite (real broker, Plasma, MiniCluster)"
+	@echo "make test [TEST_WORKERS=2]          run the test suite (real broker, Plasma, MiniCluster), in 2 processes"
 	@echo "make test-kafka                     the Kafka-facing suites against Apache Kafka 4.x (jars fetched once by mvn)"
 	@echo "make services                       install (Debian) and start PostgreSQL :5432 and Redis :6379 for the tests"
 	@echo "make cluster-test                   production path: standalone Flink cluster, file sink, compose file"
@@ -36,10 +40,10 @@ demo: install
 	$(BIN)/streamscore demo --events $(EVENTS) --rate $(RATE)
 
 test: install
-	$(BIN)/pytest
+	$(PYTEST)
 
 test-fast: install
-	$(BIN)/pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # the suites that talk to Kafka, on an embedded Apache Kafka 4.x (single-node KRaft) instead of Tansu
 KAFKA_SUITES ?= tests/test_apache_kafka.py tests/test_kafka_io.py tests/test_consume.py tests/test_job_integration.py \
@@ -49,7 +53,7 @@ kafka-jars: install
 	$(BIN)/python -m connectors.embedded.maven kafka-broker
 
 test-kafka: install
-	STREAMSCORE_TEST_BROKER=kafka $(BIN)/pytest $(KAFKA_SUITES)
+	STREAMSCORE_TEST_BROKER=kafka $(PYTEST) $(KAFKA_SUITES)
 
 CHAOS_EVENTS ?= 50000
 

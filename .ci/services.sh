@@ -2,6 +2,7 @@
 # Start the services the test suite talks to, installing them from Debian's packages where absent:
 #   PostgreSQL on 127.0.0.1:5432 (trust auth for loopback, database "test", user "postgres")
 #   Redis      on 127.0.0.1:6379 (no persistence)
+#   Chromium + chromedriver (headless; the HTML report test opens its page in a real browser)
 # Idempotent: running it again leaves running services alone. Needs root (apt-get, pg_ctlcluster).
 # `make services` runs it; `.ci/run` runs it before `make test`.
 set -euo pipefail
@@ -9,6 +10,8 @@ set -euo pipefail
 need_install=()
 command -v pg_ctlcluster >/dev/null 2>&1 || need_install+=(postgresql)
 command -v redis-server  >/dev/null 2>&1 || need_install+=(redis-server)
+command -v chromium      >/dev/null 2>&1 || need_install+=(chromium)
+command -v chromedriver  >/dev/null 2>&1 || need_install+=(chromium-driver)
 if [ ${#need_install[@]} -gt 0 ]; then
   echo "services: installing ${need_install[*]} from Debian's packages"
   export DEBIAN_FRONTEND=noninteractive

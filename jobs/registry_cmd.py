@@ -164,7 +164,9 @@ def _actor(args) -> str:
 def _console():
     from rich.console import Console
 
-    return Console(width=None if sys.stdout.isatty() else 140)
+    # piped: wide enough for the tables, and messages never hard-wrapped (a long path stays greppable)
+    piped = not sys.stdout.isatty()
+    return Console(width=140 if piped else None, soft_wrap=piped)
 
 
 def _print_json(data) -> None:

@@ -43,10 +43,13 @@ def default_registry_uri() -> str:
 
 
 def default_actor() -> str:
+    """``user@host`` (the login name from the environment or the password database)."""
+    import getpass
+
     try:
-        user = os.getlogin()
-    except OSError:
-        user = os.environ.get("USER") or str(os.getuid())
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
     return f"{user}@{socket.gethostname()}"
 
 
@@ -119,16 +122,25 @@ class Registry:
 
         @event.listens_for(self.engine, "begin")
         def _begin(conn):  # noqa: ANN001
-            # IMMEDIATE: take the write lock up front, so concurrent writers wait (busy_timeout)
-            # instead of failing on a lock upgrade
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # writers: IMMEDIATE takes the write lock up front, so concurrent writers wait
+            # (busy_timeout) instead of failing on a lock upgrade; readers: a plain BEGIN, which in
+            # WAL mode neither waits for nor blocks a writer (following jobs poll the revision)
+            read_only = conn.get_execution_options().get("registry_read_only", False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    def _read(self):
+        """A read-only transaction (see ``_tx``)."""
+        return self._tx(read_only=True)
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sa.Connection]:
+    def _tx(self, read_only: bool = False) -> Iterator[sa.Connection]:
         """One transaction; database outages become ``RegistryUnavailable``."""
         try:
-            with self.engine.begin() as conn:
-                yield conn
+            with self.engine.connect() as conn:
+                if read_only:
+                    conn = conn.execution_options(registry_read_only=True)
+                with conn.begin():
+                    yield conn
         except (sa.exc.IntegrityError, RegistryError):
             raise
         except sa.exc.OperationalError as exc:
@@ -194,7 +206,7 @@ class Registry:
 
     def environments(self) -> list[Environment]:
         """The configured environments, in promotion order."""
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(sa.select(t.environments).order_by(t.environments.c.position)).all()
         return [Environment(r.name, r.position, bool(r.requires_previous_champion), r.event_fields) for r in rows]
 
@@ -222,7 +234,7 @@ class Registry:
             created_by=row.created_by, created_at=_utc(row.created_at))
 
     def model_names(self) -> list[str]:
-        with self._tx() as conn:
+        with self._read() as conn:
             return list(conn.execute(sa.select(t.model_versions.c.name).distinct().order_by(t.model_versions.c.name))
                         .scalars())
 
@@ -233,7 +245,7 @@ class Registry:
             q = q.where(t.model_versions.c.name == name)
         if not include_retired:
             q = q.where(t.model_versions.c.retired == sa.false())
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(q).all()
         if name is not None and not rows:
             raise NotFound("model", name, self.model_names())
@@ -257,7 +269,7 @@ class Registry:
         raise NotFound(f"version of {name}", number, [str(v.version) for v in versions])
 
     def snapshot_names(self) -> list[str]:
-        with self._tx() as conn:
+        with self._read() as conn:
             return list(conn.execute(sa.select(t.feature_snapshots.c.name).distinct()
                                      .order_by(t.feature_snapshots.c.name)).scalars())
 
@@ -265,7 +277,7 @@ class Registry:
         q = sa.select(t.feature_snapshots).order_by(t.feature_snapshots.c.name, t.feature_snapshots.c.version)
         if name is not None:
             q = q.where(t.feature_snapshots.c.name == name)
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(q).all()
         if name is not None and not rows:
             raise NotFound("feature snapshot", name, self.snapshot_names())
@@ -291,7 +303,7 @@ class Registry:
         q = sa.select(t.deployments.c.name, t.deployments.c.env)
         if name is not None:
             q = q.where(t.deployments.c.name == name)
-        with self._tx() as conn:
+        with self._read() as conn:
             keys = conn.execute(q).all()
             out = [self._deployment(conn, n, e) for n, e in keys]
         order = {e.name: e.position for e in self.environments()}
@@ -299,7 +311,7 @@ class Registry:
 
     def deployment(self, name: str, env: str) -> Deployment | None:
         """What ``name`` serves in ``env`` (None when nothing was promoted there yet)."""
-        with self._tx() as conn:
+        with self._read() as conn:
             return self._deployment(conn, name, env)
 
     def _deployment(self, conn: sa.Connection, name: str, env: str) -> Deployment | None:
@@ -325,7 +337,7 @@ class Registry:
 
     def revision(self, name: str, env: str) -> int | None:
         """The deployment's revision alone (cheap; what a following job polls)."""
-        with self._tx() as conn:
+        with self._read() as conn:
             return conn.execute(sa.select(t.deployments.c.revision).where(
                 t.deployments.c.name == name, t.deployments.c.env == env)).scalar()
 
@@ -336,7 +348,7 @@ class Registry:
             q = q.where(t.audit_log.c.name == name)
         if env is not None:
             q = q.where(t.audit_log.c.env == env)
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(q).all()
         return [AuditEntry(id=r.id, at=_utc(r.at), actor=r.actor, action=r.action, name=r.name, env=r.env,
                            from_version=r.from_version, to_version=r.to_version, reason=r.reason,
@@ -523,7 +535,7 @@ class Registry:
         return before[-1]
 
     def _was_champion(self, name: str, version: int, env: str) -> bool:
-        with self._tx() as conn:
+        with self._read() as conn:
             hit = conn.execute(sa.select(t.audit_log.c.id).where(
                 t.audit_log.c.name == name, t.audit_log.c.env == env, t.audit_log.c.to_version == version,
                 t.audit_log.c.action.in_(("promote", "rollback"))).limit(1)).first()
@@ -587,7 +599,7 @@ class Registry:
 
     def _champion_stack(self, name: str, env: str) -> list[tuple[int, str | None]]:
         """Replay of the deployment's promotions (push) and rollbacks (pop)."""
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(sa.select(t.audit_log.c.action, t.audit_log.c.to_version, t.audit_log.c.features)
                                 .where(t.audit_log.c.name == name, t.audit_log.c.env == env,
                                        t.audit_log.c.action.in_(("promote", "rollback")))

@@ -1,9 +1,10 @@
 """Shared fixtures: one embedded broker + Plasma store + demo model for the whole session.
 
 Every component is real: the broker process, plasma-store-server, onnxruntime, and a Flink
-MiniCluster per job process. The broker is Tansu unless ``STREAMSCORE_TEST_BROKER=kafka`` asks
-for Apache Kafka (single-node KRaft, jars fetched once by mvn): then every test on the ``stack``
-fixture runs against Apache Kafka.
+MiniCluster per job process. The broker is Apache Kafka (single-node KRaft, jars fetched once by
+mvn), the broker our users run; ``STREAMSCORE_TEST_BROKER=tansu`` runs the same tests on Tansu, the
+demo's zero-download broker (which ``tests/test_run_it_yourself.py`` and ``tests/test_ports.py``
+exercise on their own).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from jobs.embedded import BROKERS, EmbeddedStack
 
 def session_broker() -> str:
     """The broker the session's ``stack`` runs: ``$STREAMSCORE_TEST_BROKER`` (tansu | kafka)."""
-    kind = os.environ.get("STREAMSCORE_TEST_BROKER", "tansu").strip().lower() or "tansu"
+    kind = os.environ.get("STREAMSCORE_TEST_BROKER", "kafka").strip().lower() or "kafka"
     if kind not in BROKERS:
         raise pytest.UsageError(f"STREAMSCORE_TEST_BROKER={kind!r}: one of {', '.join(BROKERS)}")
     return kind

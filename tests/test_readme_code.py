@@ -55,6 +55,7 @@ def example_dir(stack, tmp_path):
     shutil.rmtree(EXAMPLE_STORE, ignore_errors=True)
 
 
+@pytest.mark.xdist_group("readme-example-store")   # one worker: the blocks share EXAMPLE_STORE
 @pytest.mark.parametrize("block", blocks("python"), ids=block_id)
 def test_python_blocks_run_as_written(block, example_dir):
     doc, line, code = block

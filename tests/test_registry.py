@@ -504,3 +504,20 @@ def test_wait_for_change_reports_a_lost_postgres_connection(pg_registry_uri, tmp
     assert "error" in outcome, outcome
     assert reg.wait_for_change("fraud", "integration", timeout_s=0.2) is False     # and works again after
     reg.close()
+
+
+def test_sqlite_readers_do_not_wait_for_a_writer(tmp_path):
+    """Following jobs poll the revision: on SQLite (WAL) a read neither waits for an open write
+    transaction (busy_timeout is 30 s) nor sees its uncommitted change."""
+    reg = open_registry(f"sqlite:///{tmp_path / 'r.db'}", cache_dir=tmp_path / "cache")
+    reg.init()
+    outcome = {}
+    with reg._tx() as writer:
+        writer.exec_driver_sql("INSERT INTO environments(name, position, requires_previous_champion) VALUES ('x', 9, 0)")
+        reader = threading.Thread(target=lambda: outcome.setdefault("envs", [e.name for e in reg.environments()]))
+        reader.start()
+        reader.join(timeout=20)
+        assert not reader.is_alive(), "a read waited for the open write transaction"
+    assert outcome["envs"] == ["integration", "qa", "production"]
+    assert [e.name for e in reg.environments()][-1] == "x"
+    reg.close()

@@ -15,7 +15,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]   # the server start 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     if not mlflow_binary().exists():
-        pytest.skip(f"no MLflow server at {mlflow_binary()}: run `make mlflow-deps` (side venv .venv-mlflow)")
+        from feature_store_fixtures import service_missing
+        service_missing(f"no MLflow server at {mlflow_binary()}: run `make mlflow-deps` (side venv .venv-mlflow)")
     pytest.importorskip("mlflow", reason="the MLflow client (mlflow-skinny) is not installed: pip install '.[test]'")
     with MlflowServer(tmp_path_factory.mktemp("mlflow")) as server:
         yield server
