@@ -9,7 +9,9 @@
 * a rollback mid-stream, back to what the deployment says;
 * refused versions (an artifact failing its sha256, a model needing inputs nobody has): the
   serving version keeps scoring and the refusals are in ``registry history``;
-* every input record accounted for exactly once, by its coordinates, throughout.
+* every input record accounted for exactly once, by its coordinates, throughout;
+* two scorers (parallelism 2), each following on its own: still one switch per partition, and
+  one refusal entry per version for the host.
 
 SQLite registry (the PostgreSQL LISTEN/NOTIFY path: tests/test_registry_follow.py)."""
 from __future__ import annotations
@@ -129,7 +131,7 @@ def run(stack, tmp_path_factory):
         reg.register_model(NAME, str(paths[version]), feature_set=s1, reason=f"model {version}", **WHO)
     reg.promote(NAME, 1, ENV, features=s1.ref, reason="start", **WHO)
     with PlasmaServer(tmp / "host.sock", 256 << 20, log_path=tmp / "plasma.log") as host:   # empty: a new host
-        cfg = stack.job_config("registry-job", partitions=PARTITIONS)
+        cfg = stack.job_config("registry-job", partitions=PARTITIONS, flink__parallelism=2)   # two scorers
         cfg.features.store = host.uri("customers")
         cfg.model = ModelSettings(registry=reg.uri, name=NAME, env=ENV, follow_interval_s=0.5)
         job, reader = stack.start_job(cfg)
@@ -187,7 +189,9 @@ def test_promotion_feature_switch_rollback_and_refusals_in_one_running_job(run, 
         run.send(PROBE_EVENTS)               # the scorer tries replacements between micro-batches
     assert "sha256" in refused[3].reason and refused[3].actor.startswith("job:")
     assert "brand_new_feature" in refused[4].reason
-    still = run.send(PHASE_EVENTS)
+    still = run.send(PHASE_EVENTS)           # (both scorers have met both versions by now)
+    entries = [e.to_version for e in reg.history(NAME, env=ENV) if e.action == "refused-by-job"]
+    assert sorted(entries) == [3, 4], f"one refusal per version on this host, not per scorer: {entries}"
     assert set(run.lineage(still)) == {expected}, "the serving version must stay after refusals"
 
     # exact accounting by input coordinates, over the whole run
