@@ -32,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hot-swap the model when a new file matching GLOB appears (RunInference's "
                              "WatchFilePattern; a streaming runner such as Flink or Dataflow, not the DirectRunner)")
     parser.add_argument("--watch-interval", type=float, default=10, help="seconds between --watch-model checks")
+    parser.add_argument("--registry-schedule", type=float, metavar="WINDOW_S",
+                        help="with model.registry: score each event with the version that was champion in its "
+                             "event-time window of WINDOW_S seconds (the registry's history as RunInference's "
+                             "model-update side input; for bounded replays on the DirectRunner)")
     parser.add_argument("beam_args", nargs=argparse.REMAINDER,
                         help="after --: Beam pipeline options (--runner, --flink_master, --project, ...)")
 

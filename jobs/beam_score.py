@@ -37,8 +37,15 @@ IDLE_POLL_MS = 10   # least wait of a poll that finds nothing: the read is re-ru
 def build(p: beam.Pipeline, cfg: JobConfig, *, start_offsets: dict[int, int] | None = None,
           stop_offsets: dict[int, int] | None = None, output_files: str | None = None,
           model_updates: beam.PCollection | None = None, watch_model_pattern: str | None = None,
-          watch_interval_s: float = 10, event_time_window_s: float | None = None):
-    """Wire the pipeline onto ``p``. With ``stop_offsets`` (every partition) the read is bounded."""
+          watch_interval_s: float = 10, event_time_window_s: float | None = None,
+          registry_schedule_s: float | None = None, registry_schedule_until_s: float = 3600):
+    """Wire the pipeline onto ``p``. With ``stop_offsets`` (every partition) the read is bounded.
+
+    ``model.registry`` in the config: the deployment's champion scores (fetched, sha256 checked,
+    predictions name its registered name and version). ``registry_schedule_s``: instead, every
+    event is scored by the version that was champion in its event-time window of that length
+    (the registry's history as RunInference's model-update side input; the last change holds for
+    ``registry_schedule_until_s`` more): what the DirectRunner can do with a bounded read."""
     k, f = cfg.kafka, cfg.features
     partitions = partitions_of(k.bootstrap_servers, k.input_topic)
     if output_files and set(stop_offsets or {}) != set(partitions):
@@ -53,8 +60,21 @@ def build(p: beam.Pipeline, cfg: JobConfig, *, start_offsets: dict[int, int] | N
     chunks = p | "ReadKafka" >> ReadFromKafkaPartitions(
         reads, consumer, start=k.start_from, max_records=cfg.batch.max_events,
         poll_timeout_s=max(cfg.batch.poll_timeout_ms, IDLE_POLL_MS) / 1000, commit_offsets=not bounded)
+    model_path = cfg.model.path
+    if cfg.model.follows_registry:
+        # the champion now (every runner); its history as an event-time side input (bounded runs)
+        from registry.follow import champion_model_id, champion_schedule
+
+        model_path = champion_model_id(cfg.model.registry, cfg.model.name, cfg.model.env)
+        if registry_schedule_s and model_updates is None:
+            from operators.beam.pipeline import model_schedule
+
+            schedule = champion_schedule(cfg.model.registry, cfg.model.name, cfg.model.env, registry_schedule_s)
+            until = max(schedule) + registry_schedule_until_s
+            model_updates = model_schedule(p, schedule, window_s=registry_schedule_s, until_s=until)
+            event_time_window_s = registry_schedule_s
     scored = chunks | "Score" >> ScoreEvents(
-        decoder=cfg.events.decoder_spec(), store_uri=f.store, model_path=cfg.model.path,
+        decoder=cfg.events.decoder_spec(), store_uri=f.store, model_path=model_path,
         retry=f.retry_policy(), missing=f.missing_policy(),
         intra_op_threads=cfg.model.intra_op_threads, max_batch_events=cfg.batch.max_events,
         load_options=cfg.model.load_options(),
@@ -90,7 +110,7 @@ def run(cfg: JobConfig, args: argparse.Namespace) -> None:
     with beam.Pipeline(options=options) as p:
         build(p, cfg, start_offsets=args.start_offsets, stop_offsets=args.stop_offsets,
               output_files=args.output_files, watch_model_pattern=args.watch_model,
-              watch_interval_s=args.watch_interval)
+              watch_interval_s=args.watch_interval, registry_schedule_s=args.registry_schedule)
         log.info("running %s on %s", cfg.job_name, options.view_as(StandardOptions).runner)
     log.info("%s finished", cfg.job_name)
 

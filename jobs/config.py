@@ -15,6 +15,7 @@ if TYPE_CHECKING:                      # these import pyarrow: only when a job n
 # The default event fields (connectors.events.EventSchema's), spelled out so that reading a
 # config does not import pyarrow.
 DEFAULT_EVENT_FIELDS = {"id": "string", "entity_id": "int", "amount": "float", "ts": "int"}
+DEFAULT_MODEL_PATH = "models/demo.onnx"
 
 
 class _Section(BaseModel):
@@ -115,7 +116,16 @@ class FeatureSettings(_Section):
 
 
 class ModelSettings(_Section):
-    path: str = "models/demo.onnx"
+    path: str = Field(DEFAULT_MODEL_PATH, description="the model file (replace it to deploy a new version); "
+                      "or, instead, follow a registry deployment (registry, name, env)")
+    registry: str | None = Field(None, description="a registry URI (sqlite:////abs/registry.db, "
+                                 "postgresql://user@host:5432/db): the job serves the champion of the "
+                                 "deployment `name` in `env` and follows its promotions and rollbacks")
+    name: str | None = Field(None, description="registry: the registered model's name")
+    env: str = Field("production", description="registry: the environment whose deployment the job follows")
+    follow_interval_s: float = Field(1.0, gt=0, description="registry: longest wait between two looks at the "
+                                     "deployment (PostgreSQL wakes on NOTIFY sooner; a promotion reaches the "
+                                     "scorers within this plus the artifact's fetch and load)")
     intra_op_threads: int = 1
     reload_interval_s: float = Field(5.0, ge=0, description="how often the scorer checks whether the model "
                                      "file was replaced (then loads it; a file that fails to load is refused "
@@ -125,6 +135,39 @@ class ModelSettings(_Section):
                                           "metadata expects x0..xn otherwise)")
     trusted_types: list[str] | None = Field(None, description="extra types a .skops file may instantiate, "
                                             "after review (CLI: --trusted-type)")
+
+    @model_validator(mode="after")
+    def _one_way_to_name_the_model(self) -> "ModelSettings":
+        if self.registry is not None:
+            if self.path != DEFAULT_MODEL_PATH:      # (a config written by to_yaml has the default)
+                raise ValueError("model.path and model.registry are two ways to name the model: give one")
+            if not self.name:
+                raise ValueError("model.registry needs model.name (the registered model to follow)")
+        elif self.name is not None:
+            raise ValueError("model.name names a registry deployment: set model.registry too "
+                             "(or use model.path alone)")
+        return self
+
+    @property
+    def follows_registry(self) -> bool:
+        return self.registry is not None
+
+    def source(self, feature_store: str | None = None) -> str | Any:
+        """What the scorer serves from: the file path, or the registry deployment to follow
+        (``registry.follow.FollowSpec``; ``feature_store``: a shared-memory store to materialize
+        the deployment's pinned feature snapshot into)."""
+        if not self.follows_registry:
+            return self.path
+        from registry.follow import FollowSpec
+
+        shm = feature_store if feature_store and feature_store.startswith(("plasma:", "arrow-shm:")) else None
+        return FollowSpec(self.registry, self.name, self.env, self.follow_interval_s, feature_store=shm)
+
+    def check_interval_s(self) -> float:
+        """How often the scorer asks its source for a new version: a file is stat()ed every
+        ``reload_interval_s``; a registry follower's offers are a queue read, so every 0.1 s."""
+        return min(self.reload_interval_s, 0.1) if self.follows_registry and self.reload_interval_s else \
+            self.reload_interval_s
 
     def load_options(self) -> dict:
         """Keyword arguments for ``model_formats.load_model`` beyond the path and threads."""

@@ -1,11 +1,17 @@
 """The demo: the scoring job end to end on embedded defaults, with a live progress line, a
-summary table, and one JSON object as the very last line."""
+summary table, and one JSON object as the very last line.
+
+The job follows a registry (SQLite in the demo's folder unless ``--registry`` names another):
+two versions of the demo model are registered with the feature snapshot they were trained on,
+version 1 is the production champion when the job starts, version 2 is promoted mid-run. The
+host's Plasma store is materialized from the registry snapshot (no ``features load``)."""
 from __future__ import annotations
 
 import json
 import re
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +21,7 @@ from rich.live import Live
 from rich.table import Table
 
 from jobs import demo_data
+from jobs.config import ModelSettings
 from jobs.embedded import EmbeddedStack
 from jobs.flink_rest import FlinkRest
 from jobs.producer import produce
@@ -32,6 +39,60 @@ class DemoOptions:
     timeout_s: float = 900.0
     workdir: Path | None = None
     broker: str = "tansu"         # embedded broker: tansu | kafka (Apache Kafka)
+    registry: str | None = None   # registry URI; None: a SQLite file in the demo's folder
+    promote_at: float = 0.5       # share of the events produced when version 2 is promoted
+
+
+DEMO_MODEL = "demo-fraud"         # the registered model the demo job follows
+DEMO_ENV = "production"
+DEMO_SNAPSHOT = "demo-features"
+DEMO_ACTOR = "streamscore-demo"
+
+
+@dataclass
+class DemoRegistry:
+    """The demo's registry and what it registered."""
+    registry: object              # registry.Registry
+    uri: str
+    first: int                    # the version serving at the start
+    second: int                   # the version promoted mid-run
+    snapshot: str                 # name@version of the pinned feature snapshot
+
+
+def prepare_registry(stack: EmbeddedStack, uri: str | None = None, say=print) -> DemoRegistry:
+    """Register the demo's feature snapshot (Parquet in the demo folder standing for durable
+    storage) and two model versions trained on it; version 1 becomes champion in every environment,
+    version 2 in integration and qa (production requires it: it is promoted there mid-run). The
+    host's Plasma store is then materialized from the pinned snapshot."""
+    from registry import open_registry, write_dataset
+    from registry.materialize import HostMaterializer
+
+    uri = uri or f"sqlite:///{stack.workdir / 'registry.db'}"
+    reg = open_registry(uri, cache_dir=stack.workdir / "registry-cache")
+    reg.init()
+    who = dict(actor=DEMO_ACTOR)
+    durable = stack.workdir / "durable"
+    durable.mkdir(exist_ok=True)
+    snap = reg.register_snapshot(DEMO_SNAPSHOT, write_dataset(stack.features, str(durable), DEMO_SNAPSHOT),
+                                 key_column="entity_id", reason="the demo's customer features", **who)
+    versions = []
+    for version in ("1", "2"):
+        iterations, depth = demo_data.DEMO_MODEL_PARAMS[version]
+        mv = reg.register_model(DEMO_MODEL, str(demo_data.demo_model(stack.entities, version=version)),
+                                feature_set=snap, reason=f"demo model {version}",
+                                metadata={"trainer": "HistGradientBoostingClassifier", "max_iter": iterations,
+                                          "max_depth": depth}, **who)
+        versions.append(mv.version)
+    first, second = versions
+    for env in ("integration", "qa", DEMO_ENV):
+        reg.promote(DEMO_MODEL, first, env, reason="the demo starts with it", **who)
+    for env in ("integration", "qa"):
+        reg.promote(DEMO_MODEL, second, env, reason="candidate; production takes it mid-run", **who)
+    say(f"  registry {reg!r}: {DEMO_MODEL} versions {first} and {second}, snapshot {snap.ref}; "
+        f"{DEMO_ENV} champion: version {first}")
+    HostMaterializer(stack.feature_uri, reg).ensure(reg.deployment(DEMO_MODEL, DEMO_ENV))
+    say(f"  materialized {snap.ref} ({snap.row_count:,} rows) into this host's Plasma store from the registry")
+    return DemoRegistry(reg, uri, first, second, snap.ref)
 
 
 def demo_records(opts: DemoOptions) -> list[dict | bytes]:
@@ -66,14 +127,19 @@ def summarize(tally: Tally, inputs: list[str], started: float, opts: DemoOptions
         "p50_ms": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
         "p99_ms": round(float(np.percentile(lat, 99)), 2) if len(lat) else None,
         "rate_target_eps": opts.rate or None,
+        "per_version": tally.per_version(wanted),
+        "switches_per_partition": {p: len(s) for p, s in tally.version_switches(wanted).items()},
     }
 
 
 def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
     console = console or Console(stderr=True)
     say = console.print
-    with EmbeddedStack(opts.workdir, opts.entities, say=say, broker=opts.broker) as stack:
+    with EmbeddedStack(opts.workdir, opts.entities, say=say, broker=opts.broker, load_features=False) as stack:
+        say("preparing the registry…")
+        demo_registry = prepare_registry(stack, opts.registry, say)
         cfg = stack.job_config("demo", opts.partitions, flink__parallelism=opts.parallelism)
+        cfg.model = ModelSettings(registry=demo_registry.uri, name=DEMO_MODEL, env=DEMO_ENV)
         with console.status("starting the scoring job in a local Flink MiniCluster (JVM, Python workers)…"):
             job, reader = stack.start_job(cfg)
         say(f"the scoring job is up (log: {job.log_path})")
@@ -89,15 +155,28 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
                                       on_progress=lambda n: produced.__setitem__("n", n)))
             thread = threading.Thread(target=producer, daemon=True)
             thread.start()
+            promote_after = int(len(records) * opts.promote_at)
+            promoted = False
             with Live(console=console, refresh_per_second=4, transient=True) as live:
                 while thread.is_alive():
+                    if not promoted and produced["n"] >= promote_after:
+                        demo_registry.registry.promote(DEMO_MODEL, demo_registry.second, DEMO_ENV, actor=DEMO_ACTOR,
+                                                       reason="mid-run promotion by the demo")
+                        promoted = True
+                        console.print(f"promoted {DEMO_MODEL} version {demo_registry.second} to {DEMO_ENV} "
+                                      f"after {produced['n']:,} events")
                     snap = reader.snapshot()
-                    predicted = sum(not p["event_id"].startswith("warmup-") for p in snap.predictions.values())
+                    versions = Counter(p["model_version"] for p in snap.predictions.values()
+                                       if not p["event_id"].startswith("warmup-"))
+                    by_version = " ".join(f"v{v} {n:,}" for v, n in sorted(versions.items()))
                     live.update(f"produced {produced['n']:,}/{len(records):,} · predictions "
-                                f"{predicted:,} · dead letters {len(snap.dead_letters):,}")
+                                f"{sum(versions.values()):,} ({by_version}) · dead letters {len(snap.dead_letters):,}")
                     job.check_alive()
                     time.sleep(0.25)
                 thread.join()
+                if not promoted:          # a tiny run: promote now, the rest is scored by version 2
+                    demo_registry.registry.promote(DEMO_MODEL, demo_registry.second, DEMO_ENV, actor=DEMO_ACTOR,
+                                                   reason="promotion by the demo")
 
                 def progress(snap, done):
                     live.update(f"produced {len(records):,}/{len(records):,} · accounted {done:,}/{len(inputs):,}")
@@ -105,10 +184,16 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
                                         on_progress=progress, check=job.check_alive)
             summary = summarize(tally, inputs, started, opts)
             summary["job_metrics"] = output_metrics(job.rest())
+            summary["features"] = sorted({tally.predictions[c].get("features") for c in inputs
+                                          if c in tally.predictions})
+            summary["registry_history"] = [
+                f"{e.action} {e.from_version or '-'} -> {e.to_version or '-'} ({e.env or ''}: {e.reason})"
+                for e in reversed(demo_registry.registry.history(DEMO_MODEL, env=DEMO_ENV, limit=10))]
             return summary
         finally:
             reader.stop()
             job.stop()
+            demo_registry.registry.close()
 
 
 _OUTPUT_METRIC = re.compile(r"\.(predictions_out|dead_letters_out|dead_letters\.\w+)$")
@@ -132,11 +217,19 @@ def render(summary: dict, console: Console) -> None:
         table.add_row(key, str(summary[key]))
     for reason, count in summary["dead_letter_reasons"].items():
         table.add_row(f"  dead letters: {reason}", str(count))
+    for version, count in summary.get("per_version", {}).items():
+        table.add_row(f"  predictions by model version {version}", f"{count:,}")
+    for partition, switches in summary.get("switches_per_partition", {}).items():
+        table.add_row(f"  version switches in {partition}", str(switches))
+    if summary.get("features"):
+        table.add_row("  feature snapshot", ", ".join(map(str, summary["features"])))
     for name, value in summary.get("job_metrics", {}).items():
         table.add_row(f"job metric {name}", f"{value:,.0f}")
+    for line in summary.get("registry_history", []):
+        table.add_row("registry history", line)
     console.print(table)
 
 
 def to_json_line(summary: dict) -> str:
-    keys = ("events_in", "predictions_out", "dead_letters", "throughput_eps", "p50_ms", "p99_ms")
-    return json.dumps({k: summary[k] for k in keys})
+    keys = ("events_in", "predictions_out", "dead_letters", "throughput_eps", "p50_ms", "p99_ms", "per_version")
+    return json.dumps({k: summary[k] for k in keys if k in summary})

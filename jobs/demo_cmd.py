@@ -10,8 +10,10 @@ def register(subparsers) -> None:
         "demo", help="run the scoring job end to end on an embedded broker, Plasma store and demo model",
         description="Starts an embedded Kafka-compatible broker and a Plasma store on free loopback "
                     "ports, loads 100k entities × 32 features, trains (once, cached) a demo gradient-"
-                    "boosting model exported to ONNX, runs the PyFlink scoring job in a local "
-                    "MiniCluster, produces synthetic transactions and reads the predictions back. "
+                    "boosting model exported to ONNX in two versions and registers them in a registry "
+                    "(SQLite), runs the PyFlink scoring job in a local MiniCluster following the "
+                    "production deployment, produces synthetic transactions, promotes version 2 "
+                    "mid-run and reads the predictions back. "
                     "Prints a summary table and, as the last line, one JSON object.")
     parser.add_argument("--events", type=int, default=20_000, help="events to produce (default 20000)")
     parser.add_argument("--rate", type=float, default=5000, help="events/s to produce; 0 = as fast as possible (default 5000)")
@@ -23,6 +25,8 @@ def register(subparsers) -> None:
                         help="embedded broker: tansu (default, nothing downloaded) or kafka (Apache Kafka 4.x, "
                              "KRaft; jars fetched once by mvn from Maven Central)")
     parser.add_argument("--workdir", type=Path, help="keep logs, config and checkpoints here (default: a temp dir, removed)")
+    parser.add_argument("--registry", help="the registry the job follows (default: a SQLite file in the demo's folder; "
+                        "e.g. postgresql://postgres@127.0.0.1:5432/test?schema=demo)")
     parser.set_defaults(func=_run)
 
 
@@ -34,7 +38,7 @@ def _run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     opts = DemoOptions(events=args.events, rate=args.rate, partitions=args.partitions,
                        parallelism=args.parallelism, bad_fraction=args.bad_fraction, workdir=args.workdir,
-                       broker=args.broker)
+                       broker=args.broker, registry=args.registry)
     try:
         summary = run_demo(opts, console)
     except KeyboardInterrupt:

@@ -40,9 +40,14 @@ def cache_dir() -> Path:
     return root
 
 
-def demo_model(entities: int = 100_000, seed: int = 7) -> Path:
+# The demo's model versions: (boosting iterations, tree depth). Version 2 is the one the demo
+# promotes mid-run through the registry.
+DEMO_MODEL_PARAMS = {"1": (100, 4), "2": (150, 5)}
+
+
+def demo_model(entities: int = 100_000, seed: int = 7, version: str = DEMO_MODEL_VERSION) -> Path:
     """The demo model (gradient boosting, exported to ONNX), trained at first use and cached."""
-    path = cache_dir() / f"{DEMO_MODEL_NAME}-v{DEMO_MODEL_VERSION}-{entities}-{seed}.onnx"
+    path = cache_dir() / f"{DEMO_MODEL_NAME}-v{version}-{entities}-{seed}.onnx"
     if path.exists():
         return path
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -55,9 +60,11 @@ def demo_model(entities: int = 100_000, seed: int = 7) -> Path:
     feats = np.column_stack([table.column(n).to_numpy()[rows] for n in FEATURE_NAMES])
     amount = amounts(len(rows), rng)
     x = np.column_stack([amount.astype(np.float32), feats])
-    model = HistGradientBoostingClassifier(max_iter=100, max_depth=4, random_state=0).fit(x, _truth(amount, feats, rng))
+    iterations, depth = DEMO_MODEL_PARAMS[version]
+    model = HistGradientBoostingClassifier(max_iter=iterations, max_depth=depth, random_state=0).fit(
+        x, _truth(amount, feats, rng))
     tmp = path.with_suffix(".tmp.onnx")
-    export_onnx(model, MODEL_INPUTS, tmp, name=DEMO_MODEL_NAME, version=DEMO_MODEL_VERSION)
+    export_onnx(model, MODEL_INPUTS, tmp, name=DEMO_MODEL_NAME, version=version)
     tmp.replace(path)   # atomic: a half-written model is never cached
     return path
 

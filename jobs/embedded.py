@@ -40,7 +40,7 @@ class EmbeddedStack:
     """
 
     def __init__(self, workdir: Path | None = None, entities: int = 100_000, say=print,
-                 durable_broker: bool = False, broker: str = "tansu") -> None:
+                 durable_broker: bool = False, broker: str = "tansu", load_features: bool = True) -> None:
         if broker not in BROKERS:
             raise ValueError(f"unknown embedded broker {broker!r}: one of {', '.join(BROKERS)}")
         self._own_workdir = workdir is None
@@ -56,6 +56,7 @@ class EmbeddedStack:
         self.plasma: PlasmaServer | None = None
         self.model_path: Path | None = None
         self.features = None
+        self.load_features = load_features    # False: the store starts empty (e.g. the registry fills it)
 
     def start(self) -> "EmbeddedStack":
         try:
@@ -67,8 +68,9 @@ class EmbeddedStack:
             self.plasma = self._stack.enter_context(
                 PlasmaServer(self.workdir / "plasma.sock", memory, log_path=self.workdir / "plasma.log"))
             self.features = demo_data.features_table(self.entities)
-            version = load_table(self.feature_uri, self.features, key="entity_id")
-            self.say(f"  loaded {self.entities:,} entities × {demo_data.N_FEATURES} features (version {version})")
+            if self.load_features:
+                version = load_table(self.feature_uri, self.features, key="entity_id")
+                self.say(f"  loaded {self.entities:,} entities × {demo_data.N_FEATURES} features (version {version})")
             self.say("preparing the demo model (trained and exported to ONNX once, then cached)…")
             self.model_path = demo_data.demo_model(self.entities)
             self.say(f"  model {self.model_path}")

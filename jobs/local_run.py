@@ -28,7 +28,7 @@ DEFAULT_REST_PORTS = "8081-8199"
 _STAGES = [(re.compile(r"Still waiting for startup of environment"), "waiting for the Python workers to start…"),
            (re.compile(r"Completed checkpoint \d+ for job"), "first checkpoint completed")]
 # Log lines worth a console line: model swaps and refusals (model_formats.reloading), restarts.
-_ECHO = re.compile(r"(restoring from .*|model .* replaced: now .*|model file .* is refused .*|switched from \w+ to (?:RESTARTING|FAILED).*)")
+_ECHO = re.compile(r"(restoring from .*|model .* replaced: now .*|model .* is refused .*|switched from \w+ to (?:RESTARTING|FAILED).*)")
 
 
 def log_dir_for(option: str | None) -> Path:

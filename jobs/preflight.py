@@ -25,7 +25,10 @@ _EVENT_KINDS = {"int": "numeric", "float": "numeric", "bool": "boolean", "string
 
 
 def check_model(cfg: JobConfig, where: str = "model.path"):
-    """Load the model (raises UserError naming the file); returns it (caller closes it)."""
+    """Load the model (raises UserError naming the file); returns it (caller closes it). With
+    ``model.registry``: the deployment's champion, fetched and sha256-checked."""
+    if cfg.model.follows_registry:
+        return registry_champion(cfg)[0]
     path = Path(cfg.model.path)
     if "://" not in cfg.model.path and not path.exists():      # before importing the model runtimes
         raise UserError(f"model file not found: {cfg.model.path} ({where})")
@@ -35,6 +38,44 @@ def check_model(cfg: JobConfig, where: str = "model.path"):
         return load_model(cfg.model.path)
     except (ModelLoadError, OSError, ValueError) as exc:
         raise UserError(f"model file {cfg.model.path} does not load: {' '.join(str(exc).split())}") from exc
+
+
+def registry_champion(cfg: JobConfig) -> tuple[object, dict[str, str] | None]:
+    """The deployment's champion, loaded (caller closes it), and the feature columns of the
+    snapshot it pins (name → Arrow type; None when none is pinned): the job materializes that
+    snapshot into the host's store, which may be empty until then."""
+    from model_formats import ModelLoadError, load_model
+    from registry import RegistryError, open_registry
+
+    m = cfg.model
+    try:
+        with open_registry(m.registry) as reg:
+            deployment = reg.deployment(m.name, m.env)
+            if deployment is None:
+                names = reg.model_names()
+                known = f"registered models: {', '.join(names)}" if names else "nothing is registered yet"
+                close = difflib.get_close_matches(m.name, names, n=1, cutoff=0.6)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise UserError(f"no deployment of {m.name!r} in {m.env!r} in the registry {m.registry} "
+                                f"(model.name, model.env); {hint}{known}")
+            mv = deployment.champion
+            path = reg.fetch_model(mv)
+    except RegistryError as exc:
+        raise UserError(f"registry {m.registry} (model.registry): {' '.join(str(exc).split())}") from exc
+    pinned = deployment.features
+    columns = None if pinned is None else \
+        {c["name"]: c["type"] for c in pinned.columns if c["name"] != pinned.key_column}
+    try:
+        return load_model(path, name=mv.name, version=str(mv.version), **m.load_options()), columns
+    except (ModelLoadError, OSError, ValueError) as exc:
+        raise UserError(f"{mv.name} version {mv.version} from the registry does not load: "
+                        f"{' '.join(str(exc).split())}") from exc
+
+
+def model_label(cfg: JobConfig) -> str:
+    """How messages name the model: its file, or the registry deployment."""
+    m = cfg.model
+    return f"{m.name} ({m.env} in the registry)" if m.follows_registry else m.path
 
 
 def feature_columns(cfg: JobConfig, timeout_s: float = 5.0) -> dict[str, str]:
@@ -72,7 +113,7 @@ def check_model_fits(model, cfg: JobConfig, features: dict[str, str]) -> None:
                             f"{'store' if spec.name in features else 'events'}")
     if problems:
         shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
-        raise UserError(f"model {cfg.model.path} does not fit the events and features: {shown} "
+        raise UserError(f"model {model_label(cfg)} does not fit the events and features: {shown} "
                         f"(events.fields: {', '.join(events)}; the store has {len(features)} features)")
 
 
@@ -109,11 +150,18 @@ def check_topics(cfg: JobConfig, timeout_s: float = 5.0) -> dict[str, int]:
 
 def preflight(cfg: JobConfig, say: Callable[[str], None] = print) -> None:
     """Run every check (cheapest first); raises UserError with one line at the first failure."""
-    say(f"checking the model {cfg.model.path}…")
-    model = check_model(cfg)
+    say(f"checking the model {model_label(cfg)}…")
+    pinned = None
+    if cfg.model.follows_registry:
+        model, pinned = registry_champion(cfg)
+    else:
+        model = check_model(cfg)
     try:
-        say(f"checking the feature store {cfg.features.store}…")
-        features = feature_columns(cfg)
+        if pinned is None:
+            say(f"checking the feature store {cfg.features.store}…")
+            features = feature_columns(cfg)
+        else:      # the job loads the pinned snapshot into the host's store itself
+            features = pinned
         check_model_fits(model, cfg, features)
     finally:
         model.close()

@@ -98,9 +98,9 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
     f = cfg.features
     enriched = enrich(batches, store_uri=f.store, key_field=schema.key_field, retry=f.retry_policy(),
                       capacity=f.capacity, missing=f.missing_policy())
-    scored = score_micro_batches(enriched, model_path=cfg.model.path, schema=schema,
+    scored = score_micro_batches(enriched, model=cfg.model.source(f.store), schema=schema,
                                  intra_op_threads=cfg.model.intra_op_threads,
-                                 reload_interval_s=cfg.model.reload_interval_s,
+                                 reload_interval_s=cfg.model.check_interval_s(),
                                  load_options=cfg.model.load_options())
     s = cfg.sink
     if s.kind in ("kafka", "both") and k.delivery == "exactly_once":

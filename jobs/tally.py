@@ -37,6 +37,28 @@ class Tally:
     def missing(self, inputs: set[str]) -> set[str]:
         return inputs - set(self.predictions) - set(self.dead_letters)
 
+    def per_version(self, inputs: set[str]) -> dict[str, int]:
+        """Predictions of ``inputs`` per ``model_version`` that scored them."""
+        counts = Counter(self.predictions[c].get("model_version") for c in inputs if c in self.predictions)
+        return dict(sorted(counts.items(), key=lambda kv: (len(str(kv[0])), str(kv[0]))))
+
+    def version_switches(self, inputs: set[str]) -> dict[str, list[tuple[int, str, str]]]:
+        """Per input partition (``topic/partition``), in offset order, every change of the model
+        version that scored consecutive predictions: ``(offset, from, to)``. One promotion seen
+        once per partition is one entry; flapping shows as more."""
+        by_partition: dict[str, list[tuple[int, str]]] = {}
+        for coord in inputs:
+            prediction = self.predictions.get(coord)
+            if prediction is not None:
+                partition, _, offset = coord.rpartition("/")
+                by_partition.setdefault(partition, []).append((int(offset), prediction.get("model_version")))
+        switches = {}
+        for partition, scored in sorted(by_partition.items()):
+            scored.sort()
+            switches[partition] = [(offset, before, after) for (_, before), (offset, after) in zip(scored, scored[1:])
+                                   if before != after]
+        return switches
+
     def latencies_ms(self, inputs: set[str]) -> np.ndarray:
         """Event creation → prediction read from the output topic, for these inputs. Each
         prediction also carries ``_produced_ms`` (its Kafka record timestamp: when the job

@@ -23,6 +23,7 @@ class MicroBatch:
     events: pa.RecordBatch               # event fields + _offset + _raw (+ features once enriched)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     polled_at_ms: float = field(default_factory=now_ms)
+    features: str = ""                   # ``name@version`` of the feature snapshot that enriched it
 
     @property
     def num_records(self) -> int:
@@ -41,7 +42,10 @@ class MicroBatch:
         letters = [DeadLetter(raw, reason, d, self.topic, self.partition, int(o))
                    for raw, d, o in zip(raws, details, offsets)]
         kept = self.events.filter(pa.array(~reject))
-        return MicroBatch(self.topic, self.partition, kept, self.dead_letters + letters, self.polled_at_ms)
+        return MicroBatch(self.topic, self.partition, kept, self.dead_letters + letters, self.polled_at_ms,
+                          self.features)
 
-    def with_events(self, events: pa.RecordBatch) -> "MicroBatch":
-        return MicroBatch(self.topic, self.partition, events, self.dead_letters, self.polled_at_ms)
+    def with_events(self, events: pa.RecordBatch, features: str | None = None) -> "MicroBatch":
+        """The same batch with other events (and, when given, the features' lineage)."""
+        return MicroBatch(self.topic, self.partition, events, self.dead_letters, self.polled_at_ms,
+                          self.features if features is None else features)

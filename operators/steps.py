@@ -15,13 +15,16 @@ import pyarrow.compute as pc
 
 from connectors import dead_letter as dl
 from connectors.events import OFFSET_COLUMN, EventSchema, JsonEventDecoder
+from connectors.feature_store.lineage import lineage_of
 from connectors.kafka.partition_reader import RecordChunk
 from connectors.serialization import record_batch_to_json
 from model_formats.base import LABEL, SCORE, Model
 from operators.batch import MicroBatch, now_ms
 
+# Lineage on every prediction: the model and version that scored it, the feature snapshot
+# (``name@version``) that enriched the event, and the model's role.
 PREDICTION_FIELDS = ("prediction_id", "event_id", "entity_id", "score", "label", "model",
-                     "model_version", "event_ts", "scored_ts")
+                     "model_version", "features", "role", "event_ts", "scored_ts")
 
 
 def decode(decoder: JsonEventDecoder, chunk: RecordChunk) -> MicroBatch:
@@ -75,14 +78,16 @@ def join_features(batch: MicroBatch, features: pa.RecordBatch, found: np.ndarray
                   policy: MissingEntityPolicy = MissingEntityPolicy()) -> MicroBatch:
     """Append the looked-up feature columns (row-aligned with the events; ``found``: the store
     knew the entity). Events of unknown entities become dead letters ``unknown_entity``, or go on
-    with null features or the policy's defaults."""
+    with null features or the policy's defaults. The batch keeps the answer's lineage (the
+    snapshot's ``name@version``, see ``connectors.feature_store.lineage``)."""
+    lineage = lineage_of(features)
     features = policy.fill(features, found)
     events = batch.events
     for name, column in zip(features.schema.names, features.columns):
         if name in events.schema.names:
             raise ValueError(f"feature {name!r} clashes with an event field of the same name")
         events = _append_column(events, name, column)
-    return batch.with_events(events).split_off(policy.dead_letters(found), dl.Reason.UNKNOWN_ENTITY,
+    return batch.with_events(events, lineage).split_off(policy.dead_letters(found), dl.Reason.UNKNOWN_ENTITY,
                                                UNKNOWN_ENTITY_DETAIL)
 
 
@@ -107,46 +112,47 @@ def reject_all(batch: MicroBatch, reason: dl.Reason, detail: str) -> MicroBatch:
     return batch.split_off(np.ones(batch.events.num_rows, dtype=bool), reason, detail)
 
 
-PRIMARY = "primary"     # the role of a job's one model today: its results are the job's output
+CHAMPION = "champion"   # the role of the served model (a registry deployment's champion): its results
+                        # are the job's output; other roles (shadow, canary, challenger) add to it
 
 
 @dataclass
 class ScoredBatch:
     """One model's results for one micro-batch, tagged with the model and its role."""
-    predictions: pa.RecordBatch     # PREDICTION_FIELDS (+ ``role`` when the role is not primary)
+    predictions: pa.RecordBatch     # PREDICTION_FIELDS
     dead_letters: list[dl.DeadLetter]
     batch: MicroBatch               # the micro-batch whose valid events were scored
     rejected: int = 0               # rows this step dead-lettered ``model_input_rejected``
     failed: int = 0                 # rows this step dead-lettered ``scoring_error``
     model: str = ""                 # name, version and role of the model that scored it
     model_version: str = ""
-    role: str = PRIMARY
+    role: str = CHAMPION
 
 
 @dataclass(frozen=True)
 class ModelSlot:
-    """A model a job scores with, and its role (e.g. ``primary``, ``challenger``, ``shadow``).
+    """A model a job scores with, and its role (e.g. ``champion``, ``challenger``, ``shadow``).
 
-    The primary model's results are the job's predictions and dead letters, exactly those of a
+    The champion's results are the job's predictions and dead letters, exactly those of a
     one-model job (``prediction_id`` = the input's ``topic/partition/offset``). Every other
-    model's predictions carry ``role`` and ``prediction_id`` = ``topic/partition/offset/<model
-    name>``: unique per (input record, model), deterministic across replays."""
+    model's predictions have ``prediction_id`` = ``topic/partition/offset/<model name>``: unique
+    per (input record, model), deterministic across replays. Every prediction names its role."""
     model: Model
-    role: str = PRIMARY
+    role: str = CHAMPION
 
 
 def score_with_models(batch: MicroBatch, slots: Sequence[ModelSlot], schema: EventSchema) -> list[ScoredBatch]:
-    """Score one micro-batch with several models (the first slot primary, model names unique):
+    """Score one micro-batch with several models (the first slot champion, model names unique):
     one :class:`ScoredBatch` per model, each validated and scored on its own."""
     names = [slot.model.name for slot in slots]
     if len(set(names)) != len(names):
         raise ValueError(f"the models of a job need distinct names (prediction ids use them): {names}")
-    if not slots or slots[0].role != PRIMARY or any(slot.role == PRIMARY for slot in slots[1:]):
-        raise ValueError(f"the first model, and only it, has the role {PRIMARY!r}: {[s.role for s in slots]}")
+    if not slots or slots[0].role != CHAMPION or any(slot.role == CHAMPION for slot in slots[1:]):
+        raise ValueError(f"the first model, and only it, has the role {CHAMPION!r}: {[s.role for s in slots]}")
     return [score_batch(batch, slot.model, schema, role=slot.role) for slot in slots]
 
 
-def score_batch(batch: MicroBatch, model: Model, schema: EventSchema, role: str = PRIMARY) -> ScoredBatch:
+def score_batch(batch: MicroBatch, model: Model, schema: EventSchema, role: str = CHAMPION) -> ScoredBatch:
     """Validate against the model's input schema and score the valid rows in one call; rows the
     model refuses become dead letters with the validator's reason as detail. A runtime failure
     on the batch dead-letters the batch (reason ``scoring_error``) instead of failing the job
@@ -159,7 +165,7 @@ def score_batch(batch: MicroBatch, model: Model, schema: EventSchema, role: str 
                            failed=batch.events.num_rows, model=model.name, model_version=model.version, role=role)
 
 
-def score_batch_or_raise(batch: MicroBatch, model: Model, schema: EventSchema, role: str = PRIMARY) -> ScoredBatch:
+def score_batch_or_raise(batch: MicroBatch, model: Model, schema: EventSchema, role: str = CHAMPION) -> ScoredBatch:
     """`score_batch` without the safety net: a runtime failure raises (for engines that route failed
     batches themselves, e.g. Beam's ``RunInference.with_exception_handling``)."""
     result = model.validate(batch.events)
@@ -175,16 +181,16 @@ def score_batch_or_raise(batch: MicroBatch, model: Model, schema: EventSchema, r
 
 
 def _prediction_rows(batch: MicroBatch, model: Model, schema: EventSchema,
-                     outputs: pa.RecordBatch | None, role: str = PRIMARY) -> pa.RecordBatch:
+                     outputs: pa.RecordBatch | None, role: str = CHAMPION) -> pa.RecordBatch:
     events = batch.events
     n = events.num_rows
-    names = list(PREDICTION_FIELDS) + ([] if role == PRIMARY else ["role"])
+    names = list(PREDICTION_FIELDS)
     if outputs is None:
         return pa.RecordBatch.from_arrays([pa.array([], pa.null())] * len(names), names=names)
     if outputs.num_rows != n:
         raise RuntimeError(f"model {model.name} returned {outputs.num_rows} rows for {n} inputs")
     prefix = f"{batch.topic}/{batch.partition}/"
-    suffix = "" if role == PRIMARY else f"/{model.name}"
+    suffix = "" if role == CHAMPION else f"/{model.name}"
     ids = pc.binary_join_element_wise(prefix, pc.cast(events.column(OFFSET_COLUMN), pa.string()), suffix, "")
     arrays = [
         ids,
@@ -194,11 +200,11 @@ def _prediction_rows(batch: MicroBatch, model: Model, schema: EventSchema,
         outputs.column(LABEL),
         pa.array([model.name] * n, pa.string()),
         pa.array([model.version] * n, pa.string()),
+        pa.array([batch.features] * n, pa.string()),
+        pa.array([role] * n, pa.string()),
         events.column(schema.timestamp_field),
         pa.array(np.full(n, int(now_ms()), dtype=np.int64)),
     ]
-    if role != PRIMARY:
-        arrays.append(pa.array([role] * n, pa.string()))
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 

@@ -113,7 +113,7 @@ def test_beam_scores_equal_the_flink_jobs_scores(flink_and_beam, stack):
     coords, flink, beam = flink_and_beam["coords"], flink_and_beam["flink"], flink_and_beam["beam"]
     predicted = [c for c in coords if c in flink.predictions]
     assert len(predicted) == N_GOOD and set(predicted) == {c for c in coords if c in beam.predictions}
-    for field in ("event_id", "entity_id", "score", "label", "model", "model_version", "event_ts"):
+    for field in ("event_id", "entity_id", "score", "label", "model", "model_version", "features", "role", "event_ts"):
         assert [beam.predictions[c][field] for c in predicted] == [flink.predictions[c][field] for c in predicted], field
     assert {c: beam.dead_letters[c] for c in coords if c in beam.dead_letters} == \
         {c: flink.dead_letters[c] for c in coords if c in flink.dead_letters}

@@ -38,6 +38,32 @@ def test_round_trip_through_yaml(tmp_path):
     assert again == cfg
 
 
+def test_model_from_a_registry_deployment(tmp_path):
+    """model: {registry, name, env} instead of path (issue #13); errors name the keys in one line."""
+    from jobs.errors import config_problems
+
+    path = tmp_path / "job.yaml"
+    path.write_text("model: {registry: 'sqlite:////tmp/r.db', name: fraud, env: qa}\n")
+    cfg = load_config(path)
+    assert cfg.model.follows_registry and (cfg.model.name, cfg.model.env) == ("fraud", "qa")
+    spec = cfg.model.source("plasma:///tmp/p.sock?name=features")
+    assert (spec.registry, spec.name, spec.env, spec.feature_store) == \
+        ("sqlite:////tmp/r.db", "fraud", "qa", "plasma:///tmp/p.sock?name=features")
+    assert cfg.model.source("redis://127.0.0.1:6379/0?name=f").feature_store is None   # not a host store
+    assert load_config(cfg.to_yaml(tmp_path / "again.yaml")) == cfg
+    assert load_config(None, ["model.path=/m/x.onnx"]).model.source() == "/m/x.onnx"
+    for overrides, message in (
+            (["model.registry=sqlite:////tmp/r.db"], "model: model.registry needs model.name"),
+            (["model.registry=sqlite:////tmp/r.db", "model.name=f", "model.path=/m/x.onnx"],
+             "model: model.path and model.registry are two ways to name the model: give one"),
+            (["model.name=fraud"], "model: model.name names a registry deployment: set model.registry too"),
+            (["model.follow_interval_s=0"], "model.follow_interval_s: Input should be greater than 0")):
+        with pytest.raises(ValidationError) as caught:
+            load_config(None, overrides)
+        [problem] = config_problems(caught.value)
+        assert problem.startswith(message) and "\n" not in problem, problem
+
+
 def test_latest_checkpoint_picks_newest_complete_one(tmp_path):
     assert latest_checkpoint(tmp_path.as_uri()) is None
     for job, chk, complete in [("a", 1, True), ("a", 2, False), ("b", 7, True)]:

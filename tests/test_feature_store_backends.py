@@ -13,7 +13,7 @@ import pytest
 
 from connectors import dead_letter as dl
 from connectors.events import OFFSET_COLUMN, RAW_COLUMN
-from connectors.feature_store import FeatureStoreError, load_table, open_store, parse_uri
+from connectors.feature_store import FeatureStoreError, lineage_of, load_table, open_store, parse_uri
 from operators import steps
 from operators.batch import MicroBatch
 from operators.steps import MissingEntityPolicy
@@ -70,6 +70,25 @@ def test_same_answers_on_every_backend(store_uri):
         assert abatch.equals(ref) and (afound == FOUND).all()
         empty, efound = store.lookup(np.array([], dtype=np.int64))
         assert empty.num_rows == 0 and len(efound) == 0
+
+
+def test_every_answer_names_the_version_it_came_from(store_uri):
+    """Lineage (issue #13): a lookup's answer names ``name@version`` of the snapshot that answered,
+    on every path (batch, one key, missing key, async), and follows a version switch."""
+    name = parse_uri(store_uri).params.get("name") or parse_uri(store_uri).params.get("table")
+    table = feature_table(100)
+    load_table(store_uri, table, key="entity_id")
+    with open_store(store_uri, refresh_interval_s=0) as store:
+        v1 = store.version
+        answers = [store.lookup(QUERY)[0], store.lookup(np.array([3]))[0], store.lookup(np.array([-1]))[0],
+                   asyncio.run(store.lookup_async(QUERY))[0]]
+        lineages = {lineage_of(a) for a in answers}
+        assert len(lineages) == 1 and lineages.pop().endswith(f"@{v1}")
+        load_table(store_uri, table, key="entity_id")
+        after = store.lookup(QUERY)[0]
+        assert lineage_of(after).endswith(f"@{store.version}") and store.version != v1
+        if name:            # arrow-shm's store is its directory: no name in the URI
+            assert lineage_of(after) == f"{name}@{store.version}"
 
 
 def test_string_keys_and_mixed_types(store_uri):

@@ -78,6 +78,10 @@ def test_kill_mid_write_and_restore_commits_each_prediction_once(stack, tmp_path
         assert not set(predictions) & set(dead)
         # dead letters carry their reasons into the files
         dead_reasons = dict(zip(dead, read_committed(out / "dead_letters", "reason")))
+        # lineage columns in the files: the served model and feature snapshot, the champion role
+        assert set(read_committed(out / "predictions", "role")) == {"champion"}
+        assert len(set(read_committed(out / "predictions", "features"))) == 1
+        assert set(read_committed(out / "predictions", "model_version")) == {demo_data.DEMO_MODEL_VERSION}
         assert {coords[i]: r for i, r in reasons.items()} == {k: v for k, v in dead_reasons.items() if k in expected}
         # what the Kafka sink wrote (at-least-once) agrees with the files
         tally = reader.wait_for(expected, timeout_s=60)

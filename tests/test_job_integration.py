@@ -2,6 +2,7 @@
 scores equal to offline scoring, bad input dead-lettered with the right reason."""
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import numpy as np
@@ -70,6 +71,9 @@ def test_scores_equal_offline_scoring(job_run, stack):
     assert np.abs(got - expected).max() <= 1e-6
     assert {p["model"] for p in predictions} == {demo_data.DEMO_MODEL_NAME}
     assert {p["model_version"] for p in predictions} == {demo_data.DEMO_MODEL_VERSION}
+    assert {p["role"] for p in predictions} == {"champion"}
+    [features] = {p["features"] for p in predictions}         # one snapshot served the whole run
+    assert re.fullmatch(r"[\w.-]+@\d+", features), features
     assert all(p["label"] in (0, 1) for p in predictions)
     assert all(p["scored_ts"] >= p["event_ts"] for p in predictions)
 

@@ -1,6 +1,7 @@
 """The core holds several models per micro-batch (issue #18, item 8): each result tagged with its
 model, version and role; prediction ids unique per (input record, model); a one-model job's
-output exactly as before."""
+output exactly as before. Lineage (issue #13): every prediction names model, version, the
+feature snapshot (``name@version`` from the store's answer) and role."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,6 +12,7 @@ from beam_helpers import onnx_variant
 import pyarrow.compute as pc
 
 from connectors.events import DecoderSpec, EventSchema
+from connectors.feature_store.lineage import tag_lineage
 from connectors.kafka.partition_reader import RecordChunk
 from jobs import demo_data
 from model_formats import load_model
@@ -35,6 +37,7 @@ def enriched(stack):
     found[-1] = False
     features = pa.RecordBatch.from_arrays([pc.if_else(pa.array(found), c, pa.scalar(None, c.type))
                                            for c in features.columns], names=names)
+    features = tag_lineage(features, "demo-features@4")       # as a store's answer names its snapshot
     return steps.join_features(batch, features, found, MissingEntityPolicy("dead_letter"))
 
 
@@ -54,7 +57,9 @@ def test_one_model_through_the_multi_model_core_gives_todays_output(enriched, mo
         return [{k: v for k, v in r.items() if k != "scored_ts"} for r in scored.predictions.to_pylist()]
     assert rows(alone) == rows(today) and len(rows(alone)) == 50
     assert alone.predictions.column("prediction_id").to_pylist() == [f"in/3/{o}" for o in range(100, 150)]
-    assert alone.dead_letters == today.dead_letters and (alone.role, alone.model) == ("primary", primary.name)
+    assert alone.dead_letters == today.dead_letters and (alone.role, alone.model) == ("champion", primary.name)
+    assert set(alone.predictions.column("role").to_pylist()) == {"champion"}
+    assert set(alone.predictions.column("features").to_pylist()) == {"demo-features@4"}
 
 
 def test_each_model_tagged_and_prediction_ids_unique_per_record_and_model(enriched, models):
@@ -62,6 +67,7 @@ def test_each_model_tagged_and_prediction_ids_unique_per_record_and_model(enrich
     ours, theirs = steps.score_with_models(enriched, [ModelSlot(primary), ModelSlot(challenger, "challenger")], SCHEMA)
     assert (theirs.model, theirs.model_version, theirs.role) == ("fraud-challenger", "7", "challenger")
     assert theirs.predictions.column("role").to_pylist() == ["challenger"] * 50
+    assert theirs.predictions.column("features").to_pylist() == ["demo-features@4"] * 50
     assert set(theirs.predictions.column("model").to_pylist()) == {"fraud-challenger"}
     ids = ours.predictions.column("prediction_id").to_pylist() + theirs.predictions.column("prediction_id").to_pylist()
     assert len(ids) == len(set(ids)) == 100
@@ -73,7 +79,7 @@ def test_each_model_tagged_and_prediction_ids_unique_per_record_and_model(enrich
         == [("unknown_entity", 150)]
 
 
-def test_model_names_must_differ_and_one_model_is_primary(enriched, models):
+def test_model_names_must_differ_and_one_model_is_champion(enriched, models):
     primary, challenger = models
     with pytest.raises(ValueError, match="distinct names"):
         steps.score_with_models(enriched, [ModelSlot(primary), ModelSlot(primary, "shadow")], SCHEMA)

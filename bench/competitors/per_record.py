@@ -9,9 +9,10 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from connectors.feature_store import open_store
+from connectors.feature_store import lineage_of, open_store
 from jobs.config import JobConfig
 from model_formats import LABEL, SCORE, load_model
+from operators.steps import CHAMPION
 
 
 class PerRecordScorer:
@@ -37,6 +38,7 @@ class PerRecordScorer:
         return {"prediction_id": source, "event_id": event[s.id_field], "entity_id": entity,
                 "score": float(out.column(SCORE)[0].as_py()), "label": out.column(LABEL)[0].as_py(),
                 "model": self.model.name, "model_version": self.model.version,
+                "features": lineage_of(features), "role": CHAMPION,
                 "event_ts": event[s.timestamp_field], "scored_ts": int(time.time() * 1000)}
 
     def close(self) -> None:

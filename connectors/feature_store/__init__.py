@@ -21,12 +21,13 @@ import pyarrow as pa
 from connectors.feature_store.base import (  # noqa: F401
     FeatureStore, FeatureStoreError, FeatureStoreUnavailable,
 )
+from connectors.feature_store.lineage import lineage_of  # noqa: F401
 from connectors.feature_store.options import BACKENDS, StoreOptions, StoreURI, parse_uri  # noqa: F401
 from connectors.feature_store.snapshot import Progress
 
 __all__ = [
     "FeatureStore", "FeatureStoreError", "FeatureStoreUnavailable", "StoreOptions", "BACKENDS",
-    "open_store", "load_table", "read_table_file", "parse_uri",
+    "open_store", "load_table", "read_table_file", "parse_uri", "lineage_of",
 ]
 
 def backend(uri: StoreURI) -> Any:
@@ -45,13 +46,15 @@ def open_store(uri: str, **options: Any) -> FeatureStore:
 
 
 def load_table(uri: str, table: pa.Table, key: str, progress: Progress | None = None,
-               replace_schema: bool = False) -> str:
+               replace_schema: bool = False, lineage: str | None = None) -> str:
     """Publish ``table`` (keyed by column ``key``) as a new version of the store at ``uri``.
     Readers switch to it atomically within their refresh interval; returns the version.
 
     A table whose features differ (names, order or types) from the version being served is
     refused with :class:`FeatureStoreError`, and the served version stays: running jobs were
-    built for those features. ``replace_schema=True`` publishes it anyway."""
+    built for those features. ``replace_schema=True`` publishes it anyway. ``lineage``: the
+    ``name@version`` lookups name as their source (shared-memory stores only; default
+    ``<store name>@<version>``), e.g. the registry snapshot a host store was materialized from."""
     u = parse_uri(uri)
     module = backend(u)
     name = StoreOptions.build(u.params).name
@@ -59,7 +62,11 @@ def load_table(uri: str, table: pa.Table, key: str, progress: Progress | None = 
         raise FeatureStoreError(f"the table has no key column {key!r} (columns: {table.column_names[:10]})")
     if not replace_schema:
         _refuse_schema_change(uri, pa.schema([f for f in table.schema if f.name != key]))
-    return module.publish(u, name, table, key, progress)
+    if lineage is None:
+        return module.publish(u, name, table, key, progress)
+    if u.scheme not in ("plasma", "arrow-shm"):
+        raise FeatureStoreError(f"{u.scheme}:// stores name versions themselves; lineage is for plasma and arrow-shm")
+    return module.publish(u, name, table, key, progress, lineage=lineage)
 
 
 def _refuse_schema_change(uri: str, features: pa.Schema) -> None:

@@ -76,17 +76,20 @@ def open_reader(uri: StoreURI, options: StoreOptions) -> ArrowShmFeatureStore:
     return ArrowShmFeatureStore(directory(uri), options)
 
 
-def publish(uri: StoreURI, name: str, table: pa.Table, key: str, progress: S.Progress | None = None) -> str:
+def publish(uri: StoreURI, name: str, table: pa.Table, key: str, progress: S.Progress | None = None,
+            lineage: str | None = None) -> str:
     """`publish_to_directory` for a store URI (the directory is the store: ``name`` is unused)."""
-    return publish_to_directory(directory(uri), table, key, progress)
+    return publish_to_directory(directory(uri), table, key, progress, lineage)
 
 
-def publish_to_directory(path: str, table: pa.Table, key: str, progress: S.Progress | None = None) -> str:
-    """Write ``table`` as the next version in ``path``; unlink older versions."""
+def publish_to_directory(path: str, table: pa.Table, key: str, progress: S.Progress | None = None,
+                         lineage: str | None = None) -> str:
+    """Write ``table`` as the next version in ``path``; unlink older versions. ``lineage``: the
+    ``name@version`` readers report (default ``<name>@<seq>``)."""
     os.makedirs(path, exist_ok=True)
     existing = versions(path)
     seq = (existing[-1] if existing else 0) + 1
-    batch = S.encode(table, key, version=str(seq), progress=progress)
+    batch = S.encode(table, key, version=str(seq), progress=progress, lineage=lineage)
     tmp = os.path.join(path, f".tmp-{uuid.uuid4().hex}")
     try:
         with pa.OSFile(tmp, "wb") as sink:

@@ -12,11 +12,12 @@ import numpy as np
 import pyarrow as pa
 
 from connectors.feature_store.base import FeatureStoreUnavailable
+from connectors.feature_store.lineage import tag_lineage
 from connectors.feature_store.options import StoreOptions
 from connectors.feature_store.rows import RowCodec
 
 log = logging.getLogger("streamscore.feature_store")
-Fetched = tuple[RowCodec, np.ndarray, np.ndarray]  # codec, records, found
+Fetched = tuple[RowCodec, np.ndarray, np.ndarray, str]  # codec, records, found, lineage of the version read
 
 
 class StoreBase:
@@ -48,17 +49,18 @@ class StoreBase:
     # public API -------------------------------------------------------------------------------
     @staticmethod
     def _batch(fetched: Fetched) -> tuple[pa.RecordBatch, np.ndarray]:
-        codec, records, found = fetched
-        return codec.to_batch(records, found), found
+        codec, records, found, lineage = fetched
+        return tag_lineage(codec.to_batch(records, found), lineage), found
 
     @staticmethod
     def _matrix(fetched: Fetched) -> tuple[np.ndarray, np.ndarray]:
-        codec, records, found = fetched
+        codec, records, found, _ = fetched
         return codec.to_matrix(records, found), found
 
     def lookup(self, keys: np.ndarray | pa.Array) -> tuple[pa.RecordBatch, np.ndarray]:
         """Features of ``keys`` (row-aligned, duplicates allowed; rows of missing keys null) and
-        the found mask."""
+        the found mask. The batch's schema metadata names the version that answered
+        (:func:`lineage_of`: ``name@version``), so an answer never mixes or misnames versions."""
         return self._batch(self._fetch(keys))
 
     async def lookup_async(self, keys: np.ndarray | pa.Array) -> tuple[pa.RecordBatch, np.ndarray]:
@@ -119,6 +121,10 @@ class NetworkStore(StoreBase):
 
     def _sync_version(self, force: bool) -> Any:
         raise NotImplementedError
+
+    def _lineage(self, version: Any) -> str:
+        """``name@version`` of a served version (what its answers carry)."""
+        return f"{self.options.name}@{version.version}"
 
     def _drop_sync(self) -> None:
         pass

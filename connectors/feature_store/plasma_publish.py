@@ -22,22 +22,24 @@ ROOM_MARGIN = 1.02           # Plasma's allocator needs a little more than the o
 ROOM_SLACK = 4 << 20
 
 
-def publish(uri: StoreURI, name: str, table: pa.Table, key: str, progress: S.Progress | None = None) -> str:
+def publish(uri: StoreURI, name: str, table: pa.Table, key: str, progress: S.Progress | None = None,
+            lineage: str | None = None) -> str:
     """`publish_to_socket` for a store URI."""
-    return publish_to_socket(socket_path(uri), name, table, key, progress)
+    return publish_to_socket(socket_path(uri), name, table, key, progress, lineage=lineage)
 
 
 @quiet
 def publish_to_socket(path: str, name: str, table: pa.Table, key: str, progress: S.Progress | None = None,
-                      connect_timeout_s: float = 10.0) -> str:
+                      connect_timeout_s: float = 10.0, lineage: str | None = None) -> str:
     """Write ``table`` as a new version of ``name``; returns the version (sequence number).
     Readers switch to it at their next refresh; older versions are deleted (deferred by Plasma
-    until their last reader releases them)."""
+    until their last reader releases them). ``lineage``: the ``name@version`` readers report
+    (default ``<name>@<seq>``; a registry snapshot's when materialized from the registry)."""
     client = _connect_wait(path, connect_timeout_s)
     try:
         existing = versions(client, name, sealed_only=False)
         seq = max(existing, default=0) + 1
-        batch = S.encode(table, key, version=str(seq), progress=progress)
+        batch = S.encode(table, key, version=str(seq), progress=progress, lineage=lineage)
         size = S.ipc_size(batch)
         _ensure_room(client, name, size, existing)
         oid = object_id(name, seq)

@@ -103,14 +103,13 @@ class PostgresFeatureStore(NetworkStore):
         cast = "bigint[]" if cur.kind == K.INT else "text[]"
         return f"SELECT key, v FROM {part} WHERE key = ANY(%b::{cast})", (keys,), keys  # binary params
 
-    @staticmethod
-    def _finish(cur: _Version, rows: list, uniq_list: list, inverse: np.ndarray | None) -> Fetched:
+    def _finish(self, cur: _Version, rows: list, uniq_list: list, inverse: np.ndarray | None) -> Fetched:
         got = dict(rows)
         values = [got.get(k) for k in uniq_list]
         records, found = cur.codec.from_bytes_list(values)
         if inverse is not None:
             records, found = records[inverse], found[inverse]
-        return cur.codec, records, found
+        return cur.codec, records, found, self._lineage(cur)
 
     # ---- sync ---------------------------------------------------------------------------------
     def _connection(self):
@@ -137,7 +136,7 @@ class PostgresFeatureStore(NetworkStore):
             for attempt in range(4):
                 cur = self._sync_version(force=attempt > 0)
                 if len(uniq) == 0:
-                    return cur.codec, np.empty(0, cur.codec.dtype), np.zeros(0, bool)
+                    return cur.codec, np.empty(0, cur.codec.dtype), np.zeros(0, bool), self._lineage(cur)
                 sql, params, keys_ = self._statement(cur, uniq)
                 try:
                     with self._connection().cursor(binary=True) as c:
@@ -187,7 +186,7 @@ class PostgresFeatureStore(NetworkStore):
             for attempt in range(4):
                 cur = await self._async_version(force=attempt > 0)
                 if len(uniq) == 0:
-                    return cur.codec, np.empty(0, cur.codec.dtype), np.zeros(0, bool)
+                    return cur.codec, np.empty(0, cur.codec.dtype), np.zeros(0, bool), self._lineage(cur)
                 sql, params, keys_ = self._statement(cur, uniq)
                 conn = await self._aconnection()
                 try:

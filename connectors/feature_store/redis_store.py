@@ -94,7 +94,7 @@ class RedisFeatureStore(NetworkStore):
         records, found = cur.codec.from_bytes_list(values)
         if inverse is not None:
             records, found = records[inverse], found[inverse]
-        return cur.codec, records, found
+        return cur.codec, records, found, self._lineage(cur)
 
     def _chunks(self, keys: Any) -> tuple[np.ndarray | None, list[list[str]]]:
         uniq, inverse = dedupe(network_keys(keys))
@@ -115,7 +115,7 @@ class RedisFeatureStore(NetworkStore):
                 try:
                     cur = self._sync_version(force=attempt > 0)
                     if not chunks:
-                        return cur.codec, np.empty(0, cur.codec.dtype), np.zeros(0, bool)
+                        return cur.codec, np.empty(0, cur.codec.dtype), np.zeros(0, bool), self._lineage(cur)
                     if len(chunks) == 1:
                         replies = [self._sync.hmget(cur.hash, chunks[0])]
                     else:
@@ -158,7 +158,7 @@ class RedisFeatureStore(NetworkStore):
                 try:
                     cur = await self._async_version(client, force=attempt > 0)
                     if not chunks:
-                        return cur.codec, np.empty(0, cur.codec.dtype), np.zeros(0, bool)
+                        return cur.codec, np.empty(0, cur.codec.dtype), np.zeros(0, bool), self._lineage(cur)
                     if len(chunks) == 1:
                         replies = [await client.hmget(cur.hash, chunks[0])]
                     else:

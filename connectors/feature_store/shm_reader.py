@@ -87,6 +87,7 @@ class SnapshotReader(StoreBase):
                 return
             snap = self._open_version(handle)
             if snap is not None:
+                snap.lineage = snap.lineage or f"{self.options.name}@{snap.version}"
                 if self.options.prefault:  # in the background: lookups go on meanwhile
                     prefault([snap.records, snap.index.keys])
                 with quiet_release():
@@ -128,7 +129,7 @@ class SnapshotReader(StoreBase):
         if not (type(keys) is np.ndarray and keys.dtype == np.int64 and keys.ndim == 1):
             keys = K.to_query(keys, snap.index.kind)
         pos, found = snap.index.locate(keys)
-        return snap.codec, snap.records.take(pos, mode="clip").view(snap.codec.dtype), found
+        return snap.codec, snap.records.take(pos, mode="clip").view(snap.codec.dtype), found, snap.lineage
 
     def _fresh(self) -> Snapshot | None:
         """The held snapshot while no version check is due (no I/O at all), else None."""
@@ -155,7 +156,7 @@ class SnapshotReader(StoreBase):
         cached = self._missing
         if cached is None or cached[0] is not snap:
             codec = snap.codec
-            batch, _ = self._batch((codec, np.zeros(1, dtype=codec.dtype), _FALSE1))
+            batch, _ = self._batch((codec, np.zeros(1, dtype=codec.dtype), _FALSE1, snap.lineage))
             cached = self._missing = (snap, batch)
         return cached[1]
 
@@ -196,6 +197,11 @@ class SnapshotReader(StoreBase):
     @property
     def version(self) -> str:
         return self._current().version
+
+    @property
+    def lineage(self) -> str:
+        """``name@version`` of the served snapshot (what lookups' answers carry)."""
+        return self._current().lineage
 
     @property
     def key(self) -> str:

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from connectors.feature_store import keys as K
 from connectors.feature_store.base import FeatureStoreError
+from connectors.feature_store.lineage import tag_lineage
 from connectors.feature_store.rows import RowCodec, iter_chunks
 
 Progress = Callable[[int, int], None]
@@ -30,8 +31,11 @@ def feature_schema(table: pa.Table, key: str) -> pa.Schema:
     return pa.schema([f for f in table.schema if f.name != key])
 
 
-def encode(table: pa.Table, key: str, version: str, progress: Progress | None = None) -> pa.RecordBatch:
-    """Sorted, packed RecordBatch of ``table`` ready to be written as a snapshot."""
+def encode(table: pa.Table, key: str, version: str, progress: Progress | None = None,
+           lineage: str | None = None) -> pa.RecordBatch:
+    """Sorted, packed RecordBatch of ``table`` ready to be written as a snapshot. ``lineage``:
+    what the readers name as its source (e.g. a registry snapshot's ``name@version``); default
+    ``<store name>@<version>``."""
     kind, keys = K.table_keys(table, key)
     schema = feature_schema(table, key)
     codec = RowCodec(schema)
@@ -53,6 +57,8 @@ def encode(table: pa.Table, key: str, version: str, progress: Progress | None = 
                                                     [None, pa.py_buffer(records)])
     meta = {"key": key, "key_kind": kind, "version": version, "rows": n,
             "schema": base64.b64encode(schema.serialize().to_pybytes()).decode()}
+    if lineage:
+        meta["lineage"] = lineage
     out_schema = pa.schema([("__key", key_arr.type), ("__rows", rows_arr.type)],
                            metadata={META: json.dumps(meta).encode()})
     return pa.RecordBatch.from_arrays([key_arr, rows_arr], schema=out_schema)
@@ -85,6 +91,7 @@ class Snapshot:
     num_rows: int
     source: object  # the buffer / mapping that keeps the memory alive
     matrix: np.ndarray | None = None  # (rows, features) zero-copy view when features share a dtype
+    lineage: str = ""         # ``name@version`` every answer from it carries (the reader fills the default)
     _strided: pa.RecordBatch | None = field(default=None, repr=False)  # see `row_batch`
 
     @classmethod
@@ -112,7 +119,7 @@ class Snapshot:
             matrix = records.view(codec.matrix_dtype).reshape(n, len(codec.names))
         return cls(version=str(meta["version"]), key=meta["key"], schema=schema, codec=codec,
                    index=K.SortedKeys(keys, meta["key_kind"]), records=records, num_rows=n,
-                   source=(source, buffer, batch), matrix=matrix)
+                   source=(source, buffer, batch), matrix=matrix, lineage=meta.get("lineage", ""))
 
     def locate(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.index.locate(query)
@@ -125,7 +132,8 @@ class Snapshot:
         if strided is None:
             if self.matrix is None or not self.codec.ipc_ok:
                 return None
-            strided = self._strided = strided_columns(self.matrix, self.codec.types, self.codec.batch_schema)
+            strided = strided_columns(self.matrix, self.codec.types, self.codec.batch_schema)
+            strided = self._strided = tag_lineage(strided, self.lineage)     # slices keep it
         return strided.slice(pos * self.matrix.shape[1], 1)
 
 

@@ -14,7 +14,9 @@ A runtime failure raises out of ``run_inference``, so ``RunInference(...).with_e
 routes the failed batch to its dead-letter output (:func:`failed_batch_dead_letters` turns
 micro-batches into streamscore dead letters, reason ``scoring_error``). ``PredictionResult.model_id``
 is ``name:version`` of the model that scored the example, so a model swap through RunInference's
-side input (``model_metadata_pcoll`` / ``watch_model_pattern``) shows in every result.
+side input (``model_metadata_pcoll`` / ``watch_model_pattern``) shows in every result. A model id
+may carry the registered name and version (``path#name=fraud&version=3``, what the registry's
+``champion_model_id`` / ``champion_schedule`` give): predictions then name those.
 """
 from __future__ import annotations
 
@@ -32,6 +34,18 @@ from operators import steps
 from operators.batch import MicroBatch
 from operators.beam.common import METRICS_NAMESPACE, as_dict
 from operators.beam.enrichment import UNKNOWN_ENTITY_FIELD
+
+
+def split_model_id(model_id: str) -> tuple[str, dict[str, str]]:
+    """``path#name=<n>&version=<v>`` (a registry model id, ``registry.follow.model_id``) → the
+    path and the name/version to load it under; a plain path → itself and {}."""
+    path, sep, fragment = str(model_id).partition("#")
+    if not sep:
+        return path, {}
+    from urllib.parse import parse_qsl
+
+    identity = {k: v for k, v in parse_qsl(fragment) if k in ("name", "version")}
+    return path, identity
 
 
 class Rejected(NamedTuple):
@@ -67,7 +81,8 @@ class _Handler(ModelHandler):
         return self._model_path
 
     def load_model(self) -> Model:
-        return load_model(self._model_path, intra_op_num_threads=self._intra_op_threads, **self._load_options)
+        path, identity = split_model_id(self._model_path)
+        return load_model(path, intra_op_num_threads=self._intra_op_threads, **{**self._load_options, **identity})
 
     def update_model_path(self, model_path: str | None = None) -> None:
         """Side-input model update: the next ``load_model`` reads ``model_path`` (empty: keep)."""

@@ -1,6 +1,8 @@
 """Scoring operator: one model call per micro-batch."""
 from __future__ import annotations
 
+from typing import Any
+
 from pyflink.common import Types
 from pyflink.datastream import DataStream
 from pyflink.datastream.functions import MapFunction, RuntimeContext
@@ -13,19 +15,24 @@ from operators.flink.metrics import metric_group
 
 
 class ScoreMicroBatch(MapFunction):
-    """Validates each micro-batch against the model's schema and scores the valid rows. A
-    replaced model file takes over once it loads (see ``model_formats.reloading``)."""
+    """Validates each micro-batch against the model's schema and scores the valid rows. A new
+    model version from the model's source (a replaced file, or a registry promotion) takes over
+    between micro-batches once it loads and checks (see ``model_formats.reloading``).
 
-    def __init__(self, model_path: str, schema: EventSchema, intra_op_threads: int = 1,
+    ``model``: the model file's path, or a picklable spec whose ``open()`` gives a
+    ``ModelSource`` in the worker (``registry.follow.FollowSpec``)."""
+
+    def __init__(self, model: str | Any, schema: EventSchema, intra_op_threads: int = 1,
                  reload_interval_s: float = 5.0, load_options: dict | None = None) -> None:
-        self.model_path = model_path
+        self.model_path = model
         self.load_options = dict(load_options or {})
         self.schema = schema
         self.intra_op_threads = intra_op_threads
         self.reload_interval_s = reload_interval_s
 
     def open(self, ctx: RuntimeContext) -> None:
-        self._model = ReloadingModel(self.model_path, self.reload_interval_s,
+        source = self.model_path if isinstance(self.model_path, str) else self.model_path.open()
+        self._model = ReloadingModel(source, self.reload_interval_s,
                                      intra_op_num_threads=self.intra_op_threads, **self.load_options)
         metrics = metric_group(ctx)
         self._score_ms = metrics.distribution("scoring_ms")
@@ -54,8 +61,9 @@ class ScoreMicroBatch(MapFunction):
             model.close()
 
 
-def score_micro_batches(stream: DataStream, *, model_path: str, schema: EventSchema, intra_op_threads: int,
+def score_micro_batches(stream: DataStream, *, model: str | Any, schema: EventSchema, intra_op_threads: int,
                         reload_interval_s: float = 5.0, load_options: dict | None = None) -> DataStream:
-    return (stream.map(ScoreMicroBatch(model_path, schema, intra_op_threads, reload_interval_s, load_options),
+    """Score every micro-batch (``model``: a file path or a model source spec, see ScoreMicroBatch)."""
+    return (stream.map(ScoreMicroBatch(model, schema, intra_op_threads, reload_interval_s, load_options),
                        Types.PICKLED_BYTE_ARRAY())
             .name("score").uid("score-model"))

@@ -1,5 +1,7 @@
 """A TCP proxy that delays every chunk it forwards by an adjustable amount: a slow network in
-front of a real server (here Redis), to drive the enrichment operator's timeout/retry path.
+front of a real server (here Redis), to drive the enrichment operator's timeout/retry path. It
+can also cut the network (:meth:`LatencyProxy.cut`: every connection dropped, new ones closed at
+once) and bring it back (:meth:`LatencyProxy.restore`), e.g. a registry database outage.
 
 This is fault injection around a real store, not a mock: the bytes are the server's own."""
 from __future__ import annotations
@@ -15,6 +17,8 @@ class LatencyProxy:
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.delay_s = 0.0
+        self.down = False
+        self._writers: set = set()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="latency-proxy", daemon=True)
@@ -38,13 +42,29 @@ class LatencyProxy:
             server.close()
 
     async def _handle(self, client_reader, client_writer) -> None:
+        if self.down:
+            client_writer.close()
+            return
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
         except OSError:
             client_writer.close()
             return
-        await asyncio.gather(self._pipe(client_reader, upstream_writer),
-                             self._pipe(upstream_reader, client_writer), return_exceptions=True)
+        pair = {client_writer, upstream_writer}
+        self._writers |= pair
+        try:
+            await asyncio.gather(self._pipe(client_reader, upstream_writer),
+                                 self._pipe(upstream_reader, client_writer), return_exceptions=True)
+        finally:
+            self._writers -= pair
+
+    def cut(self) -> None:
+        """A network outage: drop every connection, close new ones at once (until :meth:`restore`)."""
+        self.down = True
+        self._loop.call_soon_threadsafe(lambda: [w.close() for w in list(self._writers)])
+
+    def restore(self) -> None:
+        self.down = False
 
     async def _pipe(self, reader, writer) -> None:
         try:
@@ -57,5 +77,7 @@ class LatencyProxy:
             writer.close()
 
     def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        # close the connections first and let their pipes finish, then stop the loop
+        self._loop.call_soon_threadsafe(lambda: [w.close() for w in list(self._writers)])
+        self._loop.call_soon_threadsafe(self._loop.call_later, 0.2, self._loop.stop)
         self._thread.join(timeout=5)
