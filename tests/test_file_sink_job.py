@@ -2,36 +2,36 @@
 restored from its last checkpoint: the committed files hold every prediction and dead letter
 exactly once, and readers (pyarrow.dataset) never see a partial or staging file.
 
-The local filesystem stands in for HDFS/S3: the sink goes through pyarrow.fs either way."""
+On the local filesystem and on HDFS (the session's embedded MiniDFSCluster, written through
+WebHDFS: ``place`` fixture); the sink goes through pyarrow.fs either way."""
 from __future__ import annotations
 
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from connectors.files import parse_part_name
 from jobs import demo_data
 from jobs.checkpoints import latest_checkpoint
 from jobs.producer import produce
-from job_helpers import read_committed
+from file_sink_helpers import committed_column, read_column, staged_paths, visible_paths
 
 pytestmark = pytest.mark.slow
 
 N_EVENTS = 6_000
 
 
-def staged_segments(root: Path) -> list[Path]:
-    return [p for p in root.glob("*/_staging/*/*.arrows")]
+def staged_segments(out: str) -> list[str]:
+    return [p for name in ("predictions", "dead_letters") for p in staged_paths(f"{out}/{name}")
+            if p.endswith(".arrows")]
 
 
-def test_kill_mid_write_and_restore_commits_each_prediction_once(stack, tmp_path):
-    out = tmp_path / "out"
+def test_kill_mid_write_and_restore_commits_each_prediction_once(stack, place):
+    out = f"{place}/out"
     cfg = stack.job_config("files", partitions=2, flink__checkpoint_interval_ms=1000, sink__kind="both",
-                           sink__path=out.as_uri(), sink__roll_size_mb=0.05, sink__roll_interval_s=3.0)
+                           sink__path=out, sink__roll_size_mb=0.05, sink__roll_interval_s=3.0)
     job, reader = stack.start_job(cfg)
     restarted = None
     try:
@@ -42,7 +42,7 @@ def test_kill_mid_write_and_restore_commits_each_prediction_once(stack, tmp_path
         producer.start()
         # mid-stream: files committed, a checkpoint completed since, rows staged but not committed
         deadline = time.monotonic() + 300
-        while not (len(read_committed(out / "predictions", "prediction_id")) > 1500 and staged_segments(out)):
+        while not (len(committed_column(f"{out}/predictions", "prediction_id")) > 1500 and staged_segments(out)):
             job.check_alive()
             assert time.monotonic() < deadline, "the job never committed files"
             time.sleep(0.1)
@@ -55,7 +55,7 @@ def test_kill_mid_write_and_restore_commits_each_prediction_once(stack, tmp_path
             time.sleep(0.01)
         job.kill()
         staged_at_kill = len(staged_segments(out))
-        committed_at_kill = len(read_committed(out / "predictions", "prediction_id"))
+        committed_at_kill = len(committed_column(f"{out}/predictions", "prediction_id"))
         restarted = stack.job(cfg, "--restore", "latest").start()
         producer.join(timeout=120)
         assert len(coords) == N_EVENTS
@@ -65,8 +65,8 @@ def test_kill_mid_write_and_restore_commits_each_prediction_once(stack, tmp_path
         expected = set(coords)
         deadline = time.monotonic() + 300
         while True:
-            predictions = read_committed(out / "predictions", "prediction_id")
-            dead = read_committed(out / "dead_letters", "source")
+            predictions = committed_column(f"{out}/predictions", "prediction_id")
+            dead = committed_column(f"{out}/dead_letters", "source")
             if expected <= set(predictions) | set(dead) or time.monotonic() > deadline:
                 break
             restarted.check_alive()
@@ -77,19 +77,18 @@ def test_kill_mid_write_and_restore_commits_each_prediction_once(stack, tmp_path
         assert not repeated, f"{len(repeated)} inputs committed more than once, e.g. {repeated[:5]}"
         assert not set(predictions) & set(dead)
         # dead letters carry their reasons into the files
-        dead_reasons = dict(zip(dead, read_committed(out / "dead_letters", "reason")))
+        dead_reasons = dict(zip(dead, committed_column(f"{out}/dead_letters", "reason")))
         assert {coords[i]: r for i, r in reasons.items()} == {k: v for k, v in dead_reasons.items() if k in expected}
         # what the Kafka sink wrote (at-least-once) agrees with the files
         tally = reader.wait_for(expected, timeout_s=60)
         assert set(tally.predictions) & expected == set(predictions) & expected
         # readers see committed Parquet files only, each named after the offsets it holds
-        visible = [p for p in out.rglob("*") if p.is_file()
-                   and not any(part.startswith(("_", ".")) for part in p.relative_to(out).parts)]
+        visible = visible_paths(out)
         for f in visible:
-            part = parse_part_name(f.name)
+            part = parse_part_name(f.rsplit("/", 1)[1])
             assert part is not None, f"stray visible file {f}"
-            offsets = [int(i.rsplit("/", 1)[1]) for i in
-                       pq.read_table(f, columns=[_id_column(f)]).column(0).to_pylist()]
+            column = "source" if "/dead_letters/" in f else "prediction_id"
+            offsets = [int(i.rsplit("/", 1)[1]) for i in read_column(out, f, column)]
             assert (part.first, part.last) == (min(offsets), max(offsets))
         print(f"\nkilled with {committed_at_kill} predictions committed and {staged_at_kill} staging segments "
               f"open; {len(visible)} files committed; Kafka duplicates {tally.duplicate_predictions}")
@@ -98,10 +97,6 @@ def test_kill_mid_write_and_restore_commits_each_prediction_once(stack, tmp_path
         job.kill()
         if restarted:
             restarted.stop()
-
-
-def _id_column(path: Path) -> str:
-    return "source" if "dead_letters" in path.parts else "prediction_id"
 
 
 def _checkpoint_id(path: str | None) -> int:

@@ -207,7 +207,10 @@ class EmbeddedHDFS(ProcessGroup):
             time.sleep(0.2)
 
 
-if __name__ == "__main__":          # python -m connectors.embedded.hdfs: run one until Ctrl-C
+if __name__ == "__main__":          # python -m connectors.embedded.hdfs: run one until Ctrl-C / SIGTERM
+    import signal
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with EmbeddedHDFS() as cluster:
         print(f"{cluster.webhdfs_url}  {cluster.hdfs_url}  (log {cluster.log_path})", flush=True)
         try:

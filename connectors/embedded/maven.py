@@ -29,10 +29,19 @@ def cache_root() -> Path:
     return Path(base) / "maven"
 
 
+def _folder(profile: str, pom: Path) -> Path:
+    digest = hashlib.sha256(pom.read_bytes()).hexdigest()[:12]
+    return cache_root() / f"{profile}-{digest}"
+
+
+def jars_cached(profile: str, pom: Path = POM) -> bool:
+    """Whether ``profile``'s jars are in the cache already (no ``mvn`` needed)."""
+    return (_folder(profile, pom) / _DONE).exists()
+
+
 def jars(profile: str, pom: Path = POM, timeout_s: float = 900) -> Path:
     """The folder holding every runtime jar of ``profile`` (fetched by ``mvn`` the first time)."""
-    digest = hashlib.sha256(pom.read_bytes()).hexdigest()[:12]
-    folder = cache_root() / f"{profile}-{digest}"
+    folder = _folder(profile, pom)
     if (folder / _DONE).exists():
         return folder
     mvn = shutil.which("mvn")
