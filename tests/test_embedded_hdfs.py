@@ -66,6 +66,21 @@ def test_webhdfs_uri_options_are_checked():
     assert root == "/out" and fs.handler.fs.pars["user.name"] == "etl"
 
 
+def test_latest_checkpoint_on_webhdfs(hdfs):
+    """``--restore latest`` with ``flink.checkpoint_dir: webhdfs://...`` finds the newest complete
+    checkpoint on HDFS (a ``chk-N`` folder holding ``_metadata``) and names it so Flink can read it."""
+    from jobs.checkpoints import latest_checkpoint
+    base = f"{hdfs.webhdfs_url}/checkpoint-lookup"
+    fs, root = webhdfs_filesystem(base)
+    assert latest_checkpoint(base) is None
+    for job, chk, complete in [("a", 1, True), ("a", 2, False), ("b", 7, True)]:
+        fs.create_dir(f"{root}/{job}/chk-{chk}", recursive=True)
+        if complete:
+            with fs.open_output_stream(f"{root}/{job}/chk-{chk}/_metadata") as out:
+                out.write(b"x")
+    assert latest_checkpoint(base) == f"{base}/b/chk-7"
+
+
 def test_stop_ends_the_jvm_and_close_removes_the_workdir():
     cluster = EmbeddedHDFS(heap="256m")
     with cluster:

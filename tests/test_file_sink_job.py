@@ -3,7 +3,9 @@ restored from its last checkpoint: the committed files hold every prediction and
 exactly once, and readers (pyarrow.dataset) never see a partial or staging file.
 
 On the local filesystem and on HDFS (the session's embedded MiniDFSCluster, written through
-WebHDFS: ``place`` fixture); the sink goes through pyarrow.fs either way."""
+WebHDFS: ``place`` fixture); the sink goes through pyarrow.fs either way. On HDFS Flink's own
+checkpoints go there too (``webhdfs://``, through Hadoop's client jars on HADOOP_CLASSPATH), and
+the restart restores from them."""
 from __future__ import annotations
 
 import threading
@@ -16,6 +18,7 @@ from connectors.files import parse_part_name
 from jobs import demo_data
 from jobs.checkpoints import latest_checkpoint
 from jobs.producer import produce
+from connectors.embedded.maven import classpath
 from file_sink_helpers import committed_column, read_column, staged_paths, visible_paths
 
 pytestmark = pytest.mark.slow
@@ -30,9 +33,12 @@ def staged_segments(out: str) -> list[str]:
 
 def test_kill_mid_write_and_restore_commits_each_prediction_once(stack, place):
     out = f"{place}/out"
+    on_hdfs = place.startswith("webhdfs:")
+    checkpoints = {"flink__checkpoint_dir": f"{place}/checkpoints"} if on_hdfs else {}
+    env = {"HADOOP_CLASSPATH": classpath("hadoop-client")} if on_hdfs else None
     cfg = stack.job_config("files", partitions=2, flink__checkpoint_interval_ms=1000, sink__kind="both",
-                           sink__path=out, sink__roll_size_mb=0.05, sink__roll_interval_s=3.0)
-    job, reader = stack.start_job(cfg)
+                           sink__path=out, sink__roll_size_mb=0.05, sink__roll_interval_s=3.0, **checkpoints)
+    job, reader = stack.start_job(cfg, env=env)
     restarted = None
     try:
         records, reasons = demo_data.with_bad_events(demo_data.events(N_EVENTS, stack.entities, seed=41), stack.entities)
@@ -56,7 +62,9 @@ def test_kill_mid_write_and_restore_commits_each_prediction_once(stack, place):
         job.kill()
         staged_at_kill = len(staged_segments(out))
         committed_at_kill = len(committed_column(f"{out}/predictions", "prediction_id"))
-        restarted = stack.job(cfg, "--restore", "latest").start()
+        restored_from = latest_checkpoint(cfg.flink.checkpoint_dir)
+        assert restored_from and restored_from.startswith(place.split("://")[0]), restored_from
+        restarted = stack.job(cfg, "--restore", "latest", env=env).start()
         producer.join(timeout=120)
         assert len(coords) == N_EVENTS
         assert committed_at_kill < N_EVENTS, "the kill came after everything was committed: not mid-write"
@@ -91,7 +99,8 @@ def test_kill_mid_write_and_restore_commits_each_prediction_once(stack, place):
             offsets = [int(i.rsplit("/", 1)[1]) for i in read_column(out, f, column)]
             assert (part.first, part.last) == (min(offsets), max(offsets))
         print(f"\nkilled with {committed_at_kill} predictions committed and {staged_at_kill} staging segments "
-              f"open; {len(visible)} files committed; Kafka duplicates {tally.duplicate_predictions}")
+              f"open; {len(visible)} files committed; restored from {restored_from}; "
+              f"Kafka duplicates {tally.duplicate_predictions}")
     finally:
         reader.stop()
         job.kill()
