@@ -11,6 +11,7 @@ help:
 	@echo "make demo [EVENTS=20000 RATE=5000]  run the scoring job end to end on embedded defaults"
 	@echo "make test                           run the test suite (real broker, Plasma, MiniCluster)"
 	@echo "make test-kafka                     the Kafka-facing suites against Apache Kafka 4.x (jars fetched once by mvn)"
+	@echo "make test-hdfs                      the file sink (crash at every call, kill mid-write) on an embedded HDFS"
 	@echo "make services                       install (Debian) and start PostgreSQL :5432 and Redis :6379 for the tests"
 	@echo "make cluster-test                   production path: standalone Flink cluster, file sink, compose file"
 	@echo "make chaos [CHAOS_EVENTS=50000]     break the job on purpose (kills, outages): exact accounting table"
@@ -49,6 +50,10 @@ kafka-jars: install
 
 test-kafka: install
 	STREAMSCORE_TEST_BROKER=kafka $(BIN)/pytest $(KAFKA_SUITES)
+
+.PHONY: test-hdfs
+test-hdfs: install
+	$(BIN)/pytest tests/test_file_sink.py tests/test_file_sink_job.py tests/test_embedded_hdfs.py -k hdfs
 
 CHAOS_EVENTS ?= 50000
 
