@@ -24,6 +24,7 @@ from file_sink_helpers import committed_column, read_column, staged_paths, visib
 pytestmark = pytest.mark.slow
 
 N_EVENTS = 6_000
+STALL_S = 300
 
 
 def staged_segments(out: str) -> list[str]:
@@ -69,18 +70,24 @@ def test_kill_mid_write_and_restore_commits_each_prediction_once(stack, place):
         assert len(coords) == N_EVENTS
         assert committed_at_kill < N_EVENTS, "the kill came after everything was committed: not mid-write"
 
-        # wait until the files account for every input (the last files commit on roll_interval_s)
+        # wait until the files account for every input (the last files commit on roll_interval_s);
+        # give up once nothing new was committed for STALL_S (the restored job's start-up included)
         expected = set(coords)
-        deadline = time.monotonic() + 300
+        last_count, last_progress = -1, time.monotonic()
         while True:
             predictions = committed_column(f"{out}/predictions", "prediction_id")
             dead = committed_column(f"{out}/dead_letters", "source")
-            if expected <= set(predictions) | set(dead) or time.monotonic() > deadline:
+            if expected <= set(predictions) | set(dead):
+                break
+            if len(predictions) + len(dead) > last_count:
+                last_count, last_progress = len(predictions) + len(dead), time.monotonic()
+            if time.monotonic() - last_progress > STALL_S:
                 break
             restarted.check_alive()
             time.sleep(0.5)
         missing = expected - set(predictions) - set(dead)
-        assert not missing, f"{len(missing)} inputs missing from the committed files, e.g. {sorted(missing)[:5]}"
+        assert not missing, (f"{len(missing)} inputs missing from the committed files after {STALL_S}s without a "
+                             f"new commit, e.g. {sorted(missing)[:5]}; the restored job's log:\n{restarted.log_tail()}")
         repeated = [k for k, n in Counter(predictions + dead).items() if n > 1]
         assert not repeated, f"{len(repeated)} inputs committed more than once, e.g. {repeated[:5]}"
         assert not set(predictions) & set(dead)
