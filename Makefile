@@ -53,7 +53,7 @@ test-kafka: install
 
 .PHONY: test-hdfs
 test-hdfs: install
-	$(BIN)/pytest tests/test_file_sink.py tests/test_file_sink_job.py tests/test_embedded_hdfs.py -k hdfs
+	$(BIN)/pytest -m hdfs tests/test_file_sink.py tests/test_file_sink_job.py tests/test_embedded_hdfs.py
 
 CHAOS_EVENTS ?= 50000
 

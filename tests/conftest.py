@@ -69,7 +69,7 @@ def hdfs(tmp_path_factory):
         yield cluster
 
 
-@pytest.fixture(params=["local", pytest.param("hdfs", marks=pytest.mark.slow)])
+@pytest.fixture(params=["local", pytest.param("hdfs", marks=[pytest.mark.slow, pytest.mark.hdfs])])
 def place(request, tmp_path) -> str:
     """Where a file-sink test writes: a local folder (``file://``) or a fresh folder on the
     session's embedded HDFS (``webhdfs://``, through fsspec's WebHDFS)."""

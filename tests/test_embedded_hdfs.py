@@ -13,7 +13,7 @@ from connectors.embedded.ports import listening_ports
 from connectors.files import FileTarget
 from connectors.files.webhdfs import webhdfs_filesystem
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.hdfs]
 
 
 def test_cluster_serves_on_loopback_and_logs_in_its_workdir(hdfs):

@@ -199,7 +199,11 @@ def _tear_tail(writer: RollingFileWriter) -> None:
         seg._stream.flush()
 
 
-@pytest.mark.parametrize("type_name", [None, "s3"], ids=["own-segments", "object-per-write"])
+@pytest.mark.parametrize("place, type_name", [
+    pytest.param("local", None, id="local-own-segments"),
+    pytest.param("local", "s3", id="local-object-per-write"),
+    pytest.param("hdfs", None, id="hdfs", marks=[pytest.mark.slow, pytest.mark.hdfs]),
+], indirect=["place"])
 def test_crash_at_every_filesystem_call_commits_each_row_once(place, type_name):
     """Local files keep a staging segment open across writes (``own-segments``); HDFS over WebHDFS
     makes bytes durable only when a file is closed, so there every write is its own segment either
@@ -207,8 +211,6 @@ def test_crash_at_every_filesystem_call_commits_each_row_once(place, type_name):
     HTTP requests (~50-100 ms each on this shared machine), so its run is shorter: 12 micro-batches
     (~40 filesystem calls, a crash at each) instead of 40 (~130)."""
     local = place.startswith("file:")
-    if type_name and not local:
-        pytest.skip("WebHDFS writes an object per write anyway: the own-segments case covers it")
     rng = random.Random(7)
     batches, start = [], 0
     for _ in range(40 if local else 12):
