@@ -64,7 +64,8 @@ def test_kill_mid_write_and_restore_commits_each_prediction_once(stack, place):
         staged_at_kill = len(staged_segments(out))
         committed_at_kill = len(committed_column(f"{out}/predictions", "prediction_id"))
         restored_from = latest_checkpoint(cfg.flink.checkpoint_dir)
-        assert restored_from and restored_from.startswith(place.split("://")[0]), restored_from
+        assert restored_from, "no complete checkpoint to restore from"
+        assert restored_from.startswith(place) == on_hdfs, f"restoring from {restored_from}"
         restarted = stack.job(cfg, "--restore", "latest", env=env).start()
         producer.join(timeout=120)
         assert len(coords) == N_EVENTS
