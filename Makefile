@@ -59,7 +59,7 @@ test-tansu: install
 
 .PHONY: test-hdfs
 test-hdfs: install
-	$(BIN)/pytest -m hdfs tests/test_file_sink.py tests/test_file_sink_job.py tests/test_embedded_hdfs.py
+	$(PYTEST) -m hdfs tests/test_file_sink.py tests/test_file_sink_job.py tests/test_embedded_hdfs.py
 
 CHAOS_EVENTS ?= 50000
 

@@ -77,3 +77,11 @@ def place(request, tmp_path) -> str:
     if request.param == "local":
         return tmp_path.as_uri()
     return f"{request.getfixturevalue('hdfs').webhdfs_url}/{request.node.name.split('[')[0]}/{uuid.uuid4().hex[:12]}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``make test``), every HDFS test runs in the same worker, so one
+    MiniDFSCluster JVM serves them all instead of one per worker."""
+    for item in items:
+        if item.get_closest_marker("hdfs") is not None:
+            item.add_marker(pytest.mark.xdist_group("hdfs"))
