@@ -79,6 +79,7 @@ def place(request, tmp_path) -> str:
     return f"{request.getfixturevalue('hdfs').webhdfs_url}/{request.node.name.split('[')[0]}/{uuid.uuid4().hex[:12]}"
 
 
+@pytest.hookimpl(tryfirst=True)     # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (``make test``), every HDFS test runs in the same worker, so one
     MiniDFSCluster JVM serves them all instead of one per worker."""
