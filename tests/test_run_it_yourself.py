@@ -119,11 +119,11 @@ def test_readme_run_it_yourself(tmp_path):
         for _ in range(10):                      # the scorer checks the file when a batch comes
             streamscore(*produce, cwd=tmp_path, timeout=120)
             try:
-                console.wait_for(r"model file .*model\.onnx was replaced but is refused", 15, "the refusal", mark)
+                console.wait_for(r"model .*model\.onnx is refused", 15, "the refusal", mark)
                 break
             except AssertionError:
                 continue
-        console.wait_for(r"model file .*model\.onnx was replaced but is refused", 1, "the refusal", mark)
+        console.wait_for(r"model .*model\.onnx is refused", 1, "the refusal", mark)
 
         predictions = streamscore(*consume, cwd=tmp_path, timeout=180)
         scored = [json.loads(line) for line in predictions.stdout.splitlines()]
