@@ -101,7 +101,8 @@ class EmbeddedStack:
         return self.plasma.uri("features")
 
     def job_config(self, name: str, partitions: int = 2, **overrides) -> JobConfig:
-        """A job configuration on fresh topics ``{name}-events|predictions|dlq``."""
+        """A job configuration on topics ``{name}-events|predictions|dlq`` (created if absent: a
+        name used twice in one stack shares its topics, so give each run a unique name)."""
         cfg = JobConfig()
         cfg.job_name = f"streamscore-{name}"
         cfg.kafka.bootstrap_servers = self.broker.bootstrap_servers

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import Counter
 
 import pytest
@@ -37,7 +38,9 @@ def test_kill_mid_write_and_restore_commits_each_prediction_once(stack, place):
     on_hdfs = place.startswith("webhdfs:")
     checkpoints = {"flink__checkpoint_dir": f"{place}/checkpoints"} if on_hdfs else {}
     env = {"HADOOP_CLASSPATH": classpath("hadoop-client")} if on_hdfs else None
-    cfg = stack.job_config("files", partitions=2, flink__checkpoint_interval_ms=1000, sink__kind="both",
+    # topics of its own: the local and the HDFS run may share a worker's broker, and a job reading
+    # the other run's topic from the earliest offset would count its records too
+    cfg = stack.job_config(f"files-{uuid.uuid4().hex[:6]}", partitions=2, flink__checkpoint_interval_ms=1000, sink__kind="both",
                            sink__path=out, sink__roll_size_mb=0.05, sink__roll_interval_s=3.0, **checkpoints)
     job, reader = stack.start_job(cfg, env=env)
     restarted = None
