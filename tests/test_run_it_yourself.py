@@ -8,9 +8,12 @@ and the printed address goes into job.yaml (as the README says to do), and the P
 lives in the test's folder."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -145,7 +148,13 @@ def test_readme_run_it_yourself(tmp_path):
         print(f"\ntime to the first scores: {first_scores_s:.1f} s; last status line: {last_status}")
     finally:
         if console is not None:
+            if console.proc.poll() is None:            # a failed assertion: stop `run` as a user would
+                with contextlib.suppress(Exception):
+                    console.interrupt(timeout=60)
             console.kill()
+        for pid in pids_with(str(tmp_path / "streamscore-logs" / "job.yaml")):   # a job a failure left behind
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
         down = streamscore(*dev_down, cwd=tmp_path, timeout=60)
         assert down.returncode == 0, down.stderr
         wait_gone([state["pid"], *state["child_pids"]], 30, "dev down")
