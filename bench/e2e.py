@@ -11,7 +11,10 @@ prediction per event), each read back by the same OutputReader:
   naive    PyFlink written one event per record in Python maps (the baseline to beat 10x)
   beam     the job's steps as stock Beam transforms (Enrichment, RunInference) on the DirectRunner
   quix     Quix Streams (.venv-bench)         bytewax  Bytewax (.venv-bench)
-For each: throughput draining a pre-filled topic, and event latency at a fixed input rate.
+For each: throughput draining a pre-filled topic, and event latency at a fixed input rate, with the
+CPU both cost: CPU seconds per 1,000 events over the runner's whole process tree (the job's Python
+process, its Flink JVM and Python workers; psutil), from the start of the drain (or of the rated
+input) to the last prediction read back.
 Prints a table, writes bench/results/e2e.json.
 
 Latency is event creation (the producer stamps ``ts`` into each event as it sends it) → the
@@ -42,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 from rich.console import Console
 from rich.table import Table
 
@@ -82,6 +86,45 @@ HOPS = {"event→scored": ("event_ts", "scored_ts"), "scored→read": ("scored_t
 console = Console(stderr=True)
 
 
+class TreeCpu:
+    """CPU seconds (user + system) spent by a process and all its descendants since ``start()``:
+    every process of a runner (the job's Python process, its JVM, Python worker processes)."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = psutil.Process(pid)
+        self._at_start: dict[int, float] = {}
+
+    def _sample(self) -> dict[int, tuple[str, float]]:
+        spent = {}
+        try:
+            tree = [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return spent
+        for proc in tree:
+            try:
+                t = proc.cpu_times()
+                spent[proc.pid] = (proc.name(), t.user + t.system + t.children_user + t.children_system)
+            except psutil.NoSuchProcess:
+                pass
+        return spent
+
+    def start(self) -> "TreeCpu":
+        self._at_start = {pid: t for pid, (_, t) in self._sample().items()}
+        return self
+
+    def by_process(self) -> dict[str, float]:
+        """CPU seconds since ``start()`` by process name (``java``, ``python``...; a process that
+        exited in between is not counted)."""
+        spent: dict[str, float] = {}
+        for pid, (name, t) in self._sample().items():
+            spent[name] = spent.get(name, 0.0) + t - self._at_start.get(pid, 0.0)
+        return {name: round(t, 2) for name, t in spent.items()}
+
+
+def cpu_per_1k(cpu_s: float, events: int) -> float:
+    return round(cpu_s / events * 1000, 4) if events else float("nan")
+
+
 def _start(stack, name: str, runner: Runner, tag: str):
     """Start a runner on fresh topics and wait until it scores warm-up events."""
     cfg = stack.job_config(f"bench-{name}-{tag}", partitions=2, **{**OVERRIDES, **dict(runner.overrides)})
@@ -96,13 +139,17 @@ def throughput(stack, name: str, runner: Runner, n: int) -> dict:
         job.pause()
         coords = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic,
                          demo_data.events(n, stack.entities, seed=17), encode=demo_data.encode)
+        cpu = TreeCpu(job.pid).start()      # paused: nothing spent until resume
         started = time.time()
         job.resume()
         tally = reader.wait_for(set(coords), timeout_s=900, stall_s=120, check=job.check_alive)
+        cpu_by_process = cpu.by_process()
+        cpu_s = sum(cpu_by_process.values())
         last = tally.last_arrival_ms(set(coords))
         missing = len(tally.missing(set(coords)))
         return {"events": n, "missing": missing, "seconds": round(last / 1000 - started, 3),
-                "events_per_s": round(n / (last / 1000 - started), 1)}
+                "events_per_s": round(n / (last / 1000 - started), 1),
+                "cpu_s": round(cpu_s, 2), "cpu_s_per_1k_events": cpu_per_1k(cpu_s, n), "cpu_s_by_process": cpu_by_process}
     finally:
         reader.stop()
         job.stop()
@@ -141,14 +188,19 @@ def latency(stack, name: str, runner: Runner, rate: float, seconds: float, ramp_
                        encode=demo_data.encode)
         reader.wait_for(set(warm), timeout_s=120, stall_s=120, check=job.check_alive)
         n, ramp = int(rate * seconds), int(rate * ramp_seconds)
+        cpu = TreeCpu(job.pid).start()
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as producer:
             coords = producer.submit(produce, k.bootstrap_servers, k.input_topic,
                                      demo_data.events(ramp + n, stack.entities, seed=19), rate=rate,
                                      encode=demo_data.encode,
                                      warm_up=demo_data.events(5, stack.entities, seed=29, prefix="warmup")).result()
         tally = reader.wait_for(set(coords), timeout_s=600, stall_s=120, check=job.check_alive)
+        cpu_by_process = cpu.by_process()
+        cpu_s = sum(cpu_by_process.values())
         ramp_stats = latency_stats(tally, coords[:ramp]) if ramp else {}
         return {"rate_eps": rate, "events": n, "missing": len(tally.missing(set(coords))),
+                "cpu_s": round(cpu_s, 2), "cpu_s_per_1k_events": cpu_per_1k(cpu_s, len(coords)),
+                "cpu_s_by_process": cpu_by_process,
                 **latency_stats(tally, coords[ramp:]),
                 "ramp": {"events": ramp, **{key: v for key, v in ramp_stats.items() if key != "hops"}}}
     finally:
@@ -194,13 +246,20 @@ def targets(results: dict) -> dict:
 def print_report(results: dict, runners: dict[str, Runner], rate: float, met: dict) -> None:
     out = Console(width=200)
     table = Table(title="end to end: Kafka → Plasma (32 features) → GBM ONNX → Kafka")
-    for col in ("runner", "events/s", "vs loop", f"p50 ms @{rate:.0f}/s", f"p99 ms @{rate:.0f}/s", "missing", "how"):
+    for col in ("runner", "events/s", "vs loop", "CPU s/1k ev", f"p50 ms @{rate:.0f}/s", f"p99 ms @{rate:.0f}/s",
+                f"CPU s/1k ev @{rate:.0f}/s", "missing", "how"):
         table.add_column(col, justify="left" if col == "how" else "right")
+
+    def cpu(run: dict) -> str:
+        value = run.get("cpu_s_per_1k_events")
+        return "-" if value is None or value != value else f"{value:.3f}"
+
     for name, r in results.items():
         eps, lat = r["throughput"]["events_per_s"], r["latency"]
         ratio = _ratio(results, name, "loop")
-        table.add_row(name, f"{eps:,.0f}", "-" if ratio is None else f"{ratio:.2f}", str(lat["p50_ms"]),
-                      str(lat["p99_ms"]), str(r["throughput"]["missing"] + lat["missing"]), runners[name].how)
+        table.add_row(name, f"{eps:,.0f}", "-" if ratio is None else f"{ratio:.2f}", cpu(r["throughput"]),
+                      str(lat["p50_ms"]), str(lat["p99_ms"]), cpu(lat),
+                      str(r["throughput"]["missing"] + lat["missing"]), runners[name].how)
     out.print(table)
     hops = Table(title=f"latency by hop at {rate:.0f} events/s, p50 / p99 ms")
     hops.add_column("runner")
@@ -210,6 +269,8 @@ def print_report(results: dict, runners: dict[str, Runner], rate: float, met: di
         h = r["latency"].get("hops", {})
         hops.add_row(name, *(f"{h[x]['p50_ms']} / {h[x]['p99_ms']}" if x in h else "-" for x in HOPS))
     out.print(hops)
+    out.print("CPU s/1k ev = CPU seconds (user + system) of every process of the runner (JVM and Python "
+              "workers included) per 1,000 events, over the drain / the rated run.")
     out.print("latency = event creation (producer stamp) → prediction read back (reader stamp), one clock, "
               "after a ramp at the same rate; event→scored includes the input topic and polling, scored→read "
               "the output topic. Timings depend on what else the machine runs (check the load in the JSON).")
