@@ -95,6 +95,11 @@ class FeatureSettings(_Section):
                          "is unavailable; when they are used up the batch's events are dead-lettered "
                          "(feature_store_unavailable). 0: dead-letter at once")
     retry_backoff_ms: int = Field(500, ge=1, description="wait between lookup attempts")
+    lookup: Literal["auto", "inline", "async"] = Field(
+        "auto", description="how the Flink job looks features up. inline: on the operator's thread, chained "
+        "with polling, scoring and writing into one Python operator (no serialization between them); async: "
+        "PyFlink's async I/O operator (lookups overlap, each micro-batch is pickled into and out of it); "
+        "auto: inline for shared-memory stores (plasma, arrow-shm), async for network stores")
     capacity: int = Field(16, description="micro-batches in flight in the async enrichment operator")
     on_missing: Literal["dead_letter", "score"] = Field(
         "dead_letter", description="an event whose entity the store does not know: dead_letter (reason "
@@ -158,9 +163,10 @@ class ModelSettings(_Section):
         the deployment's pinned feature snapshot into)."""
         if not self.follows_registry:
             return self.path
+        from connectors.feature_store import is_shared_memory
         from registry.follow import FollowSpec
 
-        shm = feature_store if feature_store and feature_store.startswith(("plasma:", "arrow-shm:")) else None
+        shm = feature_store if feature_store and is_shared_memory(feature_store) else None
         return FollowSpec(self.registry, self.name, self.env, self.follow_interval_s, feature_store=shm)
 
     def check_interval_s(self) -> float:

@@ -97,7 +97,7 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
     batches = micro_batches(env, cfg)
     f = cfg.features
     enriched = enrich(batches, store_uri=f.store, key_field=schema.key_field, retry=f.retry_policy(),
-                      capacity=f.capacity, missing=f.missing_policy())
+                      capacity=f.capacity, missing=f.missing_policy(), mode=f.lookup)
     scored = score_micro_batches(enriched, model=cfg.model.source(f.store), schema=schema,
                                  intra_op_threads=cfg.model.intra_op_threads,
                                  reload_interval_s=cfg.model.check_interval_s(),

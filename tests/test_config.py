@@ -74,3 +74,13 @@ def test_latest_checkpoint_picks_newest_complete_one(tmp_path):
     assert latest_checkpoint(tmp_path.as_uri()) == str(tmp_path / "b" / "chk-7")
     with pytest.raises(ValueError, match="explicit checkpoint path"):
         latest_checkpoint("s3://bucket/checkpoints")
+
+
+def test_lookup_mode_follows_the_store_kind():
+    from operators.flink.enrich import lookup_mode
+    assert load_config(None).features.lookup == "auto"
+    assert lookup_mode("plasma:///tmp/p.sock?name=f") == lookup_mode("arrow-shm:///dev/shm/x") == "inline"
+    assert lookup_mode("redis://127.0.0.1:6379/0?name=f") == lookup_mode("postgresql://u@h/db") == "async"
+    assert lookup_mode("redis://h/0", "inline") == "inline" and lookup_mode("plasma:///p", "async") == "async"
+    with pytest.raises(ValidationError, match="lookup"):
+        load_config(None, ["features.lookup=threads"])

@@ -22,12 +22,13 @@ from connectors.feature_store.base import (  # noqa: F401
     FeatureStore, FeatureStoreError, FeatureStoreUnavailable,
 )
 from connectors.feature_store.lineage import lineage_of  # noqa: F401
-from connectors.feature_store.options import BACKENDS, StoreOptions, StoreURI, parse_uri  # noqa: F401
+from connectors.feature_store.options import (  # noqa: F401
+    BACKENDS, StoreOptions, StoreURI, is_shared_memory, parse_uri)
 from connectors.feature_store.snapshot import Progress
 
 __all__ = [
     "FeatureStore", "FeatureStoreError", "FeatureStoreUnavailable", "StoreOptions", "BACKENDS",
-    "open_store", "load_table", "read_table_file", "parse_uri", "lineage_of",
+    "open_store", "load_table", "read_table_file", "parse_uri", "is_shared_memory", "lineage_of",
 ]
 
 def backend(uri: StoreURI) -> Any:

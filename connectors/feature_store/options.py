@@ -79,6 +79,14 @@ BACKENDS = {   # URI scheme -> the module with its open_reader() and publish()
 }
 
 
+SHARED_MEMORY_SCHEMES = ("plasma", "arrow-shm")   # readers map the snapshot: a lookup takes microseconds
+
+
+def is_shared_memory(uri: str) -> bool:
+    """Whether the store at ``uri`` is read from shared memory on this host (no network hop)."""
+    return urllib.parse.urlsplit(uri).scheme in SHARED_MEMORY_SCHEMES
+
+
 def parse_uri(uri: str) -> StoreURI:
     """Split a store URI; raises ValueError on an unknown scheme."""
     parts = urllib.parse.urlsplit(uri)
