@@ -17,7 +17,7 @@ from connectors import dead_letter as dl
 from connectors.events import OFFSET_COLUMN, EventSchema, JsonEventDecoder
 from connectors.feature_store.lineage import lineage_of
 from connectors.kafka.partition_reader import RecordChunk
-from connectors.serialization import record_batch_to_json
+from connectors.serialization import column_values, record_batch_to_json
 from model_formats.base import LABEL, SCORE, Model
 from operators.batch import MicroBatch, now_ms
 
@@ -213,4 +213,4 @@ def prediction_records(scored: ScoredBatch) -> tuple[list[bytes], list[bytes] | 
     values = record_batch_to_json(scored.predictions)
     if not values:
         return values, None
-    return values, [str(k).encode() for k in scored.predictions.column("entity_id").to_pylist()]
+    return values, [str(k).encode() for k in column_values(scored.predictions.column("entity_id"))]
