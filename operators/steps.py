@@ -83,10 +83,11 @@ def join_features(batch: MicroBatch, features: pa.RecordBatch, found: np.ndarray
     lineage = lineage_of(features)
     features = policy.fill(features, found)
     events = batch.events
-    for name, column in zip(features.schema.names, features.columns):
-        if name in events.schema.names:
-            raise ValueError(f"feature {name!r} clashes with an event field of the same name")
-        events = _append_column(events, name, column)
+    clashes = set(features.schema.names) & set(events.schema.names)
+    if clashes:
+        raise ValueError(f"feature {sorted(clashes)[0]!r} clashes with an event field of the same name")
+    events = pa.RecordBatch.from_arrays(list(events.columns) + list(features.columns),
+                                        names=events.schema.names + features.schema.names)
     return batch.with_events(events, lineage).split_off(policy.dead_letters(found), dl.Reason.UNKNOWN_ENTITY,
                                                UNKNOWN_ENTITY_DETAIL)
 
@@ -101,10 +102,6 @@ def _fill_defaults(features: pa.RecordBatch, found: np.ndarray, defaults: Mappin
     columns = [pc.if_else(missing, pa.scalar(defaults[name], column.type), column) if name in defaults else column
                for name, column in zip(features.schema.names, features.columns)]
     return pa.RecordBatch.from_arrays(columns, names=features.schema.names)
-
-
-def _append_column(batch: pa.RecordBatch, name: str, column: pa.Array) -> pa.RecordBatch:
-    return pa.RecordBatch.from_arrays(list(batch.columns) + [column], names=batch.schema.names + [name])
 
 
 def reject_all(batch: MicroBatch, reason: dl.Reason, detail: str) -> MicroBatch:
