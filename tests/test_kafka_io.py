@@ -83,3 +83,12 @@ def test_writer_without_dlq_refuses_dead_letters(topics):
 def test_unknown_topic_is_a_clear_error(stack):
     with pytest.raises(ValueError, match="does not exist"):
         partitions_of(stack.broker.bootstrap_servers, "no-such-topic-xyz")
+
+
+def test_writer_raises_when_the_broker_never_acknowledges():
+    """Delivery reports come for failed records only (``delivery.report.only.error``): a record
+    that is never acknowledged still fails the write."""
+    writer = KafkaBatchWriter({**producer_config("127.0.0.1:1"), "message.timeout.ms": 300, "log_level": 0},
+                              "t", "t-dlq", flush_timeout_s=30)
+    with pytest.raises(DeliveryError, match="delivery errors"):
+        writer.write([b"a", b"b"], [b"k1", b"k2"], [DeadLetter(b"x", "invalid_json", "d", "t", 0, 0)])
