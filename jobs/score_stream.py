@@ -98,20 +98,26 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
     f = cfg.features
     enriched = enrich(batches, store_uri=f.store, key_field=schema.key_field, retry=f.retry_policy(),
                       capacity=f.capacity, missing=f.missing_policy())
-    scored = score_micro_batches(enriched, model=cfg.model.source(f.store), schema=schema,
-                                 intra_op_threads=cfg.model.intra_op_threads,
-                                 reload_interval_s=cfg.model.check_interval_s(),
-                                 load_options=cfg.model.load_options())
+    m = cfg.model
+    scored = score_micro_batches(enriched, model=m.source(f.store), schema=schema,
+                                 intra_op_threads=m.intra_op_threads,
+                                 reload_interval_s=m.check_interval_s(),
+                                 load_options=m.load_options(),
+                                 experiments=m.has_experiments, challengers=m.challenger_plan(cfg.job_name),
+                                 shadow_budget_ms=m.shadow_budget_ms,
+                                 comparison_window_ms=int(m.comparison_window_s * 1000))
+    experiment_topics = dict(shadow_topic=k.shadow_topic_name(), comparison_topic=k.comparison_topic_name()) \
+        if m.has_experiments else {}
     s = cfg.sink
     if s.kind in ("kafka", "both") and k.delivery == "exactly_once":
         env.add_jars(*(jar.as_uri() for jar in exactly_once_jars()))
         write_to_kafka_exactly_once(scored, bootstrap_servers=k.bootstrap_servers, topic=k.output_topic,
                                     dead_letter_topic=k.dead_letter_topic,
                                     transactional_id_prefix=k.transactional_id_prefix or cfg.job_name,
-                                    transaction_timeout_ms=k.transaction_timeout_ms)
+                                    transaction_timeout_ms=k.transaction_timeout_ms, **experiment_topics)
     elif s.kind in ("kafka", "both"):
         write_to_kafka(scored, producer_config=producer_config(k.bootstrap_servers, k.producer),
-                       topic=k.output_topic, dead_letter_topic=k.dead_letter_topic)
+                       topic=k.output_topic, dead_letter_topic=k.dead_letter_topic, **experiment_topics)
     if s.kind in ("files", "both"):
         write_to_files(scored, file_targets(s.path, s.format, s.partitioning, int(s.roll_size_mb * (1 << 20)),
                                             s.roll_interval_s, s.include_dead_letters))

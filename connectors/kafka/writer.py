@@ -42,9 +42,13 @@ class KafkaBatchWriter:
                 self._producer.poll(0.05)
 
     def write(self, values: Sequence[bytes], keys: Sequence[bytes] | None = None,
-              dead_letters: Sequence[DeadLetter] = ()) -> None:
-        """Produce ``values`` to the topic and ``dead_letters`` to the dead-letter topic; return
-        only when all are acknowledged."""
+              dead_letters: Sequence[DeadLetter] = (),
+              extra: Sequence[tuple[str, Sequence[bytes], Sequence[bytes] | None]] = ()) -> None:
+        """Produce ``values`` to the topic and ``dead_letters`` to the dead-letter topic (and each
+        ``(topic, values, keys)`` of ``extra`` to its topic); return only when all are acknowledged."""
+        for topic, extra_values, extra_keys in extra:
+            for value, key in zip(extra_values, extra_keys or [None] * len(extra_values)):
+                self._produce(topic, value, key)
         if keys is None:
             for value in values:
                 self._produce(self.topic, value)
