@@ -486,7 +486,7 @@ class ExperimentScorer:
         plan has challengers."""
         from operators import steps
 
-        if not self._challengers:
+        if not self._challengers or batch.events.num_rows == 0:
             return steps.score_batch(batch, champion, self.schema)
         started = steps.now_ms()
         shadows = [c for c in self._challengers.values() if c.offer.role == steps.SHADOW]
@@ -507,7 +507,7 @@ class ExperimentScorer:
 
         champion_ref = f"{champion.name}@{champion.version}"
         comparisons: list[dict[str, Any]] = []
-        if canary is not None and canary.ready() and whole.events.num_rows:
+        if canary is not None and canary.ready():
             mask = canary_mask(batch.events.column(self.schema.key_field), self._plan.salt, canary.offer.share)
         else:
             mask = None

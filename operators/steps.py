@@ -245,8 +245,19 @@ class ExperimentOutput:
         """Kafka record values (JSON) and keys (``champion|challenger``) of the closed windows."""
         import json
 
-        return ([json.dumps(c, allow_nan=False, default=_json_default).encode() for c in self.comparisons],
+        return ([json.dumps(_finite(c), allow_nan=False, default=_json_default).encode() for c in self.comparisons],
                 [f"{c['champion']}|{c['challenger']}".encode() for c in self.comparisons])
+
+
+def _finite(value):
+    """NaN and infinities as null (JSON has neither)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _json_default(value):

@@ -511,15 +511,7 @@ class Registry:
             if not self._was_champion(name, mv.version, previous.name):
                 refuse(f"{env} requires the version to have been champion in {previous.name}; "
                        f"{mv.ref} never was (promote it to {previous.name} first)")
-        if mv.feature_set and snap and mv.feature_set.name != snap.name:
-            refuse(f"the model was built for feature set {mv.feature_set.name!r}, the deployment pins {snap.ref}")
-        events = environment.event_fields
-        extra = parse_event_fields(event_fields)
-        if extra is not None:
-            events = {**(events or {}), **extra}
-        compat = self.check_compatibility(mv, snap, events)
-        if not compat.ok:
-            refuse(compat.describe(), missing=compat.missing, mistyped=compat.mistyped)
+        compat = self._check_inputs(mv, snap, environment, event_fields, refuse)
         gate_detail: dict[str, Any] = {}
         if gate is not None:
             evidence = self.comparison_evidence(name, env, mv.version)
@@ -536,6 +528,22 @@ class Registry:
                                   detail={**detail, **gate_detail})
 
     # --- challengers beside the champion: shadows and a canary ----------------------------------
+
+    def _check_inputs(self, mv: ModelVersion, snap: FeatureSnapshot | None, environment: Environment,
+                      event_fields, refuse) -> Compatibility:
+        """``refuse(why, **detail)`` a version the deployment cannot feed: built for another feature
+        set, or needing inputs the pinned snapshot plus the event fields (the environment's,
+        extended by ``event_fields``) do not provide."""
+        if mv.feature_set and snap and mv.feature_set.name != snap.name:
+            refuse(f"the model was built for feature set {mv.feature_set.name!r}, the deployment pins {snap.ref}")
+        events = environment.event_fields
+        extra = parse_event_fields(event_fields)
+        if extra is not None:
+            events = {**(events or {}), **extra}
+        compat = self.check_compatibility(mv, snap, events)
+        if not compat.ok:
+            refuse(compat.describe(), missing=compat.missing, mistyped=compat.mistyped)
+        return compat
 
     def _promote_challenger(self, name: str, version: int | str, env: str, role: str, share: float | None, *,
                             actor: str, reason: str, event_fields=None,
@@ -577,15 +585,7 @@ class Registry:
         if mv.version == current.champion.version:
             refuse(f"{mv.ref} is the champion in {env}")
         snap = current.features
-        if mv.feature_set and snap and mv.feature_set.name != snap.name:
-            refuse(f"the model was built for feature set {mv.feature_set.name!r}, the deployment pins {snap.ref}")
-        events = environment.event_fields
-        extra = parse_event_fields(event_fields)
-        if extra is not None:
-            events = {**(events or {}), **extra}
-        compat = self.check_compatibility(mv, snap, events)
-        if not compat.ok:
-            refuse(compat.describe(), missing=compat.missing, mistyped=compat.mistyped)
+        compat = self._check_inputs(mv, snap, environment, event_fields, refuse)
         if role == "shadow" and any(s.version == mv.version for s in current.shadows):
             raise RegistryError(f"{mv.ref} is already a shadow in {env}; nothing to change")
         if role == "canary" and current.canary is not None and current.canary.version == mv.version \

@@ -307,33 +307,36 @@ class RegistrySource:
             self.features = ref
 
     def _report_refusals(self) -> None:
-        while True:
-            try:
-                version, reason = self._reports.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                self._record(version, reason)
-            except Exception:
-                self._reports.put((version, reason))   # the registry is away: report when it is back
-                raise
+        self._drain(self._reports, lambda item: self._record(*item))
 
     def _report_comparisons(self) -> None:
+        self._drain(self._comparisons, self._record_comparison)
+
+    @staticmethod
+    def _drain(pending: queue.Queue, record: Callable[[Any], None]) -> None:
+        """``record`` every queued item; one that fails goes back to the queue and the error is
+        raised (the registry is away: it is recorded when it is back)."""
         while True:
             try:
-                summary, role = self._comparisons.get_nowait()
+                item = pending.get_nowait()
             except queue.Empty:
                 return
             try:
-                self._registry().record_comparison(self.name, self.env, summary, role=role)
-            except Exception as exc:
-                from registry import RegistryError, RegistryUnavailable
-
-                if isinstance(exc, RegistryError) and not isinstance(exc, RegistryUnavailable):
-                    log.error("comparison window not recorded: %s", exc)    # not this deployment's pair
-                    continue
-                self._comparisons.put((summary, role))   # the registry is away: record it when it is back
+                record(item)
+            except Exception:
+                pending.put(item)
                 raise
+
+    def _record_comparison(self, item: tuple[dict, str]) -> None:
+        from registry import RegistryError, RegistryUnavailable
+
+        summary, role = item
+        try:
+            self._registry().record_comparison(self.name, self.env, summary, role=role)
+        except RegistryError as exc:
+            if isinstance(exc, RegistryUnavailable):
+                raise
+            log.error("comparison window not recorded: %s", exc)    # not a pair of this deployment
 
     def _record(self, version: int, reason: str) -> None:
         """Into the audit log, once per host for a (revision, version): the host's other workers
