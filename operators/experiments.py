@@ -385,6 +385,15 @@ class _Challenger:
     model: Any = None
     error: str | None = None
     pending: Any = None                   # a shadow's scoring in flight
+    failures: int = 0                     # a shadow's batches in a row that raised or missed the budget
+    resume_at: float = 0.0                # a failing shadow sits out batches until then (monotonic s)
+
+    def failed(self) -> None:
+        """One more batch in a row failed: from the third on, sit out 1 s, 2 s, 4 s … (at most
+        ``BACKOFF_MAX_S``) before the next try, so a shadow that always fails costs nothing."""
+        self.failures += 1
+        if self.failures >= BACKOFF_AFTER:
+            self.resume_at = time.monotonic() + min(BACKOFF_MAX_S, 2.0 ** (self.failures - BACKOFF_AFTER))
 
     def ready(self) -> bool:
         """Loaded (waiting for nothing); a failed load sets ``error``."""
@@ -398,7 +407,9 @@ class _Challenger:
         return self.model is not None
 
 
-SKIP_REASONS = ("load", "error", "budget", "busy")
+SKIP_REASONS = ("load", "error", "budget", "busy", "backoff")
+BACKOFF_AFTER = 3           # failed batches in a row before a shadow sits batches out
+BACKOFF_MAX_S = 60.0
 
 
 class ExperimentScorer:
@@ -414,7 +425,9 @@ class ExperimentScorer:
     * Shadows: each loads and scores on a thread of its own, on the same enriched events, while
       the champion scores; a shadow that failed to load, raises, is still busy with an earlier
       batch or is not done within ``shadow_budget_ms`` of the batch's start skips the batch
-      (``skipped[reason]``), and its predictions never reach the served output.
+      (``skipped[reason]``), and its predictions never reach the served output. After three
+      failed batches in a row (raised, or over the budget) a shadow sits out batches for a
+      growing while (``backoff``), so one that always fails costs the champion nothing.
     * Comparison: each challenger against the champion per window (:class:`ComparisonWindows`);
       closed windows come out on the batch's ``experiment.comparisons``.
 
@@ -501,6 +514,9 @@ class ExperimentScorer:
             if shadow.pending is not None and not shadow.pending.done():
                 self.skipped["busy"] += 1
                 continue
+            if shadow.resume_at and time.monotonic() < shadow.resume_at:
+                self.skipped["backoff"] += 1
+                continue
             shadow.pending = shadow.thread.submit(_timed, steps.score_batch_or_raise, whole, shadow.model,
                                                   self.schema, steps.SHADOW)
             in_flight.append(shadow)
@@ -548,11 +564,14 @@ class ExperimentScorer:
                 scored, shadow_ms = shadow.pending.result(timeout=remaining_s)
             except FutureTimeout:
                 self.skipped["budget"] += 1     # it finishes on its thread; its result is dropped
+                shadow.failed()
                 continue
             except Exception as exc:  # noqa: BLE001 - a failing shadow skips the batch, never the champion's
                 self.skipped["error"] += 1
+                shadow.failed()
                 _log_shadow_error(shadow, exc)
                 continue
+            shadow.failures, shadow.resume_at = 0, 0.0
             self.shadow_batches += 1
             output.shadow_predictions.append(scored.predictions)
             comparisons += self.windows.add(steps.now_ms(), steps.SHADOW, champion_ref,
