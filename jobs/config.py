@@ -30,7 +30,15 @@ class KafkaSettings(_Section):
     group_id: str = "streamscore"
     start_from: Literal["earliest", "latest"] = Field(
         "earliest", description="where a partition with no checkpointed offset starts")
-    consumer: dict[str, Any] = Field(default_factory=dict, description="extra confluent-kafka consumer settings")
+    source: Literal["python", "flink"] = Field(
+        "python", description="python: streamscore's partition poller (no jar needed; offsets in Flink keyed "
+        "state; the topic's partitions are read when the job starts). flink: Flink's own KafkaSource (offsets "
+        "in Flink's checkpoints, partitions added while the job runs are found and read from their beginning); "
+        "needs Maven for the connector jars, like exactly_once")
+    partition_discovery_interval_ms: int = Field(
+        10_000, gt=0, description="source flink: how often the source looks for new partitions of the topic")
+    consumer: dict[str, Any] = Field(default_factory=dict, description="extra confluent-kafka consumer settings "
+                                     "(source flink: those the Java client knows by the same name pass through)")
     producer: dict[str, Any] = Field(default_factory=dict, description="extra confluent-kafka producer settings")
     delivery: Literal["at_least_once", "exactly_once"] = Field(
         "at_least_once", description="at_least_once: the Python sink, each micro-batch acknowledged before a "
