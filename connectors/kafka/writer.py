@@ -66,5 +66,13 @@ class KafkaBatchWriter:
             raise DeliveryError(f"{remaining} records unacknowledged after {self.flush_timeout_s}s, "
                                 f"{len(errors)} delivery errors (first: {errors[:1]})")
 
+    def has_topic(self, topic: str, timeout_s: float = 5.0) -> bool:
+        """Whether the broker knows ``topic`` (a broker that auto-creates topics creates it now)."""
+        try:
+            found = self._producer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        except Exception:  # noqa: BLE001 - no answer: not known to exist
+            return False
+        return found is not None and found.error is None and bool(found.partitions)
+
     def close(self) -> None:
         self._producer.flush(self.flush_timeout_s)

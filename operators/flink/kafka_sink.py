@@ -13,6 +13,8 @@ be in the job's ``pipeline.jars``.
 """
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from pyflink.common import Row, Types
@@ -27,6 +29,8 @@ from operators import steps
 from operators.flink import discard
 from operators.flink.metrics import OutputMetrics, metric_group
 
+log = logging.getLogger(__name__)
+
 
 def experiment_records(scored: steps.ScoredBatch, shadow_topic: str | None,
                        comparison_topic: str | None) -> list[tuple[str, list[bytes], list[bytes]]]:
@@ -40,6 +44,29 @@ def experiment_records(scored: steps.ScoredBatch, shadow_topic: str | None,
     if x.comparisons and comparison_topic:
         out.append((comparison_topic, *x.comparison_records()))
     return out
+
+
+class ExperimentTopics:
+    """Which of the shadow and comparison topics can be written: a missing one (a broker that does
+    not auto-create topics) drops those records, logged and counted, and is looked for again
+    every ``recheck_s``. Shadow output is best effort: it must never fail the served batch."""
+
+    def __init__(self, writer: KafkaBatchWriter, recheck_s: float = 30.0) -> None:
+        self._writer = writer
+        self._recheck_s = recheck_s
+        self._known: dict[str, tuple[bool, float]] = {}
+
+    def writable(self, topic: str) -> bool:
+        now = time.monotonic()
+        known = self._known.get(topic)
+        if known is None or (not known[0] and now - known[1] >= self._recheck_s):
+            ok = self._writer.has_topic(topic)
+            if not ok:
+                log.error("topic %r does not exist: shadow/comparison records for it are dropped (counted in "
+                          "experiment_records_dropped) until it does", topic)
+            self._known[topic] = (ok, now)
+            return ok
+        return known[0]
 
 
 class WriteToKafka(MapFunction):
@@ -60,10 +87,17 @@ class WriteToKafka(MapFunction):
         if self.shadow_topic or self.comparison_topic:
             self._extra_out = {self.shadow_topic: metrics.counter("shadow_predictions_out"),
                                self.comparison_topic: metrics.counter("comparisons_out")}
+            self._extra_dropped = metrics.counter("experiment_records_dropped")
+            self._extra_topics = ExperimentTopics(self._writer)
 
     def map(self, scored: steps.ScoredBatch) -> int:
         values, keys = steps.prediction_records(scored)
         extra = experiment_records(scored, self.shadow_topic, self.comparison_topic)
+        if extra:
+            dropped = [e for e in extra if not self._extra_topics.writable(e[0])]
+            if dropped:
+                self._extra_dropped.inc(sum(len(e[1]) for e in dropped))
+                extra = [e for e in extra if e not in dropped]
         self._writer.write(values, keys, scored.dead_letters, extra)
         for topic, extra_values, _ in extra:
             self._extra_out[topic].inc(len(extra_values))
