@@ -4,8 +4,8 @@ Runs, in one invocation on the same data and the same embedded broker/store/mode
 doing the same work (consume JSON events, look up 32 features per event, score, produce one JSON
 prediction per event), each read back by the same OutputReader:
   flink    the PyFlink job (MiniCluster, process mode, Arrow micro-batches, checkpoints every 2 s)
-  flink-async  the same job with its lookups on PyFlink's async I/O operator (features.lookup: async,
-           what a network store gets) instead of inline (what a shared-memory store gets)
+  flink-inline  the same job with features.lookup: inline (the lookup in a plain map, chained with
+           polling, scoring and the sink into one Python operator) instead of PyFlink's async I/O
   flink-eos  the same job with kafka.delivery: exactly_once (Flink's transactional KafkaSink; output
            visible to the read_committed reader only when the checkpoint commits: latency >= the
            checkpoint interval). Needs --broker kafka (Tansu's transactions do not isolate)
@@ -73,10 +73,9 @@ class Runner:
 
 
 RUNNERS = {
-    "flink": Runner("jobs.score_stream", "PyFlink job: Arrow micro-batches, inline shared-memory lookup, one "
-                    "chained Python stage; checkpoints 2 s"),
-    "flink-async": Runner("jobs.score_stream", "the PyFlink job with features.lookup async (PyFlink async I/O, "
-                          "as for network stores)", overrides=(("features__lookup", "async"),)),
+    "flink": Runner("jobs.score_stream", "PyFlink job: Arrow micro-batches, async lookup; checkpoints 2 s"),
+    "flink-inline": Runner("jobs.score_stream", "the PyFlink job with features.lookup inline: poll, lookup, "
+                           "score and sink chained into one Python operator", overrides=(("features__lookup", "inline"),)),
     "flink-eos": Runner("jobs.score_stream", "the PyFlink job, kafka.delivery exactly_once: transactional "
                         "KafkaSink committed per checkpoint (2 s)", overrides=(("kafka__delivery", "exactly_once"),),
                         needs_kafka=True),

@@ -114,11 +114,13 @@ class FeatureSettings(_Section):
                          "is unavailable; when they are used up the batch's events are dead-lettered "
                          "(feature_store_unavailable). 0: dead-letter at once")
     retry_backoff_ms: int = Field(500, ge=1, description="wait between lookup attempts")
-    lookup: Literal["auto", "inline", "async"] = Field(
-        "auto", description="how the Flink job looks features up. inline: on the operator's thread, chained "
-        "with polling, scoring and writing into one Python operator (no serialization between them); async: "
-        "PyFlink's async I/O operator (lookups overlap, each micro-batch is pickled into and out of it); "
-        "auto: inline for shared-memory stores (plasma, arrow-shm), async for network stores")
+    lookup: Literal["async", "inline", "auto"] = Field(
+        "async", description="how the Flink job looks features up. async: PyFlink's async I/O operator "
+        "(lookups overlap with polling and writing; each micro-batch is pickled into and out of it). inline: "
+        "on the operator's thread, chained with polling, scoring and writing into one Python operator: "
+        "in most runs fewer CPU seconds per event (up to 20 %); p99 against async not settled (one thread "
+        "then polls, scores and waits for the broker's acks in turn). auto: inline for "
+        "shared-memory stores (plasma, arrow-shm), async for network stores")
     capacity: int = Field(16, description="micro-batches in flight in the async enrichment operator")
     on_missing: Literal["dead_letter", "score"] = Field(
         "dead_letter", description="an event whose entity the store does not know: dead_letter (reason "

@@ -76,11 +76,12 @@ def test_latest_checkpoint_picks_newest_complete_one(tmp_path):
         latest_checkpoint("s3://bucket/checkpoints")
 
 
-def test_lookup_mode_follows_the_store_kind():
+def test_lookup_mode_async_by_default_auto_by_store_kind():
     from operators.flink.enrich import lookup_mode
-    assert load_config(None).features.lookup == "auto"
-    assert lookup_mode("plasma:///tmp/p.sock?name=f") == lookup_mode("arrow-shm:///dev/shm/x") == "inline"
-    assert lookup_mode("redis://127.0.0.1:6379/0?name=f") == lookup_mode("postgresql://u@h/db") == "async"
+    assert load_config(None).features.lookup == "async" and lookup_mode("plasma:///p") == "async"
+    auto = [lookup_mode(uri, "auto") for uri in ("plasma:///tmp/p.sock?name=f", "arrow-shm:///dev/shm/x",
+                                                  "redis://127.0.0.1:6379/0?name=f", "postgresql://u@h/db")]
+    assert auto == ["inline", "inline", "async", "async"]
     assert lookup_mode("redis://h/0", "inline") == "inline" and lookup_mode("plasma:///p", "async") == "async"
     with pytest.raises(ValidationError, match="lookup"):
         load_config(None, ["features.lookup=threads"])
