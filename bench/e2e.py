@@ -142,12 +142,19 @@ def _start(stack, name: str, runner: Runner, tag: str):
 
 def warm_up(stack) -> None:
     """Before the first runner: right after the stack starts, the broker is still cold (Apache Kafka
-    logs "coordinator load in progress" while idempotent producers wait for their ids), and that
-    fell on whichever runner came first (its latency p50/p99 2-4x the same runner's later in a
-    run). One throwaway run of the plain loop on topics of its own takes that hit."""
-    _cfg, job, reader = _start(stack, "warmup", RUNNERS["loop"], "warm")
-    reader.stop()
-    job.stop()
+    logs "coordinator load in progress" while idempotent producers wait for their ids), and the
+    first Flink job of a run pays for the JVM's and the jars' cold start; that fell on whichever
+    runner came first (the later of flink / flink-inline had the better p99 in 7 of 8 runs, also
+    after a plain-loop warm-up). One throwaway run of the Flink job on topics of its own, scoring
+    a few thousand events, takes that hit."""
+    cfg, job, reader = _start(stack, "warmup", RUNNERS["flink"], "warm")
+    try:
+        coords = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic,
+                         demo_data.events(5000, stack.entities, seed=13, prefix="warmup"), encode=demo_data.encode)
+        reader.wait_for(set(coords), timeout_s=300, stall_s=120, check=job.check_alive)
+    finally:
+        reader.stop()
+        job.stop()
 
 
 def throughput(stack, name: str, runner: Runner, n: int) -> dict:
@@ -324,7 +331,7 @@ def main() -> int:
     runners = _selected(args.runners, args.broker)
     results: dict[str, dict] = {}
     with EmbeddedStack(say=lambda m: console.print(m), broker=args.broker) as stack:
-        console.print("warming the stack up (a throwaway plain-loop run)…")
+        console.print("warming the stack up (a throwaway run of the Flink job)…")
         warm_up(stack)
         for name, runner in runners.items():
             results.setdefault(name, {})["throughput"] = {"events_per_s": float("nan"), "missing": 0}
