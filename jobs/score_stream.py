@@ -125,7 +125,8 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
                                  load_options=m.load_options(),
                                  experiments=m.has_experiments, challengers=m.challenger_plan(cfg.job_name),
                                  shadow_budget_ms=m.shadow_budget_ms,
-                                 comparison_window_ms=int(m.comparison_window_s * 1000))
+                                 comparison_window_ms=int(m.comparison_window_s * 1000),
+                                 routes=cfg.route_plan())
     experiment_topics = dict(shadow_topic=k.shadow_topic_name(), comparison_topic=k.comparison_topic_name()) \
         if m.has_experiments else {}
     s = cfg.sink
