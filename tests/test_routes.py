@@ -16,21 +16,12 @@ import pytest
 from pydantic import ValidationError
 
 from connectors import dead_letter as dl
-from connectors.events import EventSchema
 from jobs import demo_data
 from jobs.config import JobConfig, load_config
 from model_formats import load_model
 from operators import steps
 from operators.experiments import Condition, Route, RouteScorer, combine_scores
-from test_live_experiment import enriched
-
-SCHEMA = EventSchema()
-ENTITIES = 100_000
-
-
-@pytest.fixture(scope="module")
-def features():
-    return demo_data.features_table(ENTITIES)
+from test_live_experiment import ENTITIES, SCHEMA, enriched, features  # noqa: F401 (features: a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -232,3 +223,28 @@ def test_routes_in_the_job_yaml_become_the_scorers_routes(tmp_path):
 def test_bad_routes_are_refused_when_the_config_is_read(tmp_path, text, message):
     with pytest.raises(ValidationError, match=message):
         config(tmp_path, text)
+
+
+def test_preflight_checks_every_routed_model(tmp_path, champion):
+    from jobs.errors import UserError
+    from jobs.preflight import check_routes
+
+    cfg = config(tmp_path, f"routes: [{{name: a, when: {{field: amount, max: 5}}, model: {champion}}}]\n"
+                           f"default_route: {{name: rest, models: [{champion}, {tmp_path}/gone.onnx]}}")
+    with pytest.raises(UserError, match=r"model file not found: .*gone.onnx \(route rest\)"):
+        check_routes(cfg, say=lambda _: None, features=lambda: {})
+    cfg.default_route = None
+    with pytest.raises(UserError, match=r"demo-fraud-gbm.* \(route a\) does not fit the events and features"):
+        check_routes(cfg, say=lambda _: None, features=lambda: {})        # a store without the model's features
+    names = load_model(champion).schema.input_names
+    check_routes(cfg, say=lambda _: None, features=lambda: {n: "float" for n in names})
+
+
+def test_the_beam_pipeline_refuses_routes_rather_than_serving_model_path(tmp_path):
+    import apache_beam as beam
+
+    from jobs.beam_score import build
+
+    cfg = config(tmp_path, ROUTES_YAML)
+    with pytest.raises(ValueError, match="Flink job only"):
+        build(beam.Pipeline(), cfg)
