@@ -463,12 +463,13 @@ class RoutePlan:
             return load_model(ref, **load_options)
         from registry import RegistryError, open_registry
 
-        reg = open_registry(self.registry)
-        deployment = reg.deployment(ref, self.env)
-        if deployment is None:
-            raise RegistryError(f"route model {ref!r}: no deployment of {ref!r} in {self.env!r}")
-        mv = deployment.champion
-        return load_model(reg.fetch_model(mv), **{**load_options, "name": mv.name, "version": str(mv.version)})
+        with open_registry(self.registry) as reg:
+            deployment = reg.deployment(ref, self.env)
+            if deployment is None:
+                raise RegistryError(f"route model {ref!r}: no deployment of {ref!r} in {self.env!r}")
+            mv = deployment.champion
+            path = reg.fetch_model(mv)
+        return load_model(path, **{**load_options, "name": mv.name, "version": str(mv.version)})
 
     def scorer(self, schema: "EventSchema", **load_options):
         """An ``operators.experiments.RouteScorer`` with every routed model loaded."""

@@ -21,6 +21,7 @@ from jobs.config import JobConfig, load_config
 from model_formats import load_model
 from operators import steps
 from operators.experiments import Condition, Route, RouteScorer, combine_scores
+from registry_fixtures import reg, registry_uri_for_test  # noqa: F401 (fixtures)
 from test_live_experiment import ENTITIES, SCHEMA, enriched, features  # noqa: F401 (features: a fixture)
 
 
@@ -248,3 +249,24 @@ def test_the_beam_pipeline_refuses_routes_rather_than_serving_model_path(tmp_pat
     cfg = config(tmp_path, ROUTES_YAML)
     with pytest.raises(ValueError, match="Flink job only"):
         build(beam.Pipeline(), cfg)
+
+
+def test_a_route_model_named_by_the_registry_is_its_champion_in_model_env(reg, registry_uri_for_test, tmp_path):
+    from jobs.config import RoutePlan
+    from registry import RegistryError
+    from registry_fixtures import model_copy
+
+    who = dict(actor="tester@host", reason="test")
+    for _ in range(2):
+        reg.register_model("fraud", str(model_copy(tmp_path, "logreg.onnx")), **who)
+    reg.promote("fraud", 1, "integration", **who)
+    reg.promote("fraud", 2, "integration", **who)
+    cfg = config(tmp_path, f"model: {{registry: '{registry_uri_for_test}', name: fraud, env: integration}}\n"
+                           "routes: [{name: r, when: {field: amount, min: 0}, model: fraud}]")
+    plan = cfg.route_plan()
+    assert (plan.registry, plan.env) == (registry_uri_for_test, "integration")
+    model = plan.load("fraud", {})
+    assert (model.name, model.version) == ("fraud", "2")
+    model.close()
+    with pytest.raises(RegistryError, match="no deployment of 'churn'"):
+        plan.load("churn", {})
