@@ -195,9 +195,11 @@ class StandaloneCluster:
             time.sleep(0.5)
 
     def wait_slots_free(self, timeout_s: float = 120) -> None:
-        """Until every slot of the cluster is free again (the previous job has released them)."""
+        """Until every TaskManager is registered and all their slots are free again (the previous
+        job has released them)."""
         deadline = time.monotonic() + timeout_s
-        while (overview := self.rest("/overview"))["slots-available"] < overview["slots-total"]:
+        while (overview := self.rest("/overview"))["slots-available"] < overview["slots-total"] \
+                or overview["taskmanagers"] < len(self.taskmanagers):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"slots still taken after {timeout_s}s: {overview}")
             time.sleep(0.5)
