@@ -1,5 +1,5 @@
 """The scoring job on a real standalone Flink cluster — JobManager and TaskManager processes started
-with the distribution inside the apache-flink wheel (pyflink/bin/start-cluster.sh), configured from
+with the distribution inside the apache-flink wheel (tests/flink_cluster.py), configured from
 flink-conf/config.yaml with free loopback ports — submitted with `flink run` through
 flink-conf/submit-job.sh (the command docker-compose runs), stopped with a savepoint and resumed
 from it. Its metrics are read from the REST API and the Prometheus reporter."""
