@@ -9,10 +9,12 @@ RATE   ?= 5000
 TEST_WORKERS ?= 2
 PYTEST  = $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
-.PHONY: install demo test test-fast services bench bench-deps clean help
+.PHONY: install demo demo-experiment test test-fast services bench bench-deps clean help
 
 help:
 	@echo "make demo [EVENTS=20000 RATE=5000]  run the scoring job end to end on embedded defaults"
+	@echo "make demo-experiment                the demo as a live experiment: a shadow and a 10 % canary beside the"
+	@echo "                                   champion, the in-stream comparison table and its HTML report"
 	@echo "make test [TEST_WORKERS=2]          run the test suite (real broker, Plasma, MiniCluster), in 2 processes"
 	@echo "make test-tansu                     the Kafka-facing suites against Tansu (make test runs them on Apache Kafka)"
 	@echo "make test-hdfs                      the file sink (crash at every call, kill mid-write) on an embedded HDFS"
@@ -41,6 +43,9 @@ services:
 
 demo: install
 	$(BIN)/streamscore demo --events $(EVENTS) --rate $(RATE)
+
+demo-experiment: install
+	$(BIN)/streamscore demo --experiment --events $(EVENTS) --rate $(RATE)
 
 test: install
 	$(PYTEST)

@@ -7,6 +7,8 @@ prediction per event), each read back by the same OutputReader:
   flink-eos  the same job with kafka.delivery: exactly_once (Flink's transactional KafkaSink; output
            visible to the read_committed reader only when the checkpoint commits: latency >= the
            checkpoint interval). Needs --broker kafka (Tansu's transactions do not isolate)
+  flink-source  the same job with kafka.source: flink (Flink's own KafkaSource; streamscore's Java
+           RecordBatcher groups records into micro-batches; one Python operator decodes each)
   loop     a plain single-process Python loop calling the same steps (the practical ceiling)
   naive    PyFlink written one event per record in Python maps (the baseline to beat 10x)
   beam     the job's steps as stock Beam transforms (Enrichment, RunInference) on the DirectRunner
@@ -69,6 +71,8 @@ RUNNERS = {
     "flink-eos": Runner("jobs.score_stream", "the PyFlink job, kafka.delivery exactly_once: transactional "
                         "KafkaSink committed per checkpoint (2 s)", overrides=(("kafka__delivery", "exactly_once"),),
                         needs_kafka=True),
+    "flink-source": Runner("jobs.score_stream", "the PyFlink job, kafka.source flink: Flink's KafkaSource + "
+                           "a Java micro-batcher, decoded in Python", overrides=(("kafka__source", "flink"),)),
     "loop": Runner("bench.plain_loop", "one Python process, the job's steps, no engine, no checkpoints"),
     "beam": Runner("jobs.beam_score", "Beam DirectRunner: stock Enrichment + RunInference over Arrow micro-batches"),
     "naive": Runner("bench.naive_flink", "PyFlink, one event per record in Python maps; checkpoints 2 s"),

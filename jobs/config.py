@@ -30,7 +30,15 @@ class KafkaSettings(_Section):
     group_id: str = "streamscore"
     start_from: Literal["earliest", "latest"] = Field(
         "earliest", description="where a partition with no checkpointed offset starts")
-    consumer: dict[str, Any] = Field(default_factory=dict, description="extra confluent-kafka consumer settings")
+    source: Literal["python", "flink"] = Field(
+        "python", description="python: streamscore's partition poller (no jar needed; offsets in Flink keyed "
+        "state; the topic's partitions are read when the job starts). flink: Flink's own KafkaSource (offsets "
+        "in Flink's checkpoints, partitions added while the job runs are found and read from their beginning); "
+        "needs Maven for the connector jars, like exactly_once")
+    partition_discovery_interval_ms: int = Field(
+        10_000, gt=0, description="source flink: how often the source looks for new partitions of the topic")
+    consumer: dict[str, Any] = Field(default_factory=dict, description="extra confluent-kafka consumer settings "
+                                     "(source flink: those the Java client knows by the same name pass through)")
     producer: dict[str, Any] = Field(default_factory=dict, description="extra confluent-kafka producer settings")
     delivery: Literal["at_least_once", "exactly_once"] = Field(
         "at_least_once", description="at_least_once: the Python sink, each micro-batch acknowledged before a "
@@ -41,9 +49,20 @@ class KafkaSettings(_Section):
     transactional_id_prefix: str | None = Field(
         None, description="exactly_once: prefix of the sink's Kafka transactional ids (default: job_name); "
         "unique per job on a cluster and the same across restarts of one job")
+    shadow_topic: str | None = Field(None, description="shadow models' predictions (never the main output); "
+                                     "default <output_topic>-shadow")
+    comparison_topic: str | None = Field(None, description="the champion/challenger comparison, one JSON record "
+                                         "per window and pair; default <output_topic>-comparison")
     transaction_timeout_ms: int = Field(
         600_000, gt=0, description="exactly_once: Kafka transaction.timeout.ms; above the longest checkpoint "
         "+ restart, at most the broker's transaction.max.timeout.ms (15 min by default)")
+
+
+    def shadow_topic_name(self) -> str:
+        return self.shadow_topic or f"{self.output_topic}-shadow"
+
+    def comparison_topic_name(self) -> str:
+        return self.comparison_topic or f"{self.output_topic}-comparison"
 
 
 class EventSettings(_Section):
@@ -115,6 +134,13 @@ class FeatureSettings(_Section):
         return MissingEntityPolicy(OnMissingEntity(self.on_missing), dict(self.defaults))
 
 
+class CanarySettings(_Section):
+    path: str = Field(description="the canary's model file")
+    share: float = Field(0.1, ge=0, le=1, description="the share of entities it serves (0: none)")
+    salt: str | None = Field(None, description="what picks its entities (the same salt picks the same entities "
+                             "on every host, engine and restart); default: the job_name")
+
+
 class ModelSettings(_Section):
     path: str = Field(DEFAULT_MODEL_PATH, description="the model file (replace it to deploy a new version); "
                       "or, instead, follow a registry deployment (registry, name, env)")
@@ -136,8 +162,21 @@ class ModelSettings(_Section):
     trusted_types: list[str] | None = Field(None, description="extra types a .skops file may instantiate, "
                                             "after review (CLI: --trusted-type)")
 
+    shadows: list[str] = Field(default_factory=list, description="model files scored beside the champion on "
+                               "every micro-batch, their predictions to kafka.shadow_topic (with model.registry: "
+                               "the deployment's shadows instead, `registry promote --role shadow`)")
+    canary: CanarySettings | None = Field(None, description="a model file serving a stable share of the entities "
+                                          "(with model.registry: `registry promote --role canary --share S`)")
+    shadow_budget_ms: float = Field(200.0, gt=0, description="longest a micro-batch waits for its shadows (counted "
+                                    "from the batch's start; the champion scores meanwhile): a shadow not done by "
+                                    "then skips the batch (metric shadow_skipped), the champion's output goes on")
+    comparison_window_s: float = Field(10.0, gt=0, description="the champion/challenger comparison's window")
+
     @model_validator(mode="after")
     def _one_way_to_name_the_model(self) -> "ModelSettings":
+        if self.registry is not None and (self.shadows or self.canary):
+            raise ValueError("model.shadows and model.canary are for model files; a registry deployment names "
+                             "its own (registry promote --role shadow|canary)")
         if self.registry is not None:
             if self.path != DEFAULT_MODEL_PATH:      # (a config written by to_yaml has the default)
                 raise ValueError("model.path and model.registry are two ways to name the model: give one")
@@ -162,6 +201,23 @@ class ModelSettings(_Section):
 
         shm = feature_store if feature_store and feature_store.startswith(("plasma:", "arrow-shm:")) else None
         return FollowSpec(self.registry, self.name, self.env, self.follow_interval_s, feature_store=shm)
+
+    @property
+    def has_experiments(self) -> bool:
+        """Challengers may run beside the champion: file shadows/canary, or a followed deployment's."""
+        return bool(self.shadows or self.canary or self.follows_registry)
+
+    def challenger_plan(self, job_name: str):
+        """The file shadows and canary as a ``ChallengerPlan`` (None when following a registry,
+        whose deployment hands the plan to the scorer)."""
+        if self.follows_registry:
+            return None
+        from model_formats.reloading import Candidate, ChallengerOffer, ChallengerPlan
+
+        offers = [ChallengerOffer("shadow", Candidate(Path(p))) for p in self.shadows]
+        if self.canary is not None:
+            offers.append(ChallengerOffer("canary", Candidate(Path(self.canary.path)), self.canary.share))
+        return ChallengerPlan(tuple(offers), self.canary.salt or job_name if self.canary else job_name)
 
     def check_interval_s(self) -> float:
         """How often the scorer asks its source for a new version: a file is stat()ed every

@@ -4,7 +4,11 @@ summary table, and one JSON object as the very last line.
 The job follows a registry (SQLite in the demo's folder unless ``--registry`` names another):
 two versions of the demo model are registered with the feature snapshot they were trained on,
 version 1 is the production champion when the job starts, version 2 is promoted mid-run. The
-host's Plasma store is materialized from the registry snapshot (no ``features load``)."""
+host's Plasma store is materialized from the registry snapshot (no ``features load``).
+
+``--experiment``: no promotion; version 2 runs as a shadow and a third version as a canary for 10 %
+of the entities beside the champion, and the demo prints the in-stream comparison and writes its
+HTML report."""
 from __future__ import annotations
 
 import json
@@ -41,6 +45,9 @@ class DemoOptions:
     broker: str = "tansu"         # embedded broker: tansu | kafka (Apache Kafka)
     registry: str | None = None   # registry URI; None: a SQLite file in the demo's folder
     promote_at: float = 0.5       # share of the events produced when version 2 is promoted
+    experiment: bool = False      # instead of the mid-run promotion: version 2 as shadow, a canary
+    canary_share: float = 0.1     # experiment: the canary's share of the entities
+    html: Path | None = None      # experiment: where the comparison report goes (default: the workdir)
 
 
 DEMO_MODEL = "demo-fraud"         # the registered model the demo job follows
@@ -95,6 +102,22 @@ def prepare_registry(stack: EmbeddedStack, uri: str | None = None, say=print) ->
     return DemoRegistry(reg, uri, first, second, snap.ref)
 
 
+def start_experiment(demo_registry: DemoRegistry, share: float, say=print) -> int:
+    """Version 2 as a shadow of the production champion, and a third version (version 2's
+    artifact registered again) as the canary serving ``share`` of the entities: the canary's
+    version."""
+    reg = demo_registry.registry
+    who = dict(actor=DEMO_ACTOR)
+    first = reg.model_version(DEMO_MODEL, demo_registry.second)
+    canary = reg.register_model(DEMO_MODEL, first.uri, feature_set=reg.snapshot(demo_registry.snapshot),
+                                reason="the demo's canary (version 2's model)", **who)
+    reg.promote(DEMO_MODEL, demo_registry.second, DEMO_ENV, role="shadow", reason="the demo's shadow", **who)
+    reg.promote(DEMO_MODEL, canary.version, DEMO_ENV, role="canary", share=share, reason="the demo's canary", **who)
+    say(f"  {DEMO_ENV}: champion version {demo_registry.first}, shadow version {demo_registry.second}, "
+        f"canary version {canary.version} for {share:.0%} of the entities")
+    return canary.version
+
+
 def demo_records(opts: DemoOptions) -> list[dict | bytes]:
     """Good events with a sprinkling of each kind of bad event."""
     return demo_records_with_reasons(opts)[0]
@@ -138,8 +161,15 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
     with EmbeddedStack(opts.workdir, opts.entities, say=say, broker=opts.broker, load_features=False) as stack:
         say("preparing the registry…")
         demo_registry = prepare_registry(stack, opts.registry, say)
+        canary_version = start_experiment(demo_registry, opts.canary_share, say) if opts.experiment else None
         cfg = stack.job_config("demo", opts.partitions, flink__parallelism=opts.parallelism)
-        cfg.model = ModelSettings(registry=demo_registry.uri, name=DEMO_MODEL, env=DEMO_ENV)
+        cfg.model = ModelSettings(registry=demo_registry.uri, name=DEMO_MODEL, env=DEMO_ENV,
+                                  comparison_window_s=EXPERIMENT_WINDOW_S if opts.experiment else 10.0)
+        if opts.experiment:
+            from connectors.kafka.clients import ensure_topics
+
+            ensure_topics(cfg.kafka.bootstrap_servers, {cfg.kafka.shadow_topic_name(): opts.partitions,
+                                                        cfg.kafka.comparison_topic_name(): 1})
         with console.status("starting the scoring job in a local Flink MiniCluster (JVM, Python workers)…"):
             job, reader = stack.start_job(cfg)
         say(f"the scoring job is up (log: {job.log_path})")
@@ -159,7 +189,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
             promoted = False
             with Live(console=console, refresh_per_second=4, transient=True) as live:
                 while thread.is_alive():
-                    if not promoted and produced["n"] >= promote_after:
+                    if not promoted and produced["n"] >= promote_after and not opts.experiment:
                         demo_registry.registry.promote(DEMO_MODEL, demo_registry.second, DEMO_ENV, actor=DEMO_ACTOR,
                                                        reason="mid-run promotion by the demo")
                         promoted = True
@@ -174,7 +204,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
                     job.check_alive()
                     time.sleep(0.25)
                 thread.join()
-                if not promoted:          # a tiny run: promote now, the rest is scored by version 2
+                if not promoted and not opts.experiment:   # a tiny run: promote now, the rest by version 2
                     demo_registry.registry.promote(DEMO_MODEL, demo_registry.second, DEMO_ENV, actor=DEMO_ACTOR,
                                                    reason="promotion by the demo")
 
@@ -183,6 +213,10 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
                 tally = reader.wait_for(set(inputs), timeout_s=opts.timeout_s, stall_s=120,
                                         on_progress=progress, check=job.check_alive)
             summary = summarize(tally, inputs, started, opts)
+            if opts.experiment:
+                del summary["switches_per_partition"]       # the canary's entities interleave by design
+                summary.update(experiment_summary(stack, cfg, reader, tally, inputs, demo_registry, canary_version,
+                                                  opts, say))
             summary["job_metrics"] = output_metrics(job.rest())
             summary["features"] = sorted({tally.predictions[c].get("features") for c in inputs
                                           if c in tally.predictions})
@@ -196,7 +230,55 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
             demo_registry.registry.close()
 
 
-_OUTPUT_METRIC = re.compile(r"\.(predictions_out|dead_letters_out|dead_letters\.\w+)$")
+EXPERIMENT_WINDOW_S = 2.0         # the demo's comparison window (short: a run takes seconds)
+
+
+def experiment_summary(stack, cfg, reader, tally: Tally, inputs: list[str], demo_registry: DemoRegistry,
+                       canary_version: int, opts: DemoOptions, say) -> dict:
+    """Close the last comparison window (a few trailing events after it ends), wait until the
+    registry has every window, and sum up: events compared and agreement per challenger, the
+    canary's observed share, the HTML report."""
+    from jobs.experiment_report import render_html
+    from operators.experiments import merge_windows
+
+    reg = demo_registry.registry
+    time.sleep(EXPERIMENT_WINDOW_S)
+    trailing = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic,
+                       demo_data.events(10, opts.entities, seed=5, prefix="warmup-trailing"), encode=demo_data.encode)
+    reader.wait_for(set(trailing), timeout_s=60)
+    stable_since, last = time.monotonic(), None
+    while time.monotonic() - stable_since < 3 * cfg.model.follow_interval_s + 1:   # the follower records them
+        now = [len(reg.comparisons(DEMO_MODEL, DEMO_ENV, v)) for v in (demo_registry.second, canary_version)]
+        if now != last:
+            stable_since, last = time.monotonic(), now
+        time.sleep(0.2)
+    challengers = {}
+    for role, version in (("shadow", demo_registry.second), ("canary", canary_version)):
+        windows = reg.comparisons(DEMO_MODEL, DEMO_ENV, version)
+        if windows:
+            challengers[role] = (version, windows, merge_windows(windows))
+    served = [tally.predictions[c] for c in inputs if c in tally.predictions]
+    out = {"canary_share_observed": round(sum(p["role"] == "canary" for p in served) / len(served), 4)
+           if served else None, "canary_share_target": opts.canary_share, "comparison": {}}
+    for role, (version, windows, total) in challengers.items():
+        out["comparison"][role] = {k: total[k] for k in ("champion", "challenger", "windows", "compared",
+                                                         "agreement", "score_diff_mean", "psi")}
+    shadow = out["comparison"].get("shadow", {})
+    out["shadow_compared"] = shadow.get("compared", 0)
+    out["agreement"] = round(shadow["agreement"], 4) if shadow.get("agreement") is not None else None
+    if "shadow" in challengers:
+        version, windows, total = challengers["shadow"]
+        path = opts.html or (opts.workdir / "experiment-report.html" if opts.workdir else
+                             Path("experiment-report.html"))       # a temporary workdir is removed
+        path.write_text(render_html(windows, f"{DEMO_MODEL} in {DEMO_ENV}: {total['champion']} vs "
+                                             f"{total['challenger']} (shadow)"))
+        out["html_report"] = str(path)
+        say(f"comparison report written to {path}")
+    return out
+
+
+_OUTPUT_METRIC = re.compile(r"\.(predictions_out|dead_letters_out|dead_letters\.\w+|shadow_skipped|"
+                            r"shadow_batches|canary_served|shadow_predictions_out|comparisons_out)$")
 
 
 def output_metrics(rest: FlinkRest) -> dict[str, float]:
@@ -228,8 +310,20 @@ def render(summary: dict, console: Console) -> None:
     for line in summary.get("registry_history", []):
         table.add_row("registry history", line)
     console.print(table)
+    if summary.get("comparison"):
+        comparison = Table(title="challengers against the champion (in-stream comparison, from the registry)")
+        for col in ("role", "champion", "challenger", "windows", "compared", "agreement", "|diff| mean", "PSI"):
+            comparison.add_column(col, justify="left" if col in ("role", "champion", "challenger") else "right")
+        for role, c in summary["comparison"].items():
+            comparison.add_row(role, c["champion"], c["challenger"], str(c["windows"]), f"{c['compared']:,}",
+                               *(("n/a" if c[k] is None else f"{c[k]:.4f}") for k in ("agreement", "score_diff_mean",
+                                                                                       "psi")))
+        console.print(comparison)
+        console.print(f"canary share observed {summary['canary_share_observed']} "
+                      f"(target {summary['canary_share_target']}); report: {summary.get('html_report')}")
 
 
 def to_json_line(summary: dict) -> str:
-    keys = ("events_in", "predictions_out", "dead_letters", "throughput_eps", "p50_ms", "p99_ms", "per_version")
+    keys = ("events_in", "predictions_out", "dead_letters", "throughput_eps", "p50_ms", "p99_ms", "per_version",
+            "shadow_compared", "agreement", "canary_share_observed")
     return json.dumps({k: summary[k] for k in keys if k in summary})

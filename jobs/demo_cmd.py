@@ -27,6 +27,13 @@ def register(subparsers) -> None:
     parser.add_argument("--workdir", type=Path, help="keep logs, config and checkpoints here (default: a temp dir, removed)")
     parser.add_argument("--registry", help="the registry the job follows (default: a SQLite file in the demo's folder; "
                         "e.g. postgresql://postgres@127.0.0.1:5432/test?schema=demo)")
+    parser.add_argument("--experiment", action="store_true",
+                        help="a live experiment instead of the mid-run promotion: version 2 as a shadow and a "
+                        "canary serving --canary-share of the entities beside the champion; prints the in-stream "
+                        "comparison and writes its HTML report")
+    parser.add_argument("--canary-share", type=float, default=0.1, help="--experiment: the canary's share (0.1)")
+    parser.add_argument("--html", type=Path, help="--experiment: write the comparison report here "
+                        "(default: experiment-report.html in the workdir)")
     parser.set_defaults(func=_run)
 
 
@@ -38,7 +45,8 @@ def _run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     opts = DemoOptions(events=args.events, rate=args.rate, partitions=args.partitions,
                        parallelism=args.parallelism, bad_fraction=args.bad_fraction, workdir=args.workdir,
-                       broker=args.broker, registry=args.registry)
+                       broker=args.broker, registry=args.registry, experiment=args.experiment,
+                       canary_share=args.canary_share, html=args.html)
     try:
         summary = run_demo(opts, console)
     except KeyboardInterrupt:

@@ -134,6 +134,9 @@ def check_topics(cfg: JobConfig, timeout_s: float = 5.0) -> dict[str, int]:
     wanted = {"kafka.input_topic": k.input_topic}
     if cfg.sink.kind in ("kafka", "both"):
         wanted.update({"kafka.output_topic": k.output_topic, "kafka.dead_letter_topic": k.dead_letter_topic})
+        if cfg.model.shadows or cfg.model.canary:     # a followed deployment's are optional (see kafka_sink)
+            wanted.update({"kafka.shadow_topic": k.shadow_topic_name(),
+                           "kafka.comparison_topic": k.comparison_topic_name()})
     found = {}
     for key, name in wanted.items():
         md = topics.get(name)

@@ -15,6 +15,9 @@ EXAMPLES = """examples:
   streamscore registry register fraud models:/fraud@champion --reason "from MLflow"
   streamscore registry promote fraud 2 integration --reason "passes the offline check"
   streamscore registry promote fraud 2 qa --features customers@3 --reason "QA sign-off"
+  streamscore registry promote fraud 3 --env production --role shadow --reason "score live traffic beside v2"
+  streamscore registry promote fraud 4 --env production --role canary --share 0.1 --reason "serve 10 %"
+  streamscore registry retire fraud 3 --env production --role shadow --reason "evidence collected"
   streamscore registry rollback fraud qa --reason "score drift"
   streamscore registry show fraud/2          # sha256, schema, metadata of a version
   streamscore registry show fraud --env qa   # what qa serves (revision, champion, snapshot)
@@ -83,7 +86,13 @@ def register(subparsers) -> None:
              "conflict.", "streamscore registry promote fraud 3 production --reason 'QA passed' --features customers@4")
     p.add_argument("name")
     p.add_argument("version")
-    p.add_argument("env")
+    p.add_argument("env", nargs="?", help="the environment (or --env)")
+    p.add_argument("--env", dest="env_option", metavar="ENV", help="the environment (instead of the positional)")
+    p.add_argument("--role", choices=("champion", "shadow", "canary"), default="champion",
+                   help="champion (default); shadow: scored beside the champion on every event, predictions to "
+                   "the shadow topic, never served; canary: serves --share of the entities (replaces a canary)")
+    p.add_argument("--share", type=float, metavar="SHARE", help="canary: share of the entities it serves "
+                   "(default 0.1; 0 ends the canary)")
     p.add_argument("--features", metavar="SNAPSHOT[@VERSION]", help="feature snapshot to pin (default: the one "
                    "pinned now, else the newest of the model's feature set)")
     p.add_argument("--event-fields", metavar="FIELD[:TYPE],...", help="event fields beyond the environment's")
@@ -105,11 +114,16 @@ def register(subparsers) -> None:
     _change_args(p)
     p.set_defaults(func=cmd_rollback)
 
-    p = _sub(sub, "retire", "mark a version as not promotable any more",
+    p = _sub(sub, "retire", "mark a version as not promotable any more, or end its shadow/canary role",
              "A retired version stays in the registry (immutable) but cannot be promoted; a serving version "
-             "cannot be retired.", "streamscore registry retire fraud 1 --reason 'superseded'")
+             "cannot be retired. With --env and --role shadow|canary: end that role of the version in ENV "
+             "(the job stops scoring it; the version stays promotable).",
+             "streamscore registry retire fraud 1 --reason 'superseded'\n"
+             "  streamscore registry retire fraud 3 --env production --role shadow --reason 'enough evidence'")
     p.add_argument("name")
     p.add_argument("version")
+    p.add_argument("--env", help="with --role: the environment whose shadow/canary ends")
+    p.add_argument("--role", choices=("shadow", "canary"), help="end this role of the version in --env")
     _change_args(p)
     p.set_defaults(func=cmd_retire)
 
@@ -315,6 +329,11 @@ def cmd_show(args) -> int:
         console.print(f"[bold]{d.name}[/bold] in [bold]{d.env}[/bold]: revision {d.revision}, champion "
                       f"v{d.champion.version} (sha256 {d.champion.sha256}), features {f.ref + ' ' + f.uri if f else 'none'}"
                       f"; changed {_when(d.updated_at)} by {d.updated_by}")
+        for shadow in d.shadows:
+            console.print(f"  shadow v{shadow.version} (sha256 {shadow.sha256})")
+        if d.canary is not None:
+            console.print(f"  canary v{d.canary.version} (sha256 {d.canary.sha256}) serving "
+                          f"{d.canary_share:.1%} of the entities")
         return 0
     if "@" in ref:
         s = reg.snapshot(ref)
@@ -362,8 +381,10 @@ def _print_deployment(args, d, verb: str) -> int:
     if args.json:
         _print_json(d.to_dict())
         return 0
+    extra = "".join([f", shadow v{s.version}" for s in d.shadows] +
+                    ([f", canary v{d.canary.version} for {d.canary_share:.0%} of entities"] if d.canary else []))
     _console().print(f"{verb}: [bold]{d.name}[/bold] in [bold]{d.env}[/bold] serves v{d.champion.version}"
-                     f"{' with ' + d.features.ref if d.features else ''} (revision {d.revision})")
+                     f"{' with ' + d.features.ref if d.features else ''}{extra} (revision {d.revision})")
     return 0
 
 
@@ -375,10 +396,14 @@ def cmd_promote(args) -> int:
         from registry import Gate
         gate = Gate(min_agreement=args.require_agreement if args.require_agreement is not None else 0.0,
                     min_compared=args.min_compared, max_psi=args.max_psi)
-    d = reg.promote(args.name, args.version, args.env, actor=_actor(args), reason=args.reason,
+    from jobs.errors import UserError
+    if (args.env is None) == (args.env_option is None):
+        raise UserError("name the environment once: `promote NAME VERSION ENV` or `--env ENV`")
+    env = args.env or args.env_option
+    d = reg.promote(args.name, args.version, env, actor=_actor(args), reason=args.reason,
                     features=args.features, event_fields=args.event_fields, expected_revision=args.expected_revision,
-                    gate=gate)
-    return _print_deployment(args, d, "promoted")
+                    gate=gate, role=args.role, share=args.share)
+    return _print_deployment(args, d, "promoted" if args.role == "champion" else f"{args.role} set")
 
 
 @registry_errors
@@ -441,6 +466,12 @@ def cmd_rollback(args) -> int:
 @registry_errors
 def cmd_retire(args) -> int:
     reg = open_from_args(args)
+    if args.role or args.env:
+        from jobs.errors import UserError
+        if not (args.role and args.env):
+            raise UserError("ending a role needs both --env and --role (shadow or canary)")
+        d = reg.end_role(args.name, args.version, args.env, args.role, actor=_actor(args), reason=args.reason)
+        return _print_deployment(args, d, f"{args.role} v{args.version} ended")
     mv = reg.retire(args.name, args.version, actor=_actor(args), reason=args.reason)
     if args.json:
         _print_json(mv.to_dict())

@@ -21,7 +21,7 @@ from jobs.run_cmd import add_job_arguments, config_from_args  # noqa: F401 (also
 from operators.flink.enrich import enrich
 from operators.flink.file_sink import file_targets, write_to_files
 from operators.flink.kafka_sink import write_to_kafka, write_to_kafka_exactly_once
-from operators.flink.kafka_source import kafka_micro_batches
+from operators.flink.kafka_source import flink_kafka_micro_batches, kafka_micro_batches
 from operators.flink.score import score_micro_batches
 from operators.flink.worker import WorkerSettings
 from operators.flink.worker import prepare_process as prepare_worker
@@ -70,6 +70,17 @@ def flink_configuration(cfg: JobConfig) -> Configuration:
 def micro_batches(env: StreamExecutionEnvironment, cfg: JobConfig) -> DataStream:
     """The job's source: decoded micro-batches from every partition of the input topic."""
     k = cfg.kafka
+    if k.source == "flink":          # build() put the connector jars in pipeline.jars
+        return flink_kafka_micro_batches(
+            env,
+            consumer_config=consumer_config(k.bootstrap_servers, k.group_id, k.consumer),
+            topic=k.input_topic,
+            start=k.start_from,
+            decoder=cfg.events.decoder_spec(),
+            max_events=cfg.batch.max_events,
+            max_delay_ms=cfg.batch.poll_timeout_ms,
+            discovery_interval_ms=k.partition_discovery_interval_ms,
+        )
     return kafka_micro_batches(
         env,
         consumer_config=consumer_config(k.bootstrap_servers, k.group_id, k.consumer),
@@ -84,36 +95,50 @@ def micro_batches(env: StreamExecutionEnvironment, cfg: JobConfig) -> DataStream
     )
 
 
-def exactly_once_jars() -> list[Path]:
-    """The jars the exactly-once Kafka sink needs in ``pipeline.jars``: Flink's Kafka connector
-    (Maven Central, pom profile ``flink-kafka``) and the record serializer built from
-    ``flink-conf/maven/kafka-records`` (both fetched or built by ``mvn`` once, then cached)."""
+def kafka_connector_jars() -> list[Path]:
+    """The jars Flink's own Kafka source and exactly-once sink need in ``pipeline.jars``: Flink's
+    Kafka connector (Maven Central, pom profile ``flink-kafka``) and streamscore's record
+    (de)serializers built from ``flink-conf/maven/kafka-records`` (both fetched or built by ``mvn``
+    once, then cached)."""
     from connectors.embedded.maven import POM, built_jar, jars
     return [*sorted(jars("flink-kafka").glob("*.jar")), built_jar(POM.parent / "kafka-records")]
+
+
+def needs_kafka_connector(cfg: JobConfig) -> bool:
+    """Whether the job runs Flink's own Kafka source or exactly-once sink (:func:`kafka_connector_jars`)."""
+    kafka_sink = cfg.sink.kind in ("kafka", "both")
+    return cfg.kafka.source == "flink" or (kafka_sink and cfg.kafka.delivery == "exactly_once")
 
 
 def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
     """Wire the pipeline onto ``env``."""
     k = cfg.kafka
     schema = cfg.events.schema()
+    if needs_kafka_connector(cfg):
+        env.add_jars(*(jar.as_uri() for jar in kafka_connector_jars()))
     batches = micro_batches(env, cfg)
     f = cfg.features
     enriched = enrich(batches, store_uri=f.store, key_field=schema.key_field, retry=f.retry_policy(),
                       capacity=f.capacity, missing=f.missing_policy())
-    scored = score_micro_batches(enriched, model=cfg.model.source(f.store), schema=schema,
-                                 intra_op_threads=cfg.model.intra_op_threads,
-                                 reload_interval_s=cfg.model.check_interval_s(),
-                                 load_options=cfg.model.load_options())
+    m = cfg.model
+    scored = score_micro_batches(enriched, model=m.source(f.store), schema=schema,
+                                 intra_op_threads=m.intra_op_threads,
+                                 reload_interval_s=m.check_interval_s(),
+                                 load_options=m.load_options(),
+                                 experiments=m.has_experiments, challengers=m.challenger_plan(cfg.job_name),
+                                 shadow_budget_ms=m.shadow_budget_ms,
+                                 comparison_window_ms=int(m.comparison_window_s * 1000))
+    experiment_topics = dict(shadow_topic=k.shadow_topic_name(), comparison_topic=k.comparison_topic_name()) \
+        if m.has_experiments else {}
     s = cfg.sink
     if s.kind in ("kafka", "both") and k.delivery == "exactly_once":
-        env.add_jars(*(jar.as_uri() for jar in exactly_once_jars()))
         write_to_kafka_exactly_once(scored, bootstrap_servers=k.bootstrap_servers, topic=k.output_topic,
                                     dead_letter_topic=k.dead_letter_topic,
                                     transactional_id_prefix=k.transactional_id_prefix or cfg.job_name,
-                                    transaction_timeout_ms=k.transaction_timeout_ms)
+                                    transaction_timeout_ms=k.transaction_timeout_ms, **experiment_topics)
     elif s.kind in ("kafka", "both"):
         write_to_kafka(scored, producer_config=producer_config(k.bootstrap_servers, k.producer),
-                       topic=k.output_topic, dead_letter_topic=k.dead_letter_topic)
+                       topic=k.output_topic, dead_letter_topic=k.dead_letter_topic, **experiment_topics)
     if s.kind in ("files", "both"):
         write_to_files(scored, file_targets(s.path, s.format, s.partitioning, int(s.roll_size_mb * (1 << 20)),
                                             s.roll_interval_s, s.include_dead_letters))

@@ -40,6 +40,39 @@ class Candidate:
         return f"{who} ({self.path})" if self.name or self.version else str(self.path)
 
 
+@dataclass(frozen=True)
+class ChallengerOffer:
+    """A model to score beside the serving one: ``role`` ``shadow`` (scored, never served) or
+    ``canary`` (serves ``share`` of the entities). ``error``: it could not be fetched (the scorer
+    skips it, counted)."""
+    role: str
+    candidate: Candidate | None
+    share: float = 1.0
+    error: str | None = None
+
+    @property
+    def key(self) -> tuple:
+        """What identifies the model itself (a new offer of the same key keeps the loaded model)."""
+        c = self.candidate
+        return (self.role, str(c.path) if c else None, c.name if c else None, c.version if c else None)
+
+
+@dataclass(frozen=True)
+class ChallengerPlan:
+    """Every challenger a scorer runs beside its serving model, and the ``salt`` that picks the
+    canary's entities (the deployment: the same entities on every host, engine and restart)."""
+    challengers: tuple[ChallengerOffer, ...] = ()
+    salt: str = ""
+
+    @property
+    def canary(self) -> ChallengerOffer | None:
+        return next((c for c in self.challengers if c.role == "canary" and c.share > 0), None)
+
+    @property
+    def shadows(self) -> tuple[ChallengerOffer, ...]:
+        return tuple(c for c in self.challengers if c.role == "shadow")
+
+
 @runtime_checkable
 class ModelSource(Protocol):
     """Where a serving model's next version comes from (called from the scoring thread only)."""

@@ -14,13 +14,20 @@ True
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import re
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
+
+from operators.batch import MicroBatch
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # canary: a stable share of entities
@@ -285,3 +292,318 @@ def _histogram(scores: np.ndarray, bins: Sequence[float]) -> np.ndarray:
 
 def _p(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
+
+
+# ---------------------------------------------------------------------------------------------
+# the comparison windows of a running scorer
+
+
+class ComparisonWindows:
+    """The open :class:`WindowComparison` of each (role, champion, challenger) pair of one scorer,
+    on processing-time windows of ``window_ms`` (aligned to the epoch, so every scorer's windows
+    start together). A window closes with the first batch after its end; :meth:`add` and
+    :meth:`close_due` return the summaries of the windows that closed, each tagged with the
+    challenger's ``role`` and the ``scorer`` (the subtask) that computed it."""
+
+    def __init__(self, window_ms: int, scorer: int = 0) -> None:
+        if window_ms <= 0:
+            raise ValueError(f"comparison window must be positive, not {window_ms} ms")
+        self.window_ms = int(window_ms)
+        self.scorer = scorer
+        self._open: dict[tuple[str, str, str], WindowComparison] = {}
+        self.last: dict[tuple[str, str, str], dict[str, Any]] = {}   # the newest closed summary per pair
+
+    def add(self, now_ms: float, role: str, champion: str, challenger: str, champion_rows: pa.RecordBatch,
+            challenger_rows: pa.RecordBatch, champion_ms: float | None = None,
+            challenger_ms: float | None = None) -> list[dict[str, Any]]:
+        """Add one batch's predictions of both models (``PREDICTION_FIELDS``; matched by the input's
+        coordinates, so rows either model refused are left out)."""
+        closed = self.close_due(now_ms)
+        start = int(now_ms // self.window_ms * self.window_ms)
+        key = (role, champion, challenger)
+        window = self._open.get(key)
+        if window is None:
+            window = self._open[key] = WindowComparison(champion, challenger, start)
+        a, b = align_predictions(champion_rows, challenger_rows)
+        if len(a):
+            window.add(champion_rows.column("score").to_numpy(zero_copy_only=False)[a],
+                       np.asarray(champion_rows.column("label").to_pylist(), dtype=object)[a],
+                       challenger_rows.column("score").to_numpy(zero_copy_only=False)[b],
+                       np.asarray(challenger_rows.column("label").to_pylist(), dtype=object)[b],
+                       champion_ms, challenger_ms)
+        return closed
+
+    def close_due(self, now_ms: float) -> list[dict[str, Any]]:
+        """Close and summarize every window that ended before ``now_ms`` (and compared something)."""
+        out = []
+        for key, window in list(self._open.items()):
+            if now_ms >= window.window_start_ms + self.window_ms:
+                del self._open[key]
+                if window.compared:
+                    summary = {**window.summary(), "role": key[0], "scorer": self.scorer,
+                               "window_ms": self.window_ms}
+                    self.last[key] = summary
+                    out.append(summary)
+        return out
+
+
+def align_predictions(champion: pa.RecordBatch, challenger: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of the same inputs in two models' predictions of one batch (a challenger's
+    ``prediction_id`` is the champion's plus ``/<model>``): row-aligned already when both scored
+    every event, matched by id when either refused some."""
+    n, m = champion.num_rows, challenger.num_rows
+    if n == 0 or m == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    ids_a = champion.column("prediction_id").to_pylist()
+    ids_b = challenger.column("prediction_id").to_pylist()
+    base_b = [_coordinates(i) for i in ids_b]
+    if n == m and ids_a[0] == base_b[0] and ids_a[-1] == base_b[-1] and ids_a == base_b:
+        idx = np.arange(n, dtype=np.int64)
+        return idx, idx
+    where = {pid: row for row, pid in enumerate(ids_a)}
+    pairs = [(where[pid], row) for row, pid in enumerate(base_b) if pid in where]
+    if not pairs:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    a, b = zip(*pairs)
+    return np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+
+
+def _coordinates(prediction_id: str) -> str:
+    """``topic/partition/offset`` of a prediction id (a challenger's has ``/<model>`` after it)."""
+    return "/".join(prediction_id.split("/", 3)[:3])     # Kafka topic names have no "/"
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring a micro-batch with the champion and its challengers
+
+
+@dataclass
+class _Challenger:
+    offer: Any                            # model_formats.reloading.ChallengerOffer
+    thread: Any                           # a one-thread executor: loads, then scores (shadows)
+    loading: Any = None                   # the load's future
+    model: Any = None
+    error: str | None = None
+    pending: Any = None                   # a shadow's scoring in flight
+    failures: int = 0                     # a shadow's batches in a row that raised or missed the budget
+    resume_at: float = 0.0                # a failing shadow sits out batches until then (monotonic s)
+
+    def failed(self) -> None:
+        """One more batch in a row failed: from the third on, sit out 1 s, 2 s, 4 s … (at most
+        ``BACKOFF_MAX_S``) before the next try, so a shadow that always fails costs nothing."""
+        self.failures += 1
+        if self.failures >= BACKOFF_AFTER:
+            self.resume_at = time.monotonic() + min(BACKOFF_MAX_S, 2.0 ** (self.failures - BACKOFF_AFTER))
+
+    def ready(self) -> bool:
+        """Loaded (waiting for nothing); a failed load sets ``error``."""
+        if self.model is None and self.error is None and self.loading is not None and self.loading.done():
+            try:
+                self.model = self.loading.result()
+            except Exception as exc:  # noqa: BLE001 - whatever a bad file raises: the challenger is skipped
+                self.error = f"{type(exc).__name__}: {exc}"[:500]
+                log.error("%s %s is not scored, it failed to load: %s", self.offer.role,
+                          self.offer.candidate.describe(), self.error)
+        return self.model is not None
+
+
+SKIP_REASONS = ("load", "error", "budget", "busy", "backoff")
+BACKOFF_AFTER = 3           # failed batches in a row before a shadow sits batches out
+BACKOFF_MAX_S = 60.0
+
+
+class ExperimentScorer:
+    """Scores each micro-batch with the champion and, from a ``ChallengerPlan``, its shadows and
+    canary; engine-independent (the Flink operator and tests call it alike).
+
+    * Canary: events of the entities :func:`canary_mask` picks (``plan.salt``, the canary's
+      share) are served by the canary (main output, role ``canary``, prediction id = the input's
+      coordinates); the rest by the champion. The champion also scores the canary's events, for
+      the comparison and as the fallback: if the canary raises on a batch, the champion's
+      predictions are served for it (counted in ``canary_fallbacks``). Until the canary has
+      loaded (or if it cannot be) the champion serves every event.
+    * Shadows: each loads and scores on a thread of its own, on the same enriched events, while
+      the champion scores; a shadow that failed to load, raises, is still busy with an earlier
+      batch or is not done within ``shadow_budget_ms`` of the batch's start skips the batch
+      (``skipped[reason]``), and its predictions never reach the served output. After three
+      failed batches in a row (raised, or over the budget) a shadow sits out batches for a
+      growing while (``backoff``), so one that always fails costs the champion nothing.
+    * Comparison: each challenger against the champion per window (:class:`ComparisonWindows`);
+      closed windows come out on the batch's ``experiment.comparisons``.
+
+    With an empty plan a batch is scored exactly as a one-model job scores it."""
+
+    def __init__(self, schema: Any, *, shadow_budget_ms: float = 200.0, window_ms: int = 10_000, scorer: int = 0,
+                 loader: Any = None, **load_options) -> None:
+        """``loader(candidate)``: how a challenger's model is loaded (default ``load_model`` with
+        ``load_options`` and the candidate's name and version)."""
+        self.schema = schema
+        self.shadow_budget_ms = float(shadow_budget_ms)
+        self.windows = ComparisonWindows(window_ms, scorer)
+        self._loader = loader or (lambda c: _load(c, load_options))
+        self._plan: Any = None
+        self._challengers: dict[tuple, _Challenger] = {}
+        self.skipped: dict[str, int] = {reason: 0 for reason in SKIP_REASONS}
+        self.shadow_batches = 0                 # batches a shadow scored in time
+        self.canary_events = 0                  # events the canary served
+        self.canary_fallbacks = 0               # batches the canary raised on (the champion served them)
+
+    @property
+    def active(self) -> bool:
+        return bool(self._challengers)
+
+    @property
+    def shadow_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def set_plan(self, plan: Any) -> None:
+        """Run ``plan``'s challengers from now on (unchanged ones keep their loaded model; new
+        ones start loading on their own thread; removed ones are closed)."""
+        if plan is self._plan:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._plan = plan
+        wanted = {offer.key: offer for offer in (plan.challengers if plan else ())}
+        for key in [k for k in self._challengers if k not in wanted]:
+            self._retire(self._challengers.pop(key))
+        for key, offer in wanted.items():
+            current = self._challengers.get(key)
+            if current is not None:
+                current.offer = offer           # e.g. a new canary share
+                continue
+            thread = ThreadPoolExecutor(1, thread_name_prefix=f"{offer.role}-model")
+            challenger = self._challengers[key] = _Challenger(offer, thread)
+            if offer.error or offer.candidate is None:
+                challenger.error = offer.error or "no model"
+            else:
+                challenger.loading = thread.submit(self._loader, offer.candidate)
+
+    def _retire(self, challenger: _Challenger) -> None:
+        def close() -> None:
+            if challenger.loading is not None:
+                try:
+                    challenger.loading.result().close()
+                except Exception:  # noqa: BLE001 - it never loaded
+                    pass
+        challenger.thread.submit(close)
+        challenger.thread.shutdown(wait=False)
+
+    def close(self) -> None:
+        for challenger in self._challengers.values():
+            self._retire(challenger)
+        self._challengers.clear()
+
+    def score(self, batch: MicroBatch, champion: Any, now_ms: float | None = None) -> Any:
+        """The served result of ``batch`` (a ``steps.ScoredBatch``), with ``experiment`` set when the
+        plan has challengers."""
+        from operators import steps
+
+        if not self._challengers or batch.events.num_rows == 0:
+            return steps.score_batch(batch, champion, self.schema)
+        started = steps.now_ms()
+        shadows = [c for c in self._challengers.values() if c.offer.role == steps.SHADOW]
+        canary = next((c for c in self._challengers.values() if c.offer.role == steps.CANARY and c.offer.share > 0),
+                      None)
+        whole = MicroBatch(batch.topic, batch.partition, batch.events, [], batch.polled_at_ms, batch.features)
+        in_flight = []
+        for shadow in shadows:
+            if not shadow.ready():
+                self.skipped["load"] += 1          # failed to load, or still loading
+                continue
+            if shadow.pending is not None and not shadow.pending.done():
+                self.skipped["busy"] += 1
+                continue
+            if shadow.resume_at and time.monotonic() < shadow.resume_at:
+                self.skipped["backoff"] += 1
+                continue
+            shadow.pending = shadow.thread.submit(_timed, steps.score_batch_or_raise, whole, shadow.model,
+                                                  self.schema, steps.SHADOW)
+            in_flight.append(shadow)
+
+        champion_ref = f"{champion.name}@{champion.version}"
+        comparisons: list[dict[str, Any]] = []
+        if canary is not None and canary.ready():
+            mask = canary_mask(batch.events.column(self.schema.key_field), self._plan.salt, canary.offer.share)
+        else:
+            mask = None
+        if mask is not None and mask.any():
+            mine, theirs = steps.split_for_canary(batch, mask)
+            t0 = steps.now_ms()
+            champion_part = steps.score_batch(mine, champion, self.schema)
+            champion_on_canary = steps.score_batch(theirs, champion, self.schema)
+            champion_ms = steps.now_ms() - t0
+            try:
+                canary_part, canary_ms = _timed(steps.score_batch_or_raise, theirs, canary.model, self.schema,
+                                                steps.CANARY, True)
+            except Exception as exc:  # noqa: BLE001 - a failing canary must not lose events: the champion serves
+                self.canary_fallbacks += 1
+                log.error("canary %s raised on a batch of %d events, the champion serves them: %s: %s",
+                          canary.offer.candidate.describe(), theirs.events.num_rows, type(exc).__name__,
+                          str(exc)[:300])
+                served = steps.merge_served(batch, [champion_part, champion_on_canary])
+            else:
+                self.canary_events += canary_part.predictions.num_rows
+                served = steps.merge_served(batch, [champion_part, canary_part])
+                comparisons += self.windows.add(steps.now_ms(), steps.CANARY, champion_ref,
+                                                f"{canary.model.name}@{canary.model.version}",
+                                                champion_on_canary.predictions, canary_part.predictions,
+                                                champion_ms, canary_ms)
+            champion_rows = steps.concat_predictions([champion_part.predictions, champion_on_canary.predictions])
+        else:
+            t0 = steps.now_ms()
+            served = steps.score_batch(batch, champion, self.schema)
+            champion_ms = steps.now_ms() - t0
+            champion_rows = served.predictions
+
+        output = steps.ExperimentOutput()
+        deadline = started + self.shadow_budget_ms
+        for shadow in in_flight:
+            remaining_s = max(0.0, deadline - steps.now_ms()) / 1000.0
+            try:
+                scored, shadow_ms = shadow.pending.result(timeout=remaining_s)
+            except FutureTimeout:
+                self.skipped["budget"] += 1     # it finishes on its thread; its result is dropped
+                shadow.failed()
+                continue
+            except Exception as exc:  # noqa: BLE001 - a failing shadow skips the batch, never the champion's
+                self.skipped["error"] += 1
+                shadow.failed()
+                _log_shadow_error(shadow, exc)
+                continue
+            shadow.failures, shadow.resume_at = 0, 0.0
+            self.shadow_batches += 1
+            output.shadow_predictions.append(scored.predictions)
+            comparisons += self.windows.add(steps.now_ms(), steps.SHADOW, champion_ref,
+                                            f"{shadow.model.name}@{shadow.model.version}", champion_rows,
+                                            scored.predictions, champion_ms, shadow_ms)
+        comparisons += self.windows.close_due(steps.now_ms())
+        output.comparisons = comparisons
+        served.experiment = output
+        return served
+
+
+def _load(candidate: Any, load_options: dict) -> Any:
+    from model_formats import load_model
+
+    identity = {k: v for k, v in (("name", candidate.name), ("version", candidate.version)) if v}
+    return load_model(candidate.path, **{**load_options, **identity})
+
+
+def _timed(function, *args):
+    started = time.perf_counter()
+    result = function(*args)
+    return result, (time.perf_counter() - started) * 1000.0
+
+
+_LOGGED_ERRORS: set[tuple[str, str]] = set()
+
+
+def _log_shadow_error(shadow: _Challenger, exc: BaseException) -> None:
+    """A shadow's failure, logged once per (model, error type): a shadow raising on every batch
+    must not flood the log."""
+    key = (shadow.offer.candidate.describe(), type(exc).__name__)
+    if key not in _LOGGED_ERRORS:
+        _LOGGED_ERRORS.add(key)
+        log.error("shadow %s raised; it skips such batches (counted in shadow_skipped): %s: %s", key[0],
+                  key[1], str(exc)[:300])

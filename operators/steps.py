@@ -112,6 +112,7 @@ def reject_all(batch: MicroBatch, reason: dl.Reason, detail: str) -> MicroBatch:
     return batch.split_off(np.ones(batch.events.num_rows, dtype=bool), reason, detail)
 
 
+SHADOW, CANARY = "shadow", "canary"
 CHAMPION = "champion"   # the role of the served model (a registry deployment's champion): its results
                         # are the job's output; other roles (shadow, canary, challenger) add to it
 
@@ -127,6 +128,7 @@ class ScoredBatch:
     model: str = ""                 # name, version and role of the model that scored it
     model_version: str = ""
     role: str = CHAMPION
+    experiment: "ExperimentOutput | None" = None    # shadows and comparisons of the batch, if any
 
 
 @dataclass(frozen=True)
@@ -135,37 +137,41 @@ class ModelSlot:
 
     The champion's results are the job's predictions and dead letters, exactly those of a
     one-model job (``prediction_id`` = the input's ``topic/partition/offset``). Every other
-    model's predictions have ``prediction_id`` = ``topic/partition/offset/<model name>``: unique
-    per (input record, model), deterministic across replays. Every prediction names its role."""
+    model's predictions have ``prediction_id`` = ``topic/partition/offset/<model name>@<version>``:
+    unique per (input record, model version: a registry deployment's shadows share the champion's
+    name), deterministic across replays. Every prediction names its role."""
     model: Model
     role: str = CHAMPION
 
 
 def score_with_models(batch: MicroBatch, slots: Sequence[ModelSlot], schema: EventSchema) -> list[ScoredBatch]:
-    """Score one micro-batch with several models (the first slot champion, model names unique):
+    """Score one micro-batch with several models (the first slot champion, name@version unique):
     one :class:`ScoredBatch` per model, each validated and scored on its own."""
-    names = [slot.model.name for slot in slots]
+    names = [f"{slot.model.name}@{slot.model.version}" for slot in slots]
     if len(set(names)) != len(names):
-        raise ValueError(f"the models of a job need distinct names (prediction ids use them): {names}")
+        raise ValueError(f"the models of a job need distinct names or versions (prediction ids use them): {names}")
     if not slots or slots[0].role != CHAMPION or any(slot.role == CHAMPION for slot in slots[1:]):
         raise ValueError(f"the first model, and only it, has the role {CHAMPION!r}: {[s.role for s in slots]}")
     return [score_batch(batch, slot.model, schema, role=slot.role) for slot in slots]
 
 
-def score_batch(batch: MicroBatch, model: Model, schema: EventSchema, role: str = CHAMPION) -> ScoredBatch:
+def score_batch(batch: MicroBatch, model: Model, schema: EventSchema, role: str = CHAMPION,
+                served: bool | None = None) -> ScoredBatch:
     """Validate against the model's input schema and score the valid rows in one call; rows the
     model refuses become dead letters with the validator's reason as detail. A runtime failure
     on the batch dead-letters the batch (reason ``scoring_error``) instead of failing the job
-    over and over on the same poison input."""
+    over and over on the same poison input. ``served``: its predictions are the job's output, with
+    the input's coordinates as ``prediction_id`` (default: the champion's are)."""
     try:
-        return score_batch_or_raise(batch, model, schema, role)
+        return score_batch_or_raise(batch, model, schema, role, served)
     except Exception as exc:  # noqa: BLE001 - any model/runtime failure is the batch's fate, not the job's
         failed = reject_all(batch, dl.Reason.SCORING_ERROR, f"{type(exc).__name__}: {exc}"[:500])
-        return ScoredBatch(_prediction_rows(failed, model, schema, None, role), failed.dead_letters, failed,
+        return ScoredBatch(_prediction_rows(failed, model, schema, None, role, served), failed.dead_letters, failed,
                            failed=batch.events.num_rows, model=model.name, model_version=model.version, role=role)
 
 
-def score_batch_or_raise(batch: MicroBatch, model: Model, schema: EventSchema, role: str = CHAMPION) -> ScoredBatch:
+def score_batch_or_raise(batch: MicroBatch, model: Model, schema: EventSchema, role: str = CHAMPION,
+                         served: bool | None = None) -> ScoredBatch:
     """`score_batch` without the safety net: a runtime failure raises (for engines that route failed
     batches themselves, e.g. Beam's ``RunInference.with_exception_handling``)."""
     result = model.validate(batch.events)
@@ -175,13 +181,14 @@ def score_batch_or_raise(batch: MicroBatch, model: Model, schema: EventSchema, r
         batch = batch.split_off(reject, dl.Reason.MODEL_INPUT_REJECTED, list(result.reasons))
     n = batch.events.num_rows
     outputs = model.predict(result.valid) if n else None
-    return ScoredBatch(_prediction_rows(batch, model, schema, outputs, role), batch.dead_letters, batch,
+    return ScoredBatch(_prediction_rows(batch, model, schema, outputs, role, served), batch.dead_letters, batch,
                        rejected=len(result.rejected_index), model=model.name, model_version=model.version,
                        role=role)
 
 
 def _prediction_rows(batch: MicroBatch, model: Model, schema: EventSchema,
-                     outputs: pa.RecordBatch | None, role: str = CHAMPION) -> pa.RecordBatch:
+                     outputs: pa.RecordBatch | None, role: str = CHAMPION,
+                     served: bool | None = None) -> pa.RecordBatch:
     events = batch.events
     n = events.num_rows
     names = list(PREDICTION_FIELDS)
@@ -190,7 +197,7 @@ def _prediction_rows(batch: MicroBatch, model: Model, schema: EventSchema,
     if outputs.num_rows != n:
         raise RuntimeError(f"model {model.name} returned {outputs.num_rows} rows for {n} inputs")
     prefix = f"{batch.topic}/{batch.partition}/"
-    suffix = "" if role == CHAMPION else f"/{model.name}"
+    suffix = "" if (role == CHAMPION if served is None else served) else f"/{model.name}@{model.version}"
     ids = pc.binary_join_element_wise(prefix, pc.cast(events.column(OFFSET_COLUMN), pa.string()), suffix, "")
     arrays = [
         ids,
@@ -214,3 +221,97 @@ def prediction_records(scored: ScoredBatch) -> tuple[list[bytes], list[bytes] | 
     if not values:
         return values, None
     return values, [str(k).encode() for k in scored.predictions.column("entity_id").to_pylist()]
+
+
+# -- live experiments: a canary serving a share of the entities, shadows scored beside -----------
+
+@dataclass
+class ExperimentOutput:
+    """What a micro-batch's challengers produced besides the served output: shadow predictions
+    (for the shadow topic, never the main output) and the comparison windows that closed."""
+    shadow_predictions: list[pa.RecordBatch] = field(default_factory=list)
+    comparisons: list[dict] = field(default_factory=list)
+
+    def shadow_records(self) -> tuple[list[bytes], list[bytes]]:
+        """Kafka record values (JSON) and keys (entity id) of the shadow predictions."""
+        values: list[bytes] = []
+        keys: list[bytes] = []
+        for rows in self.shadow_predictions:
+            values += record_batch_to_json(rows)
+            keys += [str(k).encode() for k in rows.column("entity_id").to_pylist()]
+        return values, keys
+
+    def comparison_records(self) -> tuple[list[bytes], list[bytes]]:
+        """Kafka record values (JSON) and keys (``champion|challenger``) of the closed windows."""
+        import json
+
+        return ([json.dumps(_finite(c), allow_nan=False, default=_json_default).encode() for c in self.comparisons],
+                [f"{c['champion']}|{c['challenger']}".encode() for c in self.comparisons])
+
+
+def _finite(value):
+    """NaN and infinities as null (JSON has neither)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def split_for_canary(batch: MicroBatch, served_by_canary: np.ndarray) -> tuple[MicroBatch, MicroBatch]:
+    """The batch's events the champion serves (with the batch's dead letters) and those the canary
+    serves (``served_by_canary``: a mask over the events, see ``experiments.canary_mask``)."""
+    mask = pa.array(np.asarray(served_by_canary, dtype=bool))
+    champion = batch.with_events(batch.events.filter(pc.invert(mask)))
+    canary = MicroBatch(batch.topic, batch.partition, batch.events.filter(mask), [], batch.polled_at_ms,
+                        batch.features)
+    return champion, canary
+
+
+def merge_served(batch: MicroBatch, parts: Sequence[ScoredBatch]) -> ScoredBatch:
+    """One served result of the batch from the champion's and the canary's parts: predictions,
+    dead letters and the scored events (row-aligned with the predictions) of each, in turn."""
+    predictions = concat_predictions([p.predictions for p in parts])
+    events = [p.batch.events for p in parts if p.batch.events.num_rows]
+    scored_events = pa.Table.from_batches(events).combine_chunks().to_batches()[0] if events \
+        else batch.events.slice(0, 0)
+    head = parts[0]
+    return ScoredBatch(predictions, [d for p in parts for d in p.dead_letters], batch.with_events(scored_events),
+                       rejected=sum(p.rejected for p in parts), failed=sum(p.failed for p in parts),
+                       model=head.model, model_version=head.model_version, role=head.role)
+
+
+def concat_predictions(parts: Sequence[pa.RecordBatch]) -> pa.RecordBatch:
+    """Prediction rows of several models as one batch (empty parts left out; a part whose types
+    differ, e.g. integer labels beside text ones, is cast to the first part's, else to text)."""
+    full = [p for p in parts if p.num_rows]
+    if not full:
+        return parts[0]
+    if len(full) == 1:
+        return full[0]
+    schema = full[0].schema
+    same = []
+    for part in full:
+        if not part.schema.equals(schema):
+            try:
+                part = part.cast(schema) if hasattr(part, "cast") else pa.Table.from_batches([part]).cast(schema) \
+                    .combine_chunks().to_batches()[0]
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                return concat_predictions([_label_as_text(p) for p in full])
+        same.append(part)
+    return pa.Table.from_batches(same).combine_chunks().to_batches()[0]
+
+
+def _label_as_text(rows: pa.RecordBatch) -> pa.RecordBatch:
+    i = rows.schema.get_field_index(LABEL)
+    return rows.set_column(i, LABEL, pc.cast(rows.column(i), pa.string())) if hasattr(rows, "set_column") else \
+        pa.RecordBatch.from_arrays([pc.cast(c, pa.string()) if n == LABEL else c
+                                    for n, c in zip(rows.schema.names, rows.columns)], names=rows.schema.names)

@@ -465,7 +465,8 @@ class Registry:
 
     def promote(self, name: str, version: int | str, env: str, *, actor: str, reason: str, role: str = "champion",
                 features: str | FeatureSnapshot | None = None, event_fields: str | list | dict | None = None,
-                expected_revision: int | None = None, gate: Gate | None = None) -> Deployment:
+                expected_revision: int | None = None, gate: Gate | None = None,
+                share: float | None = None) -> Deployment:
         """Make ``name/version`` the champion of ``env`` (pinning ``features``: a snapshot, ``name@v``
         or a name for its newest version; default: the snapshot already pinned, else the newest of
         the model's feature set).
@@ -475,12 +476,20 @@ class Registry:
         or its inputs cannot be fed by the pinned snapshot plus the event fields (the policy's,
         extended by ``event_fields``). ``Conflict`` when the deployment changed since it was read
         (or is not at ``expected_revision``). With a ``gate``, the version's recorded comparison
-        against the champion in ``env`` must meet it; the evidence goes to the audit log either way."""
+        against the champion in ``env`` must meet it; the evidence goes to the audit log either way.
+
+        ``role`` ``shadow`` (0..n per deployment) or ``canary`` (0..1, serving a ``share`` of the
+        entities; share 0 ends it) adds a challenger beside the champion instead (see
+        :meth:`_promote_challenger`)."""
         _need_reason(reason, actor)
         if role not in ROLES:
             raise RegistryError(f"role {role!r}: one of {', '.join(ROLES)}")
         if role != "champion":
-            raise RegistryError(f"role {role!r} is reserved for the next release; only champion can be promoted")
+            if features is not None or gate is not None:
+                raise RegistryError(f"a {role} scores with the champion's feature snapshot and needs no gate: "
+                                    "--features and the gate options are for champion promotions")
+            return self._promote_challenger(name, version, env, role, share, actor=actor, reason=reason,
+                                            event_fields=event_fields, expected_revision=expected_revision)
         environment = self.environment(env)
         mv = self.model_version(name, version)
         current = self.deployment(name, env)
@@ -502,15 +511,7 @@ class Registry:
             if not self._was_champion(name, mv.version, previous.name):
                 refuse(f"{env} requires the version to have been champion in {previous.name}; "
                        f"{mv.ref} never was (promote it to {previous.name} first)")
-        if mv.feature_set and snap and mv.feature_set.name != snap.name:
-            refuse(f"the model was built for feature set {mv.feature_set.name!r}, the deployment pins {snap.ref}")
-        events = environment.event_fields
-        extra = parse_event_fields(event_fields)
-        if extra is not None:
-            events = {**(events or {}), **extra}
-        compat = self.check_compatibility(mv, snap, events)
-        if not compat.ok:
-            refuse(compat.describe(), missing=compat.missing, mistyped=compat.mistyped)
+        compat = self._check_inputs(mv, snap, environment, event_fields, refuse)
         gate_detail: dict[str, Any] = {}
         if gate is not None:
             evidence = self.comparison_evidence(name, env, mv.version)
@@ -526,6 +527,143 @@ class Registry:
         return self._set_champion(name, env, mv, snap, current, actor=actor, reason=reason, action="promote",
                                   detail={**detail, **gate_detail})
 
+    # --- challengers beside the champion: shadows and a canary ----------------------------------
+
+    def _check_inputs(self, mv: ModelVersion, snap: FeatureSnapshot | None, environment: Environment,
+                      event_fields, refuse) -> Compatibility:
+        """``refuse(why, **detail)`` a version the deployment cannot feed: built for another feature
+        set, or needing inputs the pinned snapshot plus the event fields (the environment's,
+        extended by ``event_fields``) do not provide."""
+        if mv.feature_set and snap and mv.feature_set.name != snap.name:
+            refuse(f"the model was built for feature set {mv.feature_set.name!r}, the deployment pins {snap.ref}")
+        events = environment.event_fields
+        extra = parse_event_fields(event_fields)
+        if extra is not None:
+            events = {**(events or {}), **extra}
+        compat = self.check_compatibility(mv, snap, events)
+        if not compat.ok:
+            refuse(compat.describe(), missing=compat.missing, mistyped=compat.mistyped)
+        return compat
+
+    def _promote_challenger(self, name: str, version: int | str, env: str, role: str, share: float | None, *,
+                            actor: str, reason: str, event_fields=None,
+                            expected_revision: int | None = None) -> Deployment:
+        """Add ``name/version`` as a shadow of the deployment in ``env`` (scored beside the champion on
+        every micro-batch, its predictions never served), or make it the canary (serving ``share`` of
+        the entities, replacing any canary; ``share`` 0 ends the canary). The version must not be
+        retired nor the champion, and the champion's pinned snapshot plus the event fields must feed
+        it; a refusal goes to the audit log."""
+        environment = self.environment(env)
+        mv = self.model_version(name, version)
+        current = self.deployment(name, env)
+        if current is None:
+            raise PolicyRefused(f"{role} {mv.ref} in {env} refused: {name} has no champion in {env} to run "
+                                f"beside (promote a champion first)")
+        if expected_revision is not None and current.revision != expected_revision:
+            raise Conflict(f"{name} in {env} is at revision {current.revision}, not {expected_revision}: "
+                           "someone else changed it; re-read and retry")
+        if role == "canary":
+            share = 0.1 if share is None else float(share)
+            if not 0.0 <= share <= 1.0:
+                raise RegistryError(f"canary share must be between 0 and 1, not {share}")
+            if share == 0.0:
+                if current.canary is None or current.canary.version != mv.version:
+                    raise RegistryError(f"{mv.ref} is not the canary in {env}; nothing to end")
+                return self.end_role(name, mv.version, env, "canary", actor=actor, reason=reason)
+        elif share is not None:
+            raise RegistryError("--share is for a canary; a shadow scores every event")
+        action = f"promote-{role}"
+
+        def refuse(why: str, **detail) -> None:
+            self._audit_alone(actor=actor, action=f"{action}-refused", name=name, env=env,
+                              from_version=current.champion.version, to_version=mv.version,
+                              reason=reason, detail={"role": role, "refusal": why, **detail})
+            raise PolicyRefused(f"{role} {mv.ref} in {env} refused: {why}")
+
+        if mv.retired:
+            refuse(f"version {mv.version} is retired")
+        if mv.version == current.champion.version:
+            refuse(f"{mv.ref} is the champion in {env}")
+        snap = current.features
+        compat = self._check_inputs(mv, snap, environment, event_fields, refuse)
+        if role == "shadow" and any(s.version == mv.version for s in current.shadows):
+            raise RegistryError(f"{mv.ref} is already a shadow in {env}; nothing to change")
+        if role == "canary" and current.canary is not None and current.canary.version == mv.version \
+                and current.canary_share == share:
+            raise RegistryError(f"{mv.ref} is already the canary in {env} at share {share}; nothing to change")
+        detail: dict[str, Any] = {"role": role}
+        if role == "canary":
+            detail["share"] = share
+            if current.canary is not None and current.canary.version != mv.version:
+                detail["replaced_canary"] = current.canary.version
+        if compat.unchecked:
+            detail["unchecked_inputs"] = compat.unchecked
+
+        def change(conn: sa.Connection) -> None:
+            r = t.deployment_roles
+            # one role per version: a shadow made canary (or back) moves
+            conn.execute(r.delete().where(r.c.name == name, r.c.env == env, r.c.version == mv.version))
+            if role == "canary":
+                conn.execute(r.delete().where(r.c.name == name, r.c.env == env, r.c.role == "canary"))
+            conn.execute(r.insert().values(name=name, env=env, role=role, version=mv.version,
+                                           share=share if role == "canary" else 1.0))
+
+        return self._change_deployment(name, env, current, change, actor=actor, reason=reason, action=action,
+                                       from_version=current.champion.version, to_version=mv.version, detail=detail)
+
+    def end_role(self, name: str, version: int | str, env: str, role: str, *, actor: str, reason: str) -> Deployment:
+        """End the shadow or canary ``name/version`` in ``env`` (the job stops scoring it within its
+        follow interval); audit action ``end-shadow``/``end-canary``."""
+        _need_reason(reason, actor)
+        if role not in ("shadow", "canary"):
+            raise RegistryError(f"only a shadow or canary role can be ended, not {role!r} (promote or roll back "
+                                "to change the champion)")
+        self.environment(env)
+        mv = self.model_version(name, version)
+        current = self.deployment(name, env)
+        serving = [] if current is None else \
+            [s.version for s in current.shadows] if role == "shadow" else \
+            ([current.canary.version] if current.canary else [])
+        if mv.version not in serving:
+            raise RegistryError(f"{mv.ref} is not a {role} in {env} (the {role}s there: "
+                                f"{', '.join(f'v{v}' for v in serving) or 'none'})")
+
+        def change(conn: sa.Connection) -> None:
+            r = t.deployment_roles
+            conn.execute(r.delete().where(r.c.name == name, r.c.env == env, r.c.role == role,
+                                          r.c.version == mv.version))
+
+        return self._change_deployment(name, env, current, change, actor=actor, reason=reason,
+                                       action=f"end-{role}", from_version=mv.version, to_version=None,
+                                       detail={"role": role})
+
+    def _change_deployment(self, name: str, env: str, current: Deployment, change, *, actor: str, reason: str,
+                           action: str, from_version: int | None, to_version: int | None,
+                           detail: dict) -> Deployment:
+        """Compare-and-set: ``change(conn)`` and the next revision of the deployment, in one
+        transaction with its audit entry (and, on PostgreSQL, the NOTIFY followers wait on)."""
+        revision = current.revision + 1
+        lost = Conflict(f"{name} in {env} changed while this {action} was being decided (it was at revision "
+                        f"{current.revision}); re-read with `registry show` and retry")
+        with self._tx() as conn:
+            done = conn.execute(t.deployments.update().where(
+                t.deployments.c.name == name, t.deployments.c.env == env,
+                t.deployments.c.revision == current.revision).values(revision=revision, updated_by=actor,
+                                                                     updated_at=_now()))
+            if done.rowcount != 1:
+                raise lost
+            change(conn)
+            self._audit(conn, actor=actor, action=action, name=name, env=env, from_version=from_version,
+                        to_version=to_version, features=current.features.ref if current.features else None,
+                        revision=revision, reason=reason, detail=detail)
+            self._notify(conn, name, env, revision)
+            return self._deployment(conn, name, env)
+
+    def _notify(self, conn: sa.Connection, name: str, env: str, revision: int) -> None:
+        if self.backend == "postgresql":
+            conn.execute(sa.text("SELECT pg_notify(:channel, :payload)"), {
+                "channel": self._channel, "payload": json.dumps({"name": name, "env": env, "revision": revision})})
+
     # --- the in-stream comparison of challengers (shadow, canary) with the champion -------------
 
     def record_comparison(self, name: str, env: str, summary: dict[str, Any], *, role: str = "shadow") -> bool:
@@ -536,7 +674,8 @@ class Registry:
             raise RegistryError(f"a comparison's challenger role is shadow or canary, not {role!r}")
         champion, challenger = (_version_of(summary[k], name, k) for k in ("champion", "challenger"))
         values = dict(name=name, env=env, champion_version=champion, challenger_version=challenger, role=role,
-                      window_start_ms=int(summary["window_start_ms"]), compared=int(summary["compared"]),
+                      window_start_ms=int(summary["window_start_ms"]), scorer=int(summary.get("scorer") or 0),
+                      compared=int(summary["compared"]),
                       summary=summary, recorded_at=_now())
         try:
             with self._tx() as conn:
@@ -609,18 +748,16 @@ class Registry:
                         t.deployments.c.revision == current.revision).values(**fields))
                     if done.rowcount != 1:
                         raise lost
-                    conn.execute(t.deployment_roles.delete().where(
-                        t.deployment_roles.c.name == name, t.deployment_roles.c.env == env,
-                        t.deployment_roles.c.role == "champion"))
+                    # the old champion's row, and the new one's shadow/canary row (a challenger promoted)
+                    r = t.deployment_roles
+                    conn.execute(r.delete().where(r.c.name == name, r.c.env == env,
+                                                  sa.or_(r.c.role == "champion", r.c.version == mv.version)))
                 conn.execute(t.deployment_roles.insert().values(name=name, env=env, role="champion",
                                                                 version=mv.version, share=1.0))
                 self._audit(conn, actor=actor, action=action, name=name, env=env,
                             from_version=current.champion.version if current else None, to_version=mv.version,
                             features=snap.ref if snap else None, revision=revision, reason=reason, detail=detail)
-                if self.backend == "postgresql":
-                    conn.execute(sa.text("SELECT pg_notify(:channel, :payload)"), {
-                        "channel": self._channel,
-                        "payload": json.dumps({"name": name, "env": env, "revision": revision})})
+                self._notify(conn, name, env, revision)
                 result = self._deployment(conn, name, env)   # this change's state, not a later one's
         except sa.exc.IntegrityError as exc:   # a concurrent first promotion inserted the row first
             raise lost from exc

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from model_formats.base import Model
-from model_formats.reloading import Candidate
+from model_formats.reloading import Candidate, ChallengerOffer, ChallengerPlan
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,9 @@ class RegistrySource:
         self.wakeups = 0                       # waits ended by a change (NOTIFY on PostgreSQL), not a timeout
         self._offers: queue.Queue[Candidate] = queue.Queue()
         self._reports: queue.Queue[tuple[int, str]] = queue.Queue()
+        self._comparisons: queue.Queue[tuple[dict, str]] = queue.Queue()
+        self._plan = ChallengerPlan(salt=self.salt)
+        self._plan_revision: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -100,6 +103,40 @@ class RegistrySource:
     def _candidate(self, deployment, path: Path) -> Candidate:
         mv = deployment.champion
         return Candidate(path, name=mv.name, version=str(mv.version), token=deployment.revision)
+
+    @property
+    def salt(self) -> str:
+        """What picks a canary's entities: the deployment, ``name/env``."""
+        return f"{self.name}/{self.env}"
+
+    def challengers(self) -> ChallengerPlan:
+        """The deployment's shadows and canary now (the follower thread replaces the plan whole on
+        every revision; reading it never blocks)."""
+        return self._plan
+
+    def _update_plan(self, deployment) -> None:
+        if deployment.revision == self._plan_revision:
+            return
+        offers = [(role, mv, share) for role, mv, share in
+                  [*(("shadow", mv, 1.0) for mv in deployment.shadows),
+                   *((("canary", deployment.canary, deployment.canary_share),) if deployment.canary else ())]]
+        out = []
+        for role, mv, share in offers:
+            try:
+                path = self._fetch(mv)
+            except Exception as exc:  # noqa: BLE001 - a challenger that cannot be fetched is skipped, counted
+                log.error("registry deployment %s/%s: %s v%s cannot be fetched, not scored: %s", self.name,
+                          self.env, role, mv.version, exc)
+                out.append(ChallengerOffer(role, None, share, f"{type(exc).__name__}: {exc}"[:500]))
+                continue
+            out.append(ChallengerOffer(role, Candidate(path, name=mv.name, version=str(mv.version)), share))
+        self._plan = ChallengerPlan(tuple(out), self.salt)
+        self._plan_revision = deployment.revision
+
+    def record_comparison(self, summary: dict, role: str) -> None:
+        """A comparison window the scorer closed: stored in the registry by the follower thread
+        (the scorer never waits on the database; kept until the registry takes it)."""
+        self._comparisons.put((summary, role))
 
     # ModelSource -------------------------------------------------------------------------------
     def _state_path(self) -> Path:
@@ -165,6 +202,7 @@ class RegistrySource:
                                 f"(streamscore registry promote {self.name} VERSION --env {self.env})")
         self._materialize(deployment)
         candidate = self._candidate(deployment, self._fetch(deployment.champion))
+        self._update_plan(deployment)
         self.revision = deployment.revision
         self._start()
         return candidate
@@ -210,6 +248,7 @@ class RegistrySource:
         while not self._stop.is_set():
             try:
                 self._report_refusals()
+                self._report_comparisons()
                 self._step()
                 if not self.available:
                     log.warning("registry for %s/%s is reachable again; following it", self.name, self.env)
@@ -228,12 +267,14 @@ class RegistrySource:
     def step(self) -> None:
         """One look at the deployment (what the thread does every change or ``interval_s``)."""
         self._report_refusals()
+        self._report_comparisons()
         self._step()
 
     def _step(self) -> None:
         deployment = self._registry().deployment(self.name, self.env)
         if deployment is None or deployment.revision == self.revision:
             return
+        self._update_plan(deployment)
         revision, self.revision = self.revision, deployment.revision
         log.info("registry deployment %s/%s: revision %s -> %s (champion version %s)", self.name, self.env,
                  revision, deployment.revision, deployment.champion.version)
@@ -266,16 +307,36 @@ class RegistrySource:
             self.features = ref
 
     def _report_refusals(self) -> None:
+        self._drain(self._reports, lambda item: self._record(*item))
+
+    def _report_comparisons(self) -> None:
+        self._drain(self._comparisons, self._record_comparison)
+
+    @staticmethod
+    def _drain(pending: queue.Queue, record: Callable[[Any], None]) -> None:
+        """``record`` every queued item; one that fails goes back to the queue and the error is
+        raised (the registry is away: it is recorded when it is back)."""
         while True:
             try:
-                version, reason = self._reports.get_nowait()
+                item = pending.get_nowait()
             except queue.Empty:
                 return
             try:
-                self._record(version, reason)
+                record(item)
             except Exception:
-                self._reports.put((version, reason))   # the registry is away: report when it is back
+                pending.put(item)
                 raise
+
+    def _record_comparison(self, item: tuple[dict, str]) -> None:
+        from registry import RegistryError, RegistryUnavailable
+
+        summary, role = item
+        try:
+            self._registry().record_comparison(self.name, self.env, summary, role=role)
+        except RegistryError as exc:
+            if isinstance(exc, RegistryUnavailable):
+                raise
+            log.error("comparison window not recorded: %s", exc)    # not a pair of this deployment
 
     def _record(self, version: int, reason: str) -> None:
         """Into the audit log, once per host for a (revision, version): the host's other workers

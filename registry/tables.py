@@ -67,8 +67,8 @@ deployments = sa.Table(
     sa.Column("updated_at", TS, nullable=False),
 )
 
-# The versions a deployment serves and in which role: exactly one champion (this issue); shadow and
-# canary rows (with a traffic share) come with the next one.
+# The versions a deployment serves and in which role: exactly one champion, any number of shadows
+# (scored beside it, never served) and at most one canary (serving ``share`` of the entities).
 deployment_roles = sa.Table(
     "deployment_roles", metadata,
     sa.Column("name", sa.String(200), primary_key=True),
@@ -82,7 +82,8 @@ deployment_roles = sa.Table(
 
 # The in-stream champion/challenger comparison, one row per (deployment, pair, window) as the job
 # emitted it (operators.experiments.WindowComparison.summary()); a window emitted again after a
-# restart is the same row (unique), so replays do not count twice.
+# restart is the same row (unique), so replays do not count twice. Each scorer (Flink subtask) of a
+# job compares its own share of the events: one row per scorer and window.
 comparisons = sa.Table(
     "comparisons", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -92,11 +93,12 @@ comparisons = sa.Table(
     sa.Column("challenger_version", sa.Integer, nullable=False),
     sa.Column("role", sa.String(20), nullable=False),
     sa.Column("window_start_ms", sa.BigInteger, nullable=False),
+    sa.Column("scorer", sa.Integer, nullable=False, server_default="0"),   # the job's subtask that emitted it
     sa.Column("compared", sa.BigInteger, nullable=False),
     sa.Column("summary", sa.JSON, nullable=False),
     sa.Column("recorded_at", TS, nullable=False),
     sa.UniqueConstraint("name", "env", "champion_version", "challenger_version", "window_start_ms",
-                        name="uq_comparisons_window"),
+                        "scorer", name="uq_comparisons_window"),
 )
 
 audit_log = sa.Table(

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent / "chaos"))
 import scenarios  # noqa: E402
 from connectors.embedded import maven  # noqa: E402
 from jobs.config import load_config  # noqa: E402
-from jobs.score_stream import exactly_once_jars  # noqa: E402
+from jobs.score_stream import kafka_connector_jars  # noqa: E402
 
 EVENTS = 10_000
 
@@ -30,12 +30,12 @@ def test_delivery_is_at_least_once_unless_asked():
 @pytest.mark.slow   # the first run fetches the connector and builds the serializer with mvn (~1-2 min)
 @pytest.mark.skipif(shutil.which("mvn") is None, reason="building the serializer jar needs Maven (`mvn`)")
 def test_the_sink_jars_are_the_connector_and_the_serializer_built_from_source():
-    found = exactly_once_jars()
+    found = kafka_connector_jars()
     assert [p.name for p in found] == ["flink-sql-connector-kafka-5.0.0-2.2.jar", "streamscore-kafka-records-0.jar"]
     assert all(p.is_relative_to(maven.cache_root()) for p in found), "built or fetched into the cache, not the repo"
     with zipfile.ZipFile(found[1]) as jar:
         assert "streamscore/flink/KafkaRowSerializer.class" in jar.namelist()
-    assert exactly_once_jars() == found, "the second call reuses the cached build"
+    assert kafka_connector_jars() == found, "the second call reuses the cached build"
 
 
 @pytest.mark.slow

@@ -83,3 +83,22 @@ def test_writer_without_dlq_refuses_dead_letters(topics):
 def test_unknown_topic_is_a_clear_error(stack):
     with pytest.raises(ValueError, match="does not exist"):
         partitions_of(stack.broker.bootstrap_servers, "no-such-topic-xyz")
+
+
+def test_missing_experiment_topic_drops_shadow_records_instead_of_failing(topics):
+    """A broker that does not create topics on demand (here: a producer that does not ask it to):
+    the shadow/comparison topic is found missing, its records are dropped (the sink counts them)
+    and the served batch is written; once the topic exists it is written again."""
+    from operators.flink.kafka_sink import ExperimentTopics
+
+    bootstrap, name = topics
+    writer = KafkaBatchWriter({**producer_config(bootstrap), "allow.auto.create.topics": False}, name, f"{name}-dlq")
+    shadow = f"{name}-shadow"
+    known = ExperimentTopics(writer, recheck_s=0)
+    assert known.writable(name) and not known.writable(shadow)
+    writer.write([b"served"], [b"k"], extra=[(shadow, [b"s"], [b"k"])] if known.writable(shadow) else [])
+    ensure_topics(bootstrap, {shadow: 1})
+    assert known.writable(shadow)
+    writer.write([b"served"], [b"k"], extra=[(shadow, [b"s"], [b"k"])])
+    assert read_all(bootstrap, shadow, 0, 1)[0] == [b"s"]
+    writer.close()

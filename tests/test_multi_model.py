@@ -71,7 +71,7 @@ def test_each_model_tagged_and_prediction_ids_unique_per_record_and_model(enrich
     assert set(theirs.predictions.column("model").to_pylist()) == {"fraud-challenger"}
     ids = ours.predictions.column("prediction_id").to_pylist() + theirs.predictions.column("prediction_id").to_pylist()
     assert len(ids) == len(set(ids)) == 100
-    assert theirs.predictions.column("prediction_id")[0].as_py() == "in/3/100/fraud-challenger"
+    assert theirs.predictions.column("prediction_id")[0].as_py() == "in/3/100/fraud-challenger@7"
     # the same trees: the same scores, row for row
     assert ours.predictions.column("score").equals(theirs.predictions.column("score"))
     # the unknown entity is a dead letter of the batch, the same in each model's result

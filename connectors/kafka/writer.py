@@ -42,9 +42,13 @@ class KafkaBatchWriter:
                 self._producer.poll(0.05)
 
     def write(self, values: Sequence[bytes], keys: Sequence[bytes] | None = None,
-              dead_letters: Sequence[DeadLetter] = ()) -> None:
-        """Produce ``values`` to the topic and ``dead_letters`` to the dead-letter topic; return
-        only when all are acknowledged."""
+              dead_letters: Sequence[DeadLetter] = (),
+              extra: Sequence[tuple[str, Sequence[bytes], Sequence[bytes] | None]] = ()) -> None:
+        """Produce ``values`` to the topic and ``dead_letters`` to the dead-letter topic (and each
+        ``(topic, values, keys)`` of ``extra`` to its topic); return only when all are acknowledged."""
+        for topic, extra_values, extra_keys in extra:
+            for value, key in zip(extra_values, extra_keys or [None] * len(extra_values)):
+                self._produce(topic, value, key)
         if keys is None:
             for value in values:
                 self._produce(self.topic, value)
@@ -61,6 +65,14 @@ class KafkaBatchWriter:
             errors, self._errors = self._errors, []
             raise DeliveryError(f"{remaining} records unacknowledged after {self.flush_timeout_s}s, "
                                 f"{len(errors)} delivery errors (first: {errors[:1]})")
+
+    def has_topic(self, topic: str, timeout_s: float = 5.0) -> bool:
+        """Whether the broker knows ``topic`` (a broker that auto-creates topics creates it now)."""
+        try:
+            found = self._producer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        except Exception:  # noqa: BLE001 - no answer: not known to exist
+            return False
+        return found is not None and found.error is None and bool(found.partitions)
 
     def close(self) -> None:
         self._producer.flush(self.flush_timeout_s)

@@ -13,6 +13,8 @@ be in the job's ``pipeline.jars``.
 """
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from pyflink.common import Row, Types
@@ -27,22 +29,78 @@ from operators import steps
 from operators.flink import discard
 from operators.flink.metrics import OutputMetrics, metric_group
 
+log = logging.getLogger(__name__)
+
+
+def experiment_records(scored: steps.ScoredBatch, shadow_topic: str | None,
+                       comparison_topic: str | None) -> list[tuple[str, list[bytes], list[bytes]]]:
+    """The batch's shadow predictions and closed comparison windows as (topic, values, keys)."""
+    x = scored.experiment
+    if x is None:
+        return []
+    out = []
+    if x.shadow_predictions and shadow_topic:
+        out.append((shadow_topic, *x.shadow_records()))
+    if x.comparisons and comparison_topic:
+        out.append((comparison_topic, *x.comparison_records()))
+    return out
+
+
+class ExperimentTopics:
+    """Which of the shadow and comparison topics can be written: a missing one (a broker that does
+    not auto-create topics) drops those records, logged and counted, and is looked for again
+    every ``recheck_s``. Shadow output is best effort: it must never fail the served batch."""
+
+    def __init__(self, writer: KafkaBatchWriter, recheck_s: float = 30.0) -> None:
+        self._writer = writer
+        self._recheck_s = recheck_s
+        self._known: dict[str, tuple[bool, float]] = {}
+
+    def writable(self, topic: str) -> bool:
+        now = time.monotonic()
+        known = self._known.get(topic)
+        if known is None or (not known[0] and now - known[1] >= self._recheck_s):
+            ok = self._writer.has_topic(topic)
+            if not ok:
+                log.error("topic %r does not exist: shadow/comparison records for it are dropped (counted in "
+                          "experiment_records_dropped) until it does", topic)
+            self._known[topic] = (ok, now)
+            return ok
+        return known[0]
+
 
 class WriteToKafka(MapFunction):
-    def __init__(self, producer_config: dict[str, Any], topic: str, dead_letter_topic: str) -> None:
+    def __init__(self, producer_config: dict[str, Any], topic: str, dead_letter_topic: str,
+                 shadow_topic: str | None = None, comparison_topic: str | None = None) -> None:
         self.producer_config = producer_config
         self.topic = topic
         self.dead_letter_topic = dead_letter_topic
+        self.shadow_topic = shadow_topic
+        self.comparison_topic = comparison_topic
 
     def open(self, ctx: RuntimeContext) -> None:
         self._writer = KafkaBatchWriter(self.producer_config, self.topic, self.dead_letter_topic)
         metrics = metric_group(ctx)
         self._outputs = OutputMetrics(metrics)
         self._latency = metrics.distribution("poll_to_ack_ms")
+        self._extra_out = {}
+        if self.shadow_topic or self.comparison_topic:
+            self._extra_out = {self.shadow_topic: metrics.counter("shadow_predictions_out"),
+                               self.comparison_topic: metrics.counter("comparisons_out")}
+            self._extra_dropped = metrics.counter("experiment_records_dropped")
+            self._extra_topics = ExperimentTopics(self._writer)
 
     def map(self, scored: steps.ScoredBatch) -> int:
         values, keys = steps.prediction_records(scored)
-        self._writer.write(values, keys, scored.dead_letters)
+        extra = experiment_records(scored, self.shadow_topic, self.comparison_topic)
+        if extra:
+            dropped = [e for e in extra if not self._extra_topics.writable(e[0])]
+            if dropped:
+                self._extra_dropped.inc(sum(len(e[1]) for e in dropped))
+                extra = [e for e in extra if e not in dropped]
+        self._writer.write(values, keys, scored.dead_letters, extra)
+        for topic, extra_values, _ in extra:
+            self._extra_out[topic].inc(len(extra_values))
         self._outputs.count(len(values), scored.dead_letters)
         self._latency.update(int(steps.now_ms() - scored.batch.polled_at_ms))
         return len(values) + len(scored.dead_letters)
@@ -53,8 +111,10 @@ class WriteToKafka(MapFunction):
             writer.close()
 
 
-def write_to_kafka(stream: DataStream, *, producer_config: dict[str, Any], topic: str, dead_letter_topic: str):
-    written = (stream.map(WriteToKafka(producer_config, topic, dead_letter_topic), Types.INT())
+def write_to_kafka(stream: DataStream, *, producer_config: dict[str, Any], topic: str, dead_letter_topic: str,
+                   shadow_topic: str | None = None, comparison_topic: str | None = None):
+    written = (stream.map(WriteToKafka(producer_config, topic, dead_letter_topic, shadow_topic, comparison_topic),
+                          Types.INT())
                .name("sink").uid(f"kafka-sink-{topic}"))
     return discard(written)
 
@@ -73,9 +133,12 @@ class ToKafkaRecords(FlatMapFunction):
     the at-least-once sink writes. Counts them as handed to the sink, which commits them with
     the next checkpoint."""
 
-    def __init__(self, topic: str, dead_letter_topic: str) -> None:
+    def __init__(self, topic: str, dead_letter_topic: str, shadow_topic: str | None = None,
+                 comparison_topic: str | None = None) -> None:
         self.topic = topic
         self.dead_letter_topic = dead_letter_topic
+        self.shadow_topic = shadow_topic
+        self.comparison_topic = comparison_topic
 
     def open(self, ctx: RuntimeContext) -> None:
         self._outputs = OutputMetrics(metric_group(ctx))
@@ -84,6 +147,9 @@ class ToKafkaRecords(FlatMapFunction):
         values, keys = steps.prediction_records(scored)
         for value, key in zip(values, keys or ()):
             yield Row(self.topic, key, value, None)
+        for topic, extra_values, extra_keys in experiment_records(scored, self.shadow_topic, self.comparison_topic):
+            for value, key in zip(extra_values, extra_keys):
+                yield Row(topic, key, value, None)
         for letter in scored.dead_letters:
             yield Row(self.dead_letter_topic, letter.source.encode(), letter.value, dict(letter.headers()))
         self._outputs.count(len(values), scored.dead_letters)
@@ -91,11 +157,13 @@ class ToKafkaRecords(FlatMapFunction):
 
 def write_to_kafka_exactly_once(stream: DataStream, *, bootstrap_servers: str, topic: str, dead_letter_topic: str,
                                 transactional_id_prefix: str, transaction_timeout_ms: int,
-                                producer_properties: dict[str, Any] | None = None):
+                                producer_properties: dict[str, Any] | None = None,
+                                shadow_topic: str | None = None, comparison_topic: str | None = None):
     """Predictions and dead letters through Flink's transactional ``KafkaSink``
     (``DeliveryGuarantee.EXACTLY_ONCE``): visible to ``read_committed`` consumers once the
     checkpoint that covers them completes, once each across restores."""
-    records = (stream.flat_map(ToKafkaRecords(topic, dead_letter_topic), KAFKA_RECORD)
+    records = (stream.flat_map(ToKafkaRecords(topic, dead_letter_topic, shadow_topic, comparison_topic),
+                               KAFKA_RECORD)
                .name("sink").uid(f"kafka-records-{topic}"))
     jvm = get_gateway().jvm
     builder = (jvm.org.apache.flink.connector.kafka.sink.KafkaSink.builder()

@@ -13,21 +13,26 @@ otherwise idle machine). The heartbeat therefore runs far faster than polls take
 run back to back at that cadence, and an idle source waits in the Kafka client instead of
 spinning through empty polls.
 
-Where the official Flink Kafka connector jar exists, ``KafkaSource`` can replace this operator:
-everything downstream consumes micro-batches of raw records the same way.
+The alternative, ``kafka.source: flink`` (:func:`flink_kafka_micro_batches`), is Flink's own
+``KafkaSource`` (offsets in Flink's checkpoints, partitions added while the job runs are found and
+read) followed by ``streamscore.flink.RecordBatcher`` (flink-conf/maven/kafka-records), which groups
+records per partition into micro-batches that never span a checkpoint barrier; one Python operator
+then decodes each. Everything downstream consumes the same micro-batches either way.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from pyflink.common import Types
+from pyflink.common import Types, WatermarkStrategy
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.datastream.connectors.kafka import KafkaSource
+from pyflink.java_gateway import get_gateway
 from pyflink.datastream.functions import FlatMapFunction, KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 from pyflink.table import StreamTableEnvironment
 
 from connectors.events import DecoderSpec
-from connectors.kafka.partition_reader import PartitionReader
+from connectors.kafka.partition_reader import PartitionReader, RecordChunk
 from operators import steps
 from operators.flink.metrics import metric_group
 from operators.flink.partition_keys import PartitionKey, check_with_flink, partition_keys
@@ -118,3 +123,74 @@ def kafka_micro_batches(env: StreamExecutionEnvironment, *, consumer_config: dic
             .process(PollKafkaPartition(consumer_config, topic, start, decoder, max_events, poll_timeout_s),
                      Types.PICKLED_BYTE_ARRAY())
             .name("source").uid(f"kafka-source-spread-{topic}"))
+
+
+class DecodeRecordBatch(FlatMapFunction):
+    """One row of ``RecordBatcher`` (partition, offsets, values) → one decoded MicroBatch."""
+
+    def __init__(self, topic: str, decoder: DecoderSpec, worker: WorkerSettings = WorkerSettings()) -> None:
+        self.topic = topic
+        self.decoder = decoder
+        self.worker = worker
+
+    def open(self, ctx: RuntimeContext) -> None:
+        prepare_process(self.worker)      # once per worker process (PyFlink has no worker-start hook)
+        self._decoder = self.decoder.build()
+        metrics = metric_group(ctx)
+        self._records_in = metrics.counter("records_in")
+        self._events_per_s = metrics.meter("events_in_per_s")
+        self._decode_rejects = metrics.counter("records_undecodable")
+
+    def flat_map(self, row):
+        partition, offsets, values = row[0], list(row[1]), list(row[2])
+        batch = steps.decode(self._decoder, RecordChunk(self.topic, partition, values, offsets))
+        self._records_in.inc(len(offsets))
+        self._events_per_s.mark_event(len(offsets))
+        self._decode_rejects.inc(len(batch.dead_letters))
+        yield batch
+
+
+# the Java classes (flink-conf/maven/kafka-records) and the rows they make, as PyFlink types
+DESERIALIZER_CLASS = "streamscore.flink.KafkaRecordDeserializer"
+BATCHER_CLASS = "streamscore.flink.RecordBatcher"
+RECORD_BATCH = Types.ROW_NAMED(["partition", "offsets", "values"],
+                               [Types.INT(), Types.PRIMITIVE_ARRAY(Types.LONG()),
+                                Types.OBJECT_ARRAY(Types.PRIMITIVE_ARRAY(Types.BYTE()))])
+
+
+def flink_kafka_micro_batches(env: StreamExecutionEnvironment, *, consumer_config: dict[str, Any], topic: str,
+                              start: str, decoder: DecoderSpec, max_events: int, max_delay_ms: int,
+                              discovery_interval_ms: int) -> DataStream:
+    """A stream of decoded MicroBatches read by Flink's ``KafkaSource`` (the job must carry the
+    connector jar and ``streamscore-kafka-records`` in ``pipeline.jars``). A partition with no
+    checkpointed offset starts at ``start``; new partitions are looked for every
+    ``discovery_interval_ms`` and read from their beginning. ``consumer_config`` (librdkafka
+    names) gives ``bootstrap.servers`` and ``group.id``; other keys that the Java client shares
+    (e.g. ``security.protocol``) pass through."""
+    jvm = get_gateway().jvm
+    offsets = jvm.org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer
+    properties = {k: str(v) for k, v in consumer_config.items() if k in JAVA_CLIENT_PROPERTIES}
+    builder = (jvm.org.apache.flink.connector.kafka.source.KafkaSource.builder()
+               .setBootstrapServers(consumer_config["bootstrap.servers"])
+               .setGroupId(consumer_config.get("group.id", "streamscore"))
+               .setTopics(jvm.java.util.Collections.singletonList(topic))
+               .setStartingOffsets(offsets.earliest() if start == "earliest" else offsets.latest())
+               .setDeserializer(getattr(jvm, DESERIALIZER_CLASS)())
+               .setProperty("partition.discovery.interval.ms", str(int(discovery_interval_ms)))
+               .setProperty("commit.offsets.on.checkpoint", "true"))     # for lag monitoring only
+    for key, value in properties.items():
+        builder = builder.setProperty(key, value)
+    records = env.from_source(KafkaSource(builder.build()), WatermarkStrategy.no_watermarks(),
+                              f"kafka-source-{topic}")
+    batcher = getattr(jvm, BATCHER_CLASS)(int(max_events), int(max(1, max_delay_ms)))
+    batched = DataStream(records._j_data_stream.transform(
+        "batch", RECORD_BATCH.get_java_type_info(), batcher)).uid(f"kafka-batcher-{topic}")
+    return (batched.flat_map(DecodeRecordBatch(topic, decoder), Types.PICKLED_BYTE_ARRAY())
+            .name("source").uid(f"kafka-decode-{topic}"))
+
+
+# consumer settings both librdkafka and the Java client know by the same name
+JAVA_CLIENT_PROPERTIES = frozenset({
+    "security.protocol", "sasl.mechanism", "sasl.jaas.config", "ssl.truststore.location", "ssl.truststore.password",
+    "ssl.keystore.location", "ssl.keystore.password", "client.id", "isolation.level", "fetch.min.bytes",
+    "fetch.max.wait.ms", "max.partition.fetch.bytes", "session.timeout.ms"})

@@ -1,4 +1,4 @@
-"""Scoring operator: one model call per micro-batch."""
+"""Scoring operator: one model call per micro-batch (plus the challengers', when there are any)."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,10 +8,12 @@ from pyflink.datastream import DataStream
 from pyflink.datastream.functions import MapFunction, RuntimeContext
 
 from connectors.events import EventSchema
-from model_formats.reloading import ReloadingModel
+from model_formats.reloading import ChallengerPlan, ReloadingModel
 from operators import steps
 from operators.batch import MicroBatch
 from operators.flink.metrics import metric_group
+
+PPM = 1_000_000
 
 
 class ScoreMicroBatch(MapFunction):
@@ -20,15 +22,26 @@ class ScoreMicroBatch(MapFunction):
     between micro-batches once it loads and checks (see ``model_formats.reloading``).
 
     ``model``: the model file's path, or a picklable spec whose ``open()`` gives a
-    ``ModelSource`` in the worker (``registry.follow.FollowSpec``)."""
+    ``ModelSource`` in the worker (``registry.follow.FollowSpec``).
+
+    ``experiments``: score with challengers too (``operators.experiments.ExperimentScorer``): the
+    file shadows/canary of ``challengers``, or the followed deployment's (its source's
+    ``challengers()``); closed comparison windows go to the registry when following one. Without,
+    or with no challenger configured, a batch is scored exactly as before."""
 
     def __init__(self, model: str | Any, schema: EventSchema, intra_op_threads: int = 1,
-                 reload_interval_s: float = 5.0, load_options: dict | None = None) -> None:
+                 reload_interval_s: float = 5.0, load_options: dict | None = None, *,
+                 experiments: bool = False, challengers: ChallengerPlan | None = None,
+                 shadow_budget_ms: float = 200.0, comparison_window_ms: int = 10_000) -> None:
         self.model_path = model
         self.load_options = dict(load_options or {})
         self.schema = schema
         self.intra_op_threads = intra_op_threads
         self.reload_interval_s = reload_interval_s
+        self.experiments = experiments
+        self.challengers = challengers
+        self.shadow_budget_ms = shadow_budget_ms
+        self.comparison_window_ms = comparison_window_ms
 
     def open(self, ctx: RuntimeContext) -> None:
         source = self.model_path if isinstance(self.model_path, str) else self.model_path.open()
@@ -41,6 +54,24 @@ class ScoreMicroBatch(MapFunction):
         self._reloads = metrics.counter("model_reloads")
         self._refused = metrics.counter("model_reloads_refused")
         self._seen = (0, 0)
+        self._experiment = None
+        if self.experiments:
+            from operators.experiments import ExperimentScorer
+
+            self._experiment = ExperimentScorer(self.schema, shadow_budget_ms=self.shadow_budget_ms,
+                                                window_ms=self.comparison_window_ms,
+                                                scorer=ctx.get_index_of_this_subtask(),
+                                                intra_op_num_threads=self.intra_op_threads, **self.load_options)
+            self._follower = self._model.source if hasattr(self._model.source, "challengers") else None
+            self._shadow_skipped = metrics.counter("shadow_skipped")
+            self._shadow_scored = metrics.counter("shadow_batches")
+            self._canary_served = metrics.counter("canary_served")
+            self._canary_fallbacks = metrics.counter("canary_fallbacks")
+            self._compared = {role: metrics.counter(f"{role}_compared") for role in (steps.SHADOW, steps.CANARY)}
+            self._agreement = {steps.SHADOW: PPM, steps.CANARY: PPM}
+            for role in (steps.SHADOW, steps.CANARY):     # the newest closed window's (the lowest of its pairs)
+                metrics.gauge(f"{role}_agreement_ppm", lambda role=role: self._agreement[role])
+            self._counted = (0, 0, 0, 0)
 
     def map(self, batch: MicroBatch) -> steps.ScoredBatch:
         started = steps.now_ms()
@@ -49,21 +80,50 @@ class ScoreMicroBatch(MapFunction):
             self._reloads.inc(self._model.reloads - self._seen[0])
             self._refused.inc(self._model.failures - self._seen[1])
             self._seen = (self._model.reloads, self._model.failures)
-        scored = steps.score_batch(batch, model, self.schema)
+        if self._experiment is None:
+            scored = steps.score_batch(batch, model, self.schema)
+        else:
+            scored = self._score_with_challengers(batch, model)
         self._score_ms.update(int(steps.now_ms() - started))
         self._rejected.inc(scored.rejected)    # rows refused by the schema, not failed batches
         self._failed.inc(scored.failed)
         return scored
 
+    def _score_with_challengers(self, batch: MicroBatch, model) -> steps.ScoredBatch:
+        x = self._experiment
+        x.set_plan(self._follower.challengers() if self._follower is not None else self.challengers)
+        scored = x.score(batch, model)
+        counts = (x.shadow_skipped, x.shadow_batches, x.canary_events, x.canary_fallbacks)
+        if counts != self._counted:
+            for counter, now, before in zip((self._shadow_skipped, self._shadow_scored, self._canary_served,
+                                             self._canary_fallbacks), counts, self._counted):
+                counter.inc(now - before)
+            self._counted = counts
+        for summary in scored.experiment.comparisons if scored.experiment else ():
+            role = summary["role"]
+            self._compared[role].inc(summary["compared"])
+            same_window = [w for k, w in x.windows.last.items()
+                           if k[0] == role and w["window_start_ms"] == summary["window_start_ms"]]
+            self._agreement[role] = min(int(round((w["agreement"] or 0) * PPM)) for w in same_window + [summary])
+            if self._follower is not None:
+                self._follower.record_comparison(summary, role)
+        return scored
+
     def close(self) -> None:
+        experiment = getattr(self, "_experiment", None)
+        if experiment is not None:
+            experiment.close()
         model = getattr(self, "_model", None)
         if model is not None:
             model.close()
 
 
 def score_micro_batches(stream: DataStream, *, model: str | Any, schema: EventSchema, intra_op_threads: int,
-                        reload_interval_s: float = 5.0, load_options: dict | None = None) -> DataStream:
+                        reload_interval_s: float = 5.0, load_options: dict | None = None,
+                        experiments: bool = False, challengers: ChallengerPlan | None = None,
+                        shadow_budget_ms: float = 200.0, comparison_window_ms: int = 10_000) -> DataStream:
     """Score every micro-batch (``model``: a file path or a model source spec, see ScoreMicroBatch)."""
-    return (stream.map(ScoreMicroBatch(model, schema, intra_op_threads, reload_interval_s, load_options),
-                       Types.PICKLED_BYTE_ARRAY())
-            .name("score").uid("score-model"))
+    function = ScoreMicroBatch(model, schema, intra_op_threads, reload_interval_s, load_options,
+                               experiments=experiments, challengers=challengers, shadow_budget_ms=shadow_budget_ms,
+                               comparison_window_ms=comparison_window_ms)
+    return stream.map(function, Types.PICKLED_BYTE_ARRAY()).name("score").uid("score-model")

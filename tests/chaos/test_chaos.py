@@ -28,7 +28,7 @@ def test_kill_job_three_times(stack):
     outcome = scenarios.kill_job(stack, events=EVENTS, kills=3, rate=1000, seed=1)
     _assert_accounted(outcome)
     assert len(outcome.notes) == 3
-    assert outcome.dead_lettered == EVENTS // 100, "only the bad input may be dead-lettered"
+    assert outcome.dead_lettered == EVENTS // 100, f"only the bad input may be dead-lettered: {outcome.notes}"
 
 
 def test_broker_outage_with_durable_storage(tmp_path, broker_kind, request):
@@ -38,21 +38,21 @@ def test_broker_outage_with_durable_storage(tmp_path, broker_kind, request):
         with EmbeddedStack(tmp_path, say=lambda *_: None, durable_broker=True) as durable:
             outcome = scenarios.broker_outage(durable, events=EVENTS, outage_s=10, rate=1000)
     _assert_accounted(outcome)
-    assert outcome.dead_lettered == EVENTS // 100
+    assert outcome.dead_lettered == EVENTS // 100, outcome.notes
 
 
 def test_kill_python_worker(stack):
     outcome = scenarios.kill_python_worker(stack, events=EVENTS, rate=1000)
     _assert_accounted(outcome)
     assert outcome.failovers >= 1, "Flink did not notice the killed worker"
-    assert outcome.dead_lettered == EVENTS // 100
+    assert outcome.dead_lettered == EVENTS // 100, outcome.notes
 
 
 def test_plasma_store_restart(tmp_path, broker_kind):
     with EmbeddedStack(tmp_path, say=lambda *_: None, broker=broker_kind) as own:   # it kills its store
         outcome = scenarios.plasma_restart(own, events=EVENTS, rate=1000)
     _assert_accounted(outcome)
-    assert outcome.dead_lettered == EVENTS // 100, "lookups during the outage must wait and retry"
+    assert outcome.dead_lettered == EVENTS // 100, f"lookups during the outage must wait and retry: {outcome.notes}"
 
 
 def test_slow_feature_store_retries_instead_of_dropping(stack):
