@@ -245,6 +245,10 @@ class BatchSettings(_Section):
 
 class FlinkSettings(_Section):
     parallelism: int = 1
+    max_parallelism: int = Field(128, ge=1, le=32768, description="Flink's max parallelism (key groups): the "
+                                 "most subtasks a restore can rescale to; fixed for the life of the job's state. "
+                                 "The source keys each Kafka partition into a key group chosen to spread "
+                                 "partitions evenly over the subtasks (operators/flink/partition_keys.py)")
     python_workers: Literal["auto", "process"] = Field(
         "auto", description="where the Python operators run. auto: PyFlink's choice, inside the job's own "
         "Python process on a local MiniCluster (loopback), separate worker processes on a cluster; "
@@ -267,6 +271,12 @@ class FlinkSettings(_Section):
         if v < 1:
             raise ValueError("parallelism must be >= 1")
         return v
+
+    @model_validator(mode="after")
+    def _within_max_parallelism(self) -> "FlinkSettings":
+        if self.parallelism > self.max_parallelism:
+            raise ValueError(f"parallelism {self.parallelism} is above max_parallelism {self.max_parallelism}")
+        return self
 
 
 class SinkSettings(_Section):
