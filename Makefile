@@ -19,7 +19,8 @@ help:
 	@echo "make test-tansu                     the Kafka-facing suites against Tansu (make test runs them on Apache Kafka)"
 	@echo "make test-hdfs                      the file sink (crash at every call, kill mid-write) on an embedded HDFS"
 	@echo "make services                       install (Debian) and start PostgreSQL :5432 and Redis :6379 for the tests"
-	@echo "make cluster-test                   production path: standalone Flink cluster, file sink, compose file"
+	@echo "make cluster-test                   production path: standalone Flink cluster (one and two TaskManagers),"
+	@echo "                                   rescale from savepoints, file sink, compose file"
 	@echo "make chaos [CHAOS_EVENTS=50000]     break the job on purpose (kills, outages): exact accounting table,"
 	@echo "                                   at-least-once and exactly-once (the latter on Apache Kafka, via mvn)"
 	@echo "make bench                          end-to-end, model-format and side-store benchmarks"
@@ -74,7 +75,7 @@ chaos: install
 
 .PHONY: cluster-test
 cluster-test: install
-	$(BIN)/pytest tests/test_cluster.py tests/test_file_sink.py tests/test_file_sink_job.py tests/test_compose.py
+	$(BIN)/pytest tests/test_cluster.py tests/test_scaleout.py tests/test_file_sink.py tests/test_file_sink_job.py tests/test_compose.py
 
 # competitor frameworks conflict with the project's pins: their own venv (bench/competitors/)
 .venv-bench/.installed: bench/competitors/requirements.txt bench/competitors/setup.sh

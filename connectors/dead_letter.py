@@ -23,6 +23,7 @@ class Reason(enum.StrEnum):
     FEATURE_STORE_UNAVAILABLE = "feature_store_unavailable"   # after the retry policy gave up
     MODEL_INPUT_REJECTED = "model_input_rejected"    # the model's schema validation refused the row
     SCORING_ERROR = "scoring_error"                  # the model runtime failed on the batch
+    NO_ROUTE = "no_route"                            # routes configured, the event matches none, no default
 
 
 REASON_HEADER = "streamscore.reason"

@@ -46,6 +46,8 @@ def build(p: beam.Pipeline, cfg: JobConfig, *, start_offsets: dict[int, int] | N
     event is scored by the version that was champion in its event-time window of that length
     (the registry's history as RunInference's model-update side input; the last change holds for
     ``registry_schedule_until_s`` more): what the DirectRunner can do with a bounded read."""
+    if cfg.routes:      # never serve model.path instead of the routes without saying so
+        raise ValueError("routes run in the Flink job only; the Beam pipeline does not route events yet")
     k, f = cfg.kafka, cfg.features
     partitions = partitions_of(k.bootstrap_servers, k.input_topic)
     if output_files and set(stop_offsets or {}) != set(partitions):

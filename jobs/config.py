@@ -1,6 +1,7 @@
 """The job's one typed configuration: a YAML file plus ``section.key=value`` overrides."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -252,6 +253,10 @@ class BatchSettings(_Section):
 
 class FlinkSettings(_Section):
     parallelism: int = 1
+    max_parallelism: int = Field(128, ge=1, le=32768, description="Flink's max parallelism (key groups): the "
+                                 "most subtasks a restore can rescale to; fixed for the life of the job's state. "
+                                 "The source keys each Kafka partition into a key group chosen to spread "
+                                 "partitions evenly over the subtasks (operators/flink/partition_keys.py)")
     python_workers: Literal["auto", "process"] = Field(
         "auto", description="where the Python operators run. auto: PyFlink's choice, inside the job's own "
         "Python process on a local MiniCluster (loopback), separate worker processes on a cluster; "
@@ -274,6 +279,12 @@ class FlinkSettings(_Section):
         if v < 1:
             raise ValueError("parallelism must be >= 1")
         return v
+
+    @model_validator(mode="after")
+    def _within_max_parallelism(self) -> "FlinkSettings":
+        if self.parallelism > self.max_parallelism:
+            raise ValueError(f"parallelism {self.parallelism} is above max_parallelism {self.max_parallelism}")
+        return self
 
 
 class SinkSettings(_Section):
@@ -306,6 +317,90 @@ class EmbeddedSettings(_Section):
         "once by mvn from flink-conf/maven/pom.xml). The job itself only uses kafka.bootstrap_servers")
 
 
+ROUTE_NAME = r"^[A-Za-z0-9_]+$"        # a route's name is part of its metric's name (route_<name>_events)
+MODEL_FILE_SUFFIXES = (".onnx", ".pmml", ".xml", ".skops", ".joblib", ".pkl")
+
+
+class RouteCondition(_Section):
+    """``field`` and one test: ``equals`` a value, ``in`` a list, ``min``/``max`` (numeric, ``min``
+    inclusive, ``max`` exclusive, either may be left out) or ``regex`` (searched anywhere in the text)."""
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    field: str = Field(description="the event field tested (one of events.fields)")
+    equals: str | int | float | bool | None = None
+    in_: list[str | int | float | bool] | None = Field(None, alias="in")
+    min: float | None = None
+    max: float | None = None
+    regex: str | None = None
+
+    @model_validator(mode="after")
+    def _one_test(self) -> "RouteCondition":
+        tests = [name for name, value in (("equals", self.equals), ("in", self.in_), ("regex", self.regex))
+                 if value is not None]
+        if self.min is not None or self.max is not None:
+            tests.append("min/max")
+        if len(tests) != 1:
+            raise ValueError(f"route condition on {self.field!r} needs exactly one of equals, in, min/max, regex "
+                             f"(got {', '.join(tests) or 'none'})")
+        if self.regex is not None:
+            import re
+
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"route condition on {self.field!r}: bad regex {self.regex!r}: {exc}") from None
+        if self.min is not None and self.max is not None and self.min >= self.max:
+            raise ValueError(f"route condition on {self.field!r}: min {self.min} must be below max {self.max}")
+        return self
+
+    def condition(self):
+        """The ``operators.experiments.Condition`` it stands for."""
+        from operators.experiments import Condition
+
+        if self.equals is not None:
+            return Condition(self.field, "equals", self.equals)
+        if self.in_ is not None:
+            return Condition(self.field, "in", tuple(self.in_))
+        if self.regex is not None:
+            return Condition(self.field, "regex", self.regex)
+        return Condition(self.field, "range", (self.min, self.max))
+
+
+class DefaultRouteSettings(_Section):
+    """Where events no route matches go: ``model`` (a model file, or with model.registry a
+    registered model's name: its champion in model.env) or ``models`` + ``combine``."""
+    name: str = Field("default", pattern=ROUTE_NAME)
+    model: str | None = None
+    models: list[str] | None = None
+    combine: Literal["mean", "max", "vote"] = Field("mean", description="several models: their scores' mean, "
+                                                    "max, or vote (the share scoring at least 0.5)")
+
+    @model_validator(mode="after")
+    def _model_or_models(self) -> "DefaultRouteSettings":
+        if (self.model is None) == (self.models is None):
+            raise ValueError(f"route {self.name!r} needs one of model (one model) or models (several, combined)")
+        if self.models is not None and len(self.models) < 2:
+            raise ValueError(f"route {self.name!r}: models needs at least two (use model for one)")
+        return self
+
+    def model_refs(self) -> list[str]:
+        return [self.model] if self.model is not None else list(self.models or [])
+
+
+class RouteSettings(DefaultRouteSettings):
+    """A rule on event fields (``when``: one condition, or a list that must all hold) and its model(s)."""
+    name: str = Field(pattern=ROUTE_NAME)
+    when: RouteCondition | list[RouteCondition]
+
+    def conditions(self) -> list[RouteCondition]:
+        return self.when if isinstance(self.when, list) else [self.when]
+
+
+def is_model_file(ref: str) -> bool:
+    """A route's model reference is a file (a path or URI) unless it is a bare registered name."""
+    return "/" in ref or ref.lower().endswith(MODEL_FILE_SUFFIXES)
+
+
 class JobConfig(_Section):
     job_name: str = "streamscore-score"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
@@ -316,10 +411,89 @@ class JobConfig(_Section):
     flink: FlinkSettings = Field(default_factory=FlinkSettings)
     sink: SinkSettings = Field(default_factory=SinkSettings)
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
+    routes: list[RouteSettings] = Field(default_factory=list, description="per-event routing: the first route "
+                                        "whose `when` holds scores the event (model.path is then not served)")
+    default_route: DefaultRouteSettings | None = Field(None, description="routes: where events no route matches "
+                                                       "go; without it they are dead letters no_route")
+
+    @model_validator(mode="after")
+    def _routes_make_sense(self) -> "JobConfig":
+        if not self.routes:
+            if self.default_route is not None:
+                raise ValueError("default_route is the last of the routes: give routes too (or use model.path)")
+            return self
+        m = self.model
+        if m.shadows or m.canary:
+            raise ValueError("routes cannot be combined with model.shadows or model.canary yet")
+        names = [r.name for r in self.routes] + ([self.default_route.name] if self.default_route else [])
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"route names must be distinct: {', '.join(twice)} more than once")
+        fields = self.events.fields
+        for route in self.routes:
+            for c in route.conditions():
+                if c.field not in fields:
+                    raise ValueError(f"route {route.name!r}: unknown field {c.field!r} (events.fields: "
+                                     f"{', '.join(fields)})")
+                if (c.min is not None or c.max is not None) and fields[c.field] not in ("int", "float"):
+                    raise ValueError(f"route {route.name!r}: min/max needs a numeric field, {c.field!r} is "
+                                     f"{fields[c.field]}")
+        for route in [*self.routes, *([self.default_route] if self.default_route else [])]:
+            for ref in route.model_refs():
+                if not is_model_file(ref) and not m.follows_registry:
+                    raise ValueError(f"route {route.name!r}: model {ref!r} is not a model file (a path, or a name "
+                                     f"ending in {', '.join(MODEL_FILE_SUFFIXES)}); a registered model's name "
+                                     "needs model.registry")
+        return self
+
+    def route_plan(self) -> "RoutePlan | None":
+        """The routes as the scorer takes them (None without routes)."""
+        if not self.routes:
+            return None
+        from operators.experiments import Route
+
+        routes = [Route(r.name, tuple(r.model_refs()), tuple(c.condition() for c in r.conditions()), r.combine)
+                  for r in self.routes]
+        if self.default_route is not None:
+            d = self.default_route
+            routes.append(Route(d.name, tuple(d.model_refs()), (), d.combine))
+        return RoutePlan(tuple(routes), self.model.registry, self.model.env)
 
     def to_yaml(self, path: Path) -> Path:
         path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
         return path
+
+
+@dataclass(frozen=True)
+class RoutePlan:
+    """The job's routes (``operators.experiments.Route``) and where registered names are found
+    (picklable: Flink ships it to the scorers, whose :meth:`scorer` loads every model once)."""
+    routes: tuple
+    registry: str | None = None
+    env: str = "production"
+
+    def load(self, ref: str, load_options: dict) -> Any:
+        """A route's model: the file ``ref``, or the champion of registered model ``ref`` in ``env``
+        (fetched and sha256-checked once, when the scorer starts; not followed afterwards)."""
+        from model_formats import load_model
+
+        if is_model_file(ref) or self.registry is None:
+            return load_model(ref, **load_options)
+        from registry import RegistryError, open_registry
+
+        with open_registry(self.registry) as reg:
+            deployment = reg.deployment(ref, self.env)
+            if deployment is None:
+                raise RegistryError(f"route model {ref!r}: no deployment of {ref!r} in {self.env!r}")
+            mv = deployment.champion
+            path = reg.fetch_model(mv)
+        return load_model(path, **{**load_options, "name": mv.name, "version": str(mv.version)})
+
+    def scorer(self, schema: "EventSchema", **load_options):
+        """An ``operators.experiments.RouteScorer`` with every routed model loaded."""
+        from operators.experiments import RouteScorer
+
+        return RouteScorer(self.routes, schema, loader=lambda ref: self.load(ref, load_options))
 
 
 # Sections whose keys are free-form and may contain dots (Kafka client and Flink settings).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 from typing import Any, Callable
@@ -20,6 +21,35 @@ class FlinkRest:
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(f"{self.url}{path}", timeout=self.timeout_s) as response:
             return json.loads(response.read())
+
+    def post(self, path: str, body: dict) -> Any:
+        request = urllib.request.Request(f"{self.url}{path}", data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            return json.loads(response.read() or b"{}")
+
+    def stop_with_savepoint(self, job_id: str, target_directory: str | None = None,
+                            timeout_s: float = 300.0) -> str:
+        """Stop the job with a savepoint (``POST /jobs/:id/stop``, sources not drained) and return
+        the savepoint's path once Flink reports it complete; raise with Flink's cause if it fails.
+        ``target_directory``: None for the cluster's ``execution.checkpointing.savepoint-dir``."""
+        body: dict[str, Any] = {"drain": False}
+        if target_directory:
+            body["targetDirectory"] = target_directory
+        trigger = self.post(f"/jobs/{job_id}/stop", body)["request-id"]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            answer = self.get(f"/jobs/{job_id}/savepoints/{trigger}")
+            if answer.get("status", {}).get("id") == "COMPLETED":
+                operation = answer.get("operation", {})
+                if "location" in operation:
+                    return operation["location"]
+                cause = operation.get("failure-cause", {})
+                raise RuntimeError(f"stop-with-savepoint of {job_id} failed: "
+                                   f"{cause.get('class', '')}: {cause.get('stack-trace', cause)}"[:3000])
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"stop-with-savepoint of {job_id} not complete within {timeout_s}s: {answer}")
+            time.sleep(0.5)
 
     def is_up(self) -> bool:
         try:

@@ -2,7 +2,7 @@
 of failing inside a running task (where Flink would restart it over and over).
 
 * the model file exists, loads, and its required inputs are event fields or features of the
-  store, with compatible types;
+  store, with compatible types (with ``routes``: every routed model);
 * the feature store answers and serves a table;
 * the broker answers and the input, prediction and dead-letter topics exist.
 
@@ -95,8 +95,9 @@ def feature_columns(cfg: JobConfig, timeout_s: float = 5.0) -> dict[str, str]:
     return {f.name: str(f.type) for f in schema}
 
 
-def check_model_fits(model, cfg: JobConfig, features: dict[str, str]) -> None:
-    """Every required model input must be an event field or a feature, of a usable type."""
+def check_model_fits(model, cfg: JobConfig, features: dict[str, str], label: str | None = None) -> None:
+    """Every required model input must be an event field or a feature, of a usable type
+    (``label``: how the message names the model; default :func:`model_label`)."""
     events = cfg.events.fields
     problems = []
     for spec in model.schema.inputs:
@@ -113,7 +114,7 @@ def check_model_fits(model, cfg: JobConfig, features: dict[str, str]) -> None:
                             f"{'store' if spec.name in features else 'events'}")
     if problems:
         shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
-        raise UserError(f"model {model_label(cfg)} does not fit the events and features: {shown} "
+        raise UserError(f"model {label or model_label(cfg)} does not fit the events and features: {shown} "
                         f"(events.fields: {', '.join(events)}; the store has {len(features)} features)")
 
 
@@ -151,8 +152,44 @@ def check_topics(cfg: JobConfig, timeout_s: float = 5.0) -> dict[str, int]:
     return found
 
 
+def check_routes(cfg: JobConfig, say: Callable[[str], None] = print,
+                 features: Callable[[], dict[str, str]] | None = None) -> None:
+    """Every routed model loads (a file exists first) and fits the events and features
+    (``features``: the store's columns, asked for once, after the first model loaded)."""
+    from jobs.config import is_model_file
+    from model_formats import ModelLoadError
+    from registry import RegistryError
+
+    plan = cfg.route_plan()
+    labels: dict[str, str] = {}          # each model once, named with the first route that has it
+    for route in plan.routes:
+        for ref in route.models:
+            labels.setdefault(ref, f"{ref} (route {route.name})")
+    for ref, label in labels.items():    # every file is there, before any is loaded
+        if is_model_file(ref) and "://" not in ref and not Path(ref).exists():
+            raise UserError(f"model file not found: {label}")
+    columns: dict[str, str] | None = None
+    for ref, label in labels.items():
+        say(f"checking the model {label}…")
+        try:
+            model = plan.load(ref, cfg.model.load_options())
+        except (ModelLoadError, RegistryError, OSError, ValueError) as exc:
+            raise UserError(f"model {label} does not load: {' '.join(str(exc).split())}") from exc
+        try:
+            if columns is None:
+                columns = (features or (lambda: feature_columns(cfg)))()
+            check_model_fits(model, cfg, columns, label)
+        finally:
+            model.close()
+
+
 def preflight(cfg: JobConfig, say: Callable[[str], None] = print) -> None:
     """Run every check (cheapest first); raises UserError with one line at the first failure."""
+    if cfg.routes:          # model.path is not served then
+        check_routes(cfg, say)
+        say(f"checking the topics on {cfg.kafka.bootstrap_servers}…")
+        check_topics(cfg)
+        return
     say(f"checking the model {model_label(cfg)}…")
     pinned = None
     if cfg.model.follows_registry:

@@ -13,7 +13,7 @@ def produce(bootstrap_servers: str, topic: str, records: Iterable[dict | bytes],
             encode: Callable[[dict], bytes] | None = None,
             on_progress: Callable[[int], None] | None = None,
             warm_up: Iterable[dict | bytes] = (), settings: dict | None = None,
-            flush_timeout_s: float = 60.0) -> list[str]:
+            flush_timeout_s: float = 60.0, partitions: int | None = None) -> list[str]:
     """Produce every record (dicts are encoded by ``encode`` at send time, which stamps the
     creation time) at about ``rate`` records/s (None: as fast as possible). Returns the input
     coordinates ``topic/partition/offset`` of every acknowledged record, in send order.
@@ -24,7 +24,8 @@ def produce(bootstrap_servers: str, topic: str, records: Iterable[dict | bytes],
     would otherwise show up in latency measurements as the pipeline's.
     ``settings``: extra producer settings (e.g. the job config's ``kafka.producer``);
     ``flush_timeout_s``: how long to wait for the last acknowledgements (raise it, with
-    ``message.timeout.ms``, to outlast a broker restart)."""
+    ``message.timeout.ms``, to outlast a broker restart); ``partitions``: send record ``i`` to
+    partition ``i % partitions`` (None: the producer's own partitioner, sticky in batches)."""
     producer = Producer(producer_config(bootstrap_servers, {"linger.ms": 2, **(settings or {})}))
     for record in warm_up:
         producer.produce(topic, encode(record) if isinstance(record, dict) else record)
@@ -47,7 +48,10 @@ def produce(bootstrap_servers: str, topic: str, records: Iterable[dict | bytes],
         value = encode(record) if isinstance(record, dict) else record
         while True:
             try:
-                producer.produce(topic, value, on_delivery=delivered(sent - 1))
+                if partitions:
+                    producer.produce(topic, value, partition=(sent - 1) % partitions, on_delivery=delivered(sent - 1))
+                else:
+                    producer.produce(topic, value, on_delivery=delivered(sent - 1))
                 break
             except BufferError:
                 producer.poll(0.01)

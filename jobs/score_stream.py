@@ -37,6 +37,7 @@ def flink_configuration(cfg: JobConfig) -> Configuration:
         "python.fn-execution.bundle.time": str(f.bundle_time_ms),
         "python.fn-execution.bundle.size": str(f.bundle_size),
         "parallelism.default": str(f.parallelism),
+        "pipeline.max-parallelism": str(f.max_parallelism),
         "execution.buffer-timeout.interval": f"{f.buffer_timeout_ms} ms",
         "execution.checkpointing.interval": f"{f.checkpoint_interval_ms} ms",
         "execution.checkpointing.mode": "EXACTLY_ONCE",   # of Flink state; kafka.delivery says the sink's
@@ -90,6 +91,7 @@ def micro_batches(env: StreamExecutionEnvironment, cfg: JobConfig) -> DataStream
         max_events=cfg.batch.max_events,
         poll_timeout_s=cfg.batch.poll_timeout_ms / 1000.0,
         heartbeat_per_s=cfg.batch.heartbeat_per_s,
+        max_parallelism=cfg.flink.max_parallelism,
     )
 
 
@@ -125,7 +127,8 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
                                  load_options=m.load_options(),
                                  experiments=m.has_experiments, challengers=m.challenger_plan(cfg.job_name),
                                  shadow_budget_ms=m.shadow_budget_ms,
-                                 comparison_window_ms=int(m.comparison_window_s * 1000))
+                                 comparison_window_ms=int(m.comparison_window_s * 1000),
+                                 routes=cfg.route_plan())
     experiment_topics = dict(shadow_topic=k.shadow_topic_name(), comparison_topic=k.comparison_topic_name()) \
         if m.has_experiments else {}
     s = cfg.sink

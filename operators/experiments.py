@@ -169,6 +169,152 @@ def combine_scores(scores: np.ndarray, combine: Combine, threshold: float = 0.5)
 
 
 # ---------------------------------------------------------------------------------------------
+# scoring a micro-batch by route
+
+COMBINED_LABEL_THRESHOLD = 0.5     # a combined score at or above it is label 1, else 0 (and vote's threshold)
+
+
+class CombinedModel:
+    """Several models behind the one ``Model`` interface, their scores combined per row
+    (:func:`combine_scores`): ``name`` and ``version`` are the models' joined by ``+``; a row any
+    of them refuses is refused (the first refusal's reason); ``label`` is 1 when the combined
+    score is at or above ``COMBINED_LABEL_THRESHOLD``, else 0."""
+    format = "combined"
+
+    def __init__(self, models: Sequence[Any], combine: Combine) -> None:
+        from model_formats.base import FieldSpec, ModelSchema
+
+        if len(models) < 2:
+            raise ValueError("a combined model needs at least two models")
+        if combine not in ("mean", "max", "vote"):
+            raise ValueError(f"combine must be mean, max or vote, not {combine!r}")
+        self.models = list(models)
+        self.combine: Combine = combine
+        self.name = "+".join(m.name for m in self.models)
+        self.version = "+".join(str(m.version) for m in self.models)
+        inputs = {f.name: f for m in self.models for f in m.schema.inputs}
+        self.schema = ModelSchema(tuple(inputs.values()), (FieldSpec("score", "double"), FieldSpec("label", "integer")))
+
+    def validate(self, batch: Any):
+        """Every model's validation; ``valid`` keeps all columns of the rows every model accepts
+        (each model picks its own inputs again in :meth:`predict`)."""
+        from model_formats.base import ValidationResult, as_record_batch
+
+        batch = as_record_batch(batch)
+        reasons: dict[int, str] = {}
+        for model in self.models:
+            result = model.validate(batch)
+            for row, reason in zip(result.rejected_index.tolist(), result.reasons):
+                reasons.setdefault(int(row), reason)
+        rejected = np.array(sorted(reasons), dtype=np.int64)
+        keep = np.ones(batch.num_rows, dtype=bool)
+        keep[rejected] = False
+        return ValidationResult(batch.filter(pa.array(keep)), np.flatnonzero(keep), rejected,
+                                [reasons[int(r)] for r in rejected])
+
+    def predict(self, batch: Any) -> pa.RecordBatch:
+        from model_formats.base import LABEL, SCORE, as_record_batch
+
+        batch = as_record_batch(batch)
+        columns = []
+        for model in self.models:
+            result = model.validate(batch)
+            if len(result.rejected_index):
+                raise ValueError(f"model {model.name}@{model.version} refused rows its validation accepted before")
+            columns.append(np.asarray(model.predict(result.valid).column(SCORE).to_numpy(zero_copy_only=False),
+                                      dtype=np.float64))
+        scores = combine_scores(np.column_stack(columns), self.combine, COMBINED_LABEL_THRESHOLD) if columns \
+            else np.empty(0)
+        labels = (scores >= COMBINED_LABEL_THRESHOLD).astype(np.int64)
+        return pa.RecordBatch.from_arrays([pa.array(scores, pa.float64()), pa.array(labels, pa.int64())],
+                                          names=[SCORE, LABEL])
+
+    def close(self) -> None:
+        pass        # the models belong to the RouteScorer that shares them among routes
+
+
+class RouteScorer:
+    """Scores each micro-batch by route, engine-independent (the Flink operator and tests call it
+    alike): every event goes to the first route it matches (:func:`assign_routes`) and only to that
+    route's model(s) (several: scores combined by the route's ``combine``, see :class:`CombinedModel`);
+    an event no route matches becomes a dead letter ``no_route`` whose detail names the values of
+    the fields the routes look at. Predictions come back in the input's order, served
+    (``prediction_id`` = the input's coordinates, ``role`` champion), their ``model`` naming the
+    route's model (``a+b`` for a combination). Each distinct model is loaded once, when the scorer
+    is made (a route's model that cannot be loaded fails it: a configuration error).
+
+    ``loader(ref)``: how a route's model reference is loaded (default ``load_model(ref,
+    **load_options)``)."""
+
+    def __init__(self, routes: Sequence[Route], schema: Any, *, loader: Any = None, **load_options) -> None:
+        if not routes:
+            raise ValueError("a route scorer needs at least one route")
+        names = [r.name for r in routes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"route names must be distinct: {names}")
+        self.routes = tuple(routes)
+        self.schema = schema
+        if loader is None:
+            from model_formats import load_model
+
+            def loader(ref: str) -> Any:
+                return load_model(ref, **load_options)
+        self.models: dict[str, Any] = {}
+        try:
+            for ref in dict.fromkeys(m for r in self.routes for m in r.models):
+                self.models[ref] = loader(ref)
+        except BaseException:
+            self.close()
+            raise
+        self._served = [self.models[r.models[0]] if len(r.models) == 1 else
+                        CombinedModel([self.models[m] for m in r.models], r.combine) for r in self.routes]
+        self._fields = list(dict.fromkeys(c.field for r in self.routes for c in r.when))
+        self.route_events: dict[str, int] = {name: 0 for name in names}     # events sent to each route
+        self.no_route = 0                                                    # events no route matched
+
+    def score(self, batch: MicroBatch) -> Any:
+        """The served result of ``batch`` (a ``steps.ScoredBatch``): every route's predictions in the
+        input's order, the route's and the ``no_route`` dead letters after the batch's own."""
+        from connectors.dead_letter import Reason
+        from operators import steps
+
+        if batch.events.num_rows == 0:
+            return steps.score_batch(batch, self._served[0], self.schema)
+        chosen = assign_routes(batch.events, self.routes)
+        unrouted = chosen == NO_ROUTE
+        if unrouted.any():
+            self.no_route += int(unrouted.sum())
+            details = self._no_route_details(batch.events, np.flatnonzero(unrouted))
+            batch = batch.split_off(unrouted, Reason.NO_ROUTE, details)
+            chosen = chosen[~unrouted]
+        parts = []
+        for index, (route, model) in enumerate(zip(self.routes, self._served)):
+            mask = chosen == index
+            if not mask.any():
+                continue
+            self.route_events[route.name] += int(mask.sum())
+            part = MicroBatch(batch.topic, batch.partition, batch.events.filter(pa.array(mask)), [],
+                              batch.polled_at_ms, batch.features)
+            parts.append(steps.score_batch(part, model, self.schema))
+        return steps.merge_in_input_order(batch, parts)
+
+    def _no_route_details(self, events: pa.RecordBatch, rows: np.ndarray) -> list[str]:
+        present = [f for f in self._fields if f in events.schema.names]
+        values = {f: events.column(f).take(pa.array(rows)).to_pylist() for f in present}
+        return [f"no route matches and there is no default route: "
+                + (", ".join(f"{f}={values[f][i]!r}" for f in present) or "no routed field")
+                for i in range(len(rows))]
+
+    def close(self) -> None:
+        for model in self.models.values():
+            try:
+                model.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                log.exception("closing a routed model failed")
+        self.models.clear()
+
+
+# ---------------------------------------------------------------------------------------------
 # the champion/challenger comparison of one window
 
 DEFAULT_SCORE_BINS = tuple(np.linspace(0.0, 1.0, 21).tolist())     # 20 bins of 0.05 over [0, 1]

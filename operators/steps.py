@@ -286,6 +286,32 @@ def merge_served(batch: MicroBatch, parts: Sequence[ScoredBatch]) -> ScoredBatch
                        model=head.model, model_version=head.model_version, role=head.role)
 
 
+def merge_in_input_order(batch: MicroBatch, parts: Sequence[ScoredBatch]) -> ScoredBatch:
+    """One served result of ``batch`` from parts that each scored some of its events (e.g. one per
+    route): predictions and their scored events in the order the events have in ``batch``; the
+    batch's own dead letters, then the parts'."""
+    letters = list(batch.dead_letters) + [d for p in parts for d in p.dead_letters]
+    full = [p for p in parts if p.predictions.num_rows]
+    if not full:
+        names = list(PREDICTION_FIELDS)
+        empty = pa.RecordBatch.from_arrays([pa.array([], pa.null())] * len(names), names=names)
+        head = parts[0] if parts else None
+        return ScoredBatch(empty, letters, MicroBatch(batch.topic, batch.partition, batch.events.slice(0, 0), letters,
+                                                      batch.polled_at_ms, batch.features),
+                           rejected=sum(p.rejected for p in parts), failed=sum(p.failed for p in parts),
+                           model=head.model if head else "", model_version=head.model_version if head else "")
+    predictions = concat_predictions([p.predictions for p in full])
+    events = pa.Table.from_batches([p.batch.events for p in full]).combine_chunks().to_batches()[0]
+    position = {int(o): i for i, o in enumerate(batch.events.column(OFFSET_COLUMN).to_pylist())}
+    order = pa.array(np.argsort([position[int(o)] for o in events.column(OFFSET_COLUMN).to_pylist()], kind="stable"))
+    head = full[0]
+    return ScoredBatch(predictions.take(order), letters,
+                       MicroBatch(batch.topic, batch.partition, events.take(order), letters, batch.polled_at_ms,
+                                  batch.features),
+                       rejected=sum(p.rejected for p in parts), failed=sum(p.failed for p in parts),
+                       model=head.model, model_version=head.model_version, role=head.role)
+
+
 def concat_predictions(parts: Sequence[pa.RecordBatch]) -> pa.RecordBatch:
     """Prediction rows of several models as one batch (empty parts left out; a part whose types
     differ, e.g. integer labels beside text ones, is cast to the first part's, else to text)."""

@@ -45,3 +45,17 @@ def read_committed(path, column: str) -> list:
 
     dataset = ds.dataset(str(path), format="parquet", partitioning="hive") if path.exists() else None
     return dataset.to_table(columns=[column]).column(column).to_pylist() if dataset and dataset.files else []
+
+
+def produce_and_account(cfg, job, reader, records: list, reasons: dict[int, str]) -> tuple[list[str], object, list[str]]:
+    """Produce ``records`` to the job's input and wait until each is in the output or the dead
+    letters exactly once, the bad ones (``reasons``: position → reason) dead-lettered as such:
+    (input coordinates, the tally, the coordinates that were predicted, in input order)."""
+    from jobs.producer import produce
+
+    k = cfg.kafka
+    coords = produce(k.bootstrap_servers, k.input_topic, records, encode=demo_data.encode, settings=k.producer)
+    tally = reader.wait_for(set(coords), timeout_s=300, stall_s=120, check=job.check_alive)
+    assert not tally.missing(set(coords)) and not tally.duplicate_ids & set(coords)
+    assert sorted(tally.dead_letters[coords[i]] for i in reasons) == sorted(reasons.values())
+    return coords, tally, [c for c in coords if c in tally.predictions]

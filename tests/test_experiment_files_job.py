@@ -16,7 +16,7 @@ from connectors.kafka.clients import ensure_topics
 from jobs import demo_data
 from jobs.config import CanarySettings
 from jobs.producer import produce
-from job_helpers import decode_events, offline_scores
+from job_helpers import decode_events, offline_scores, produce_and_account
 from operators.experiments import canary_mask
 from test_experiment_job import TopicReader
 
@@ -49,11 +49,7 @@ def test_shadows_and_canary_from_model_files(stack, tmp_path):
             time.sleep(1)
         records, reasons = demo_data.with_bad_events(demo_data.events(2000, stack.entities, seed=77, prefix="f"),
                                                      stack.entities, every=101)
-        coords = produce(k.bootstrap_servers, k.input_topic, records, encode=demo_data.encode, settings=k.producer)
-        tally = reader.wait_for(set(coords), timeout_s=300, stall_s=120, check=job.check_alive)
-        assert not tally.missing(set(coords)) and not tally.duplicate_ids & set(coords)
-        assert sorted(tally.dead_letters[coords[i]] for i in reasons) == sorted(reasons.values())
-        predicted = [c for c in coords if c in tally.predictions]
+        coords, tally, predicted = produce_and_account(cfg, job, reader, records, reasons)
         rows = [tally.predictions[c] for c in predicted]
         offline = offline_scores(champion, stack.features, decode_events(records), [p["event_id"] for p in rows])
         np.testing.assert_allclose([p["score"] for p in rows], offline, rtol=1e-5, atol=1e-6)

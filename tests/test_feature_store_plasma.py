@@ -118,3 +118,15 @@ def test_server_lifecycle():
     finally:
         server.stop()
     assert not server.is_running() and not os.path.exists(server.socket_path)
+
+
+def test_store_uri_names_a_per_host_socket_through_the_environment(plasma_server, monkeypatch):
+    """``plasma://${VAR}?name=…``: one job configuration, each TaskManager's own store (the
+    variable is read by the process that opens the store); an unset variable is an error."""
+    load_table(plasma_server.uri("per-host"), feature_table(100), key="entity_id", lineage="host-a@1")
+    monkeypatch.setenv("STREAMSCORE_PLASMA_SOCKET", plasma_server.socket_path)
+    with open_store("plasma://${STREAMSCORE_PLASMA_SOCKET}?name=per-host") as store:
+        assert store.lookup(np.array([7]))[1].tolist() == [True]
+    monkeypatch.delenv("STREAMSCORE_PLASMA_SOCKET")
+    with pytest.raises(ValueError, match=r"\$\{STREAMSCORE_PLASMA_SOCKET\}.*not set"):
+        open_store("plasma://${STREAMSCORE_PLASMA_SOCKET}?name=per-host")

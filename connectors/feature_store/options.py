@@ -7,6 +7,8 @@ unavailable store is not a store option either: stores fail fast, ``connectors.r
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
@@ -87,8 +89,27 @@ def is_shared_memory(uri: str) -> bool:
     return urllib.parse.urlsplit(uri).scheme in SHARED_MEMORY_SCHEMES
 
 
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_environment(uri: str) -> str:
+    """``${NAME}`` in a store URI replaced by the variable from the environment of the process that
+    opens the store: one job configuration, a store per host (e.g.
+    ``plasma://${STREAMSCORE_PLASMA_SOCKET}?name=features``, each TaskManager started with its own
+    socket). An unset variable is an error naming it, never an empty string."""
+    def value(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ValueError(f"the feature-store URI {uri!r} names ${{{name}}}, which is not set in this "
+                             f"process's environment (on a cluster: set it for every TaskManager)")
+        return os.environ[name]
+    return ENV_REFERENCE.sub(value, uri)
+
+
 def parse_uri(uri: str) -> StoreURI:
-    """Split a store URI; raises ValueError on an unknown scheme."""
+    """Split a store URI (``${NAME}`` expanded first, see ``expand_environment``); raises
+    ValueError on an unknown scheme or an unset variable."""
+    uri = expand_environment(uri)
     parts = urllib.parse.urlsplit(uri)
     if parts.scheme not in BACKENDS:
         raise ValueError(f"unknown feature-store scheme {parts.scheme!r} in {uri!r}; "

@@ -35,6 +35,7 @@ from connectors.events import DecoderSpec
 from connectors.kafka.partition_reader import PartitionReader, RecordChunk
 from operators import steps
 from operators.flink.metrics import metric_group
+from operators.flink.partition_keys import PartitionKey, check_with_flink, partition_keys
 from operators.flink.worker import WorkerSettings, prepare_process
 
 
@@ -60,7 +61,8 @@ class FanOutToPartitions(FlatMapFunction):
 
 
 class PollKafkaPartition(KeyedProcessFunction):
-    """Keyed by partition: polls it from the checkpointed offset and emits a MicroBatch."""
+    """Keyed by partition (``PartitionKey``): polls it from the checkpointed offset and emits a
+    MicroBatch."""
 
     def __init__(self, consumer_config: dict[str, Any], topic: str, start: str, decoder: DecoderSpec,
                  max_events: int, poll_timeout_s: float, worker: WorkerSettings = WorkerSettings()) -> None:
@@ -106,14 +108,21 @@ class PollKafkaPartition(KeyedProcessFunction):
 
 def kafka_micro_batches(env: StreamExecutionEnvironment, *, consumer_config: dict[str, Any], topic: str,
                         partitions: list[int], start: str, decoder: DecoderSpec,
-                        max_events: int, poll_timeout_s: float, heartbeat_per_s: int) -> DataStream:
-    """A stream of decoded MicroBatches read from every partition of ``topic``."""
+                        max_events: int, poll_timeout_s: float, heartbeat_per_s: int,
+                        max_parallelism: int) -> DataStream:
+    """A stream of decoded MicroBatches read from every partition of ``topic``, the partitions
+    spread evenly over the subtasks (``operators.flink.partition_keys``; ``max_parallelism``: the
+    job's ``pipeline.max-parallelism``)."""
+    keys = partition_keys(partitions, max_parallelism)
+    check_with_flink(keys, max_parallelism)
     ticks = heartbeat(env, heartbeat_per_s)
+    # uid "-spread": the state of sources keyed by the bare partition number (before the partition
+    # keys) is refused on restore ("cannot map ... state"), not silently read from start_from again
     return (ticks.flat_map(FanOutToPartitions(partitions), Types.INT())
-            .key_by(lambda p: p, Types.INT())
+            .key_by(PartitionKey(keys), Types.INT())
             .process(PollKafkaPartition(consumer_config, topic, start, decoder, max_events, poll_timeout_s),
                      Types.PICKLED_BYTE_ARRAY())
-            .name("source").uid(f"kafka-source-{topic}"))
+            .name("source").uid(f"kafka-source-spread-{topic}"))
 
 
 class DecodeRecordBatch(FlatMapFunction):

@@ -27,13 +27,19 @@ class ScoreMicroBatch(MapFunction):
     ``experiments``: score with challengers too (``operators.experiments.ExperimentScorer``): the
     file shadows/canary of ``challengers``, or the followed deployment's (its source's
     ``challengers()``); closed comparison windows go to the registry when following one. Without,
-    or with no challenger configured, a batch is scored exactly as before."""
+    or with no challenger configured, a batch is scored exactly as before.
+
+    ``routes``: a ``jobs.config.RoutePlan``: each event is scored by its route's model(s) instead
+    (``operators.experiments.RouteScorer``, every routed model loaded once here; ``model`` is then
+    not loaded); metrics ``route_<name>_events`` and ``no_route`` (events)."""
 
     def __init__(self, model: str | Any, schema: EventSchema, intra_op_threads: int = 1,
                  reload_interval_s: float = 5.0, load_options: dict | None = None, *,
                  experiments: bool = False, challengers: ChallengerPlan | None = None,
-                 shadow_budget_ms: float = 200.0, comparison_window_ms: int = 10_000) -> None:
+                 shadow_budget_ms: float = 200.0, comparison_window_ms: int = 10_000,
+                 routes: Any = None) -> None:
         self.model_path = model
+        self.routes = routes
         self.load_options = dict(load_options or {})
         self.schema = schema
         self.intra_op_threads = intra_op_threads
@@ -44,13 +50,23 @@ class ScoreMicroBatch(MapFunction):
         self.comparison_window_ms = comparison_window_ms
 
     def open(self, ctx: RuntimeContext) -> None:
-        source = self.model_path if isinstance(self.model_path, str) else self.model_path.open()
-        self._model = ReloadingModel(source, self.reload_interval_s,
-                                     intra_op_num_threads=self.intra_op_threads, **self.load_options)
         metrics = metric_group(ctx)
         self._score_ms = metrics.distribution("scoring_ms")
         self._rejected = metrics.counter("model_input_rejected")
         self._failed = metrics.counter("scoring_errors")
+        self._router = None
+        if self.routes is not None:
+            self._router = self.routes.scorer(self.schema, intra_op_num_threads=self.intra_op_threads,
+                                              **self.load_options)
+            self._route_counters = {route.name: metrics.counter(f"route_{route.name}_events")
+                                    for route in self._router.routes}
+            self._no_route = metrics.counter("no_route")
+            self._route_counts: dict[str, int] = dict(self._router.route_events)
+            self._no_route_count = 0
+            return
+        source = self.model_path if isinstance(self.model_path, str) else self.model_path.open()
+        self._model = ReloadingModel(source, self.reload_interval_s,
+                                     intra_op_num_threads=self.intra_op_threads, **self.load_options)
         self._reloads = metrics.counter("model_reloads")
         self._refused = metrics.counter("model_reloads_refused")
         self._seen = (0, 0)
@@ -75,6 +91,12 @@ class ScoreMicroBatch(MapFunction):
 
     def map(self, batch: MicroBatch) -> steps.ScoredBatch:
         started = steps.now_ms()
+        if self._router is not None:
+            scored = self._score_routed(batch)
+            self._score_ms.update(int(steps.now_ms() - started))
+            self._rejected.inc(scored.rejected)
+            self._failed.inc(scored.failed)
+            return scored
         model = self._model.current()
         if (self._model.reloads, self._model.failures) != self._seen:
             self._reloads.inc(self._model.reloads - self._seen[0])
@@ -87,6 +109,18 @@ class ScoreMicroBatch(MapFunction):
         self._score_ms.update(int(steps.now_ms() - started))
         self._rejected.inc(scored.rejected)    # rows refused by the schema, not failed batches
         self._failed.inc(scored.failed)
+        return scored
+
+    def _score_routed(self, batch: MicroBatch) -> steps.ScoredBatch:
+        router = self._router
+        scored = router.score(batch)
+        for name, count in router.route_events.items():
+            if count != self._route_counts[name]:
+                self._route_counters[name].inc(count - self._route_counts[name])
+                self._route_counts[name] = count
+        if router.no_route != self._no_route_count:
+            self._no_route.inc(router.no_route - self._no_route_count)
+            self._no_route_count = router.no_route
         return scored
 
     def _score_with_challengers(self, batch: MicroBatch, model) -> steps.ScoredBatch:
@@ -110,6 +144,9 @@ class ScoreMicroBatch(MapFunction):
         return scored
 
     def close(self) -> None:
+        router = getattr(self, "_router", None)
+        if router is not None:
+            router.close()
         experiment = getattr(self, "_experiment", None)
         if experiment is not None:
             experiment.close()
@@ -121,9 +158,11 @@ class ScoreMicroBatch(MapFunction):
 def score_micro_batches(stream: DataStream, *, model: str | Any, schema: EventSchema, intra_op_threads: int,
                         reload_interval_s: float = 5.0, load_options: dict | None = None,
                         experiments: bool = False, challengers: ChallengerPlan | None = None,
-                        shadow_budget_ms: float = 200.0, comparison_window_ms: int = 10_000) -> DataStream:
-    """Score every micro-batch (``model``: a file path or a model source spec, see ScoreMicroBatch)."""
+                        shadow_budget_ms: float = 200.0, comparison_window_ms: int = 10_000,
+                        routes: Any = None) -> DataStream:
+    """Score every micro-batch (``model``: a file path or a model source spec; ``routes``: a
+    ``jobs.config.RoutePlan`` instead; see ScoreMicroBatch)."""
     function = ScoreMicroBatch(model, schema, intra_op_threads, reload_interval_s, load_options,
                                experiments=experiments, challengers=challengers, shadow_budget_ms=shadow_budget_ms,
-                               comparison_window_ms=comparison_window_ms)
+                               comparison_window_ms=comparison_window_ms, routes=routes)
     return stream.map(function, Types.PICKLED_BYTE_ARRAY()).name("score").uid("score-model")
