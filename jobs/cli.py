@@ -5,7 +5,9 @@ Each command module exposes ``register(subparsers)`` and sets ``func`` on its pa
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
+import signal
 import sys
 
 # Command modules, in the order they appear in --help.
@@ -58,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see where a command hangs
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

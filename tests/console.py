@@ -50,10 +50,16 @@ class Console:
                              f"; its last lines:\n" + "\n".join(self.lines[-30:]))
 
     def interrupt(self, sig: int = signal.SIGINT, timeout: float = 60) -> int:
-        """Send ``sig`` (Ctrl-C by default) and wait for the command to exit."""
+        """Send ``sig`` (Ctrl-C by default) and wait for the command to exit; if it does not,
+        fail with its last lines and every thread's stack (the CLI dumps them on SIGUSR1)."""
         self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(3)
+            raise AssertionError(f"{signal.Signals(sig).name} did not stop the command in {timeout:.0f} s; its "
+                                 "last lines and stacks:\n" + "\n".join(self.lines[-80:])) from None
         finally:
             self._reader.join(5)
 
