@@ -22,8 +22,10 @@ class Console:
     """A long-running `streamscore` command whose combined output is collected as it comes."""
 
     def __init__(self, *args: str, cwd: Path) -> None:
+        # a session of its own: kill() can take the whole group, the children it started included
         self.proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", *args], cwd=cwd, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1,
+                                     start_new_session=True)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -64,8 +66,13 @@ class Console:
             self._reader.join(5)
 
     def kill(self) -> None:
+        """SIGKILL to the command and everything left in its process group (a broker or store
+        it started, when a failed test kills it before it could stop them)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         if self.proc.poll() is None:
-            self.proc.kill()
             self.proc.wait(10)
 
 

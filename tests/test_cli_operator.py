@@ -4,7 +4,9 @@ light commands import no engine, checks before submitting fail with one line, `d
 and stops a broker and a feature store and leaves nothing behind."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import signal
 
@@ -142,6 +144,7 @@ def test_dev_up_foreground_stops_everything_on_ctrl_c_and_sigterm(tmp_path):
     for sig in (signal.SIGINT, signal.SIGTERM):
         console = Console("dev", "up", "--config", job, "--port", "0", "--plasma-memory", "64MiB",
                           "--state-dir", "st", cwd=tmp_path)
+        state = None
         try:
             console.wait_for(r"put these in", 120, "the addresses")
             state = json.loads((tmp_path / "st" / "dev.json").read_text())
@@ -149,6 +152,10 @@ def test_dev_up_foreground_stops_everything_on_ctrl_c_and_sigterm(tmp_path):
             assert console.interrupt(sig) == 0
         finally:
             console.kill()
+            if console.proc.returncode != 0:       # it did not stop them: the broker runs in a session
+                for pid in (state or {}).get("child_pids", []):          # of its own, kill it here
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
         console.wait_for(r"^stopped$", 5, "the stop message")
         wait_gone([state["pid"], *state["child_pids"]], 30, f"dev up after {sig.name}")
         assert "Traceback" not in "\n".join(console.lines)
