@@ -120,6 +120,19 @@ def test_server_lifecycle():
     assert not server.is_running() and not os.path.exists(server.socket_path)
 
 
+def test_a_server_that_cannot_start_says_why(tmp_path):
+    """A socket path longer than a Unix socket takes is refused up front, naming the limit; a
+    server that exits at start reports the end of its own log (read back from the log file)."""
+    long_path = tmp_path / ("d" * 120) / "p.sock"
+    with pytest.raises(FeatureStoreError, match="at most 107"):
+        PlasmaServer(str(long_path), 16 << 20).start()
+    log = tmp_path / "plasma.log"
+    with pytest.raises(FeatureStoreError, match="plasma-store-server exited: .+"):
+        PlasmaServer(str(tmp_path / "p.sock"), 16 << 20, directory=str(tmp_path / "missing-dir"),
+                     log_path=log).start()
+    assert log.read_text().strip(), "the server's own words stay in its log"
+
+
 def test_store_uri_names_a_per_host_socket_through_the_environment(plasma_server, monkeypatch):
     """``plasma://${VAR}?name=…``: one job configuration, each TaskManager's own store (the
     variable is read by the process that opens the store); an unset variable is an error."""

@@ -27,6 +27,9 @@ def server_executable() -> str:
     return str(exe)
 
 
+MAX_SOCKET_PATH_BYTES = 107     # sockaddr_un.sun_path holds 108 bytes with the terminating NUL
+
+
 class PlasmaServer:
     """Runs ``plasma-store-server`` as a child process (context manager).
 
@@ -51,6 +54,9 @@ class PlasmaServer:
     def start(self, timeout_s: float = 10.0) -> "PlasmaServer":
         if self.is_running():
             return self
+        if len(os.fsencode(self.socket_path)) > MAX_SOCKET_PATH_BYTES:
+            raise FeatureStoreError(f"the socket path is {len(os.fsencode(self.socket_path))} bytes long; a Unix "
+                                    f"socket path takes at most {MAX_SOCKET_PATH_BYTES}: {self.socket_path}")
         if socket_alive(self.socket_path):
             raise FeatureStoreError(f"a plasma store already listens on {self.socket_path}")
         Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +67,7 @@ class PlasmaServer:
         cmd = [server_executable(), "-s", self.socket_path, "-m", str(self.memory_bytes),
                "-d", self.directory] + (["-h"] if self.hugepages else [])
         # server output goes to a file, never a pipe (a full or closed pipe would stall/kill it)
-        log = open(self.log_path, "ab") if self.log_path else tempfile.TemporaryFile()
+        log = open(self.log_path, "a+b") if self.log_path else tempfile.TemporaryFile()   # read back on failure
         # PDEATHSIG fires when the *thread* that forked exits: only arm it from the main thread
         arm = self.die_with_parent and threading.current_thread() is threading.main_thread()
         self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
