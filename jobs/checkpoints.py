@@ -31,6 +31,11 @@ def latest_checkpoint(checkpoint_dir: str) -> str | None:
     return str(max(complete, key=lambda p: p.stat().st_mtime))
 
 
+def checkpoint_number(path: str | None) -> int:
+    """N of a ``.../chk-N`` checkpoint path (0 for None: no checkpoint yet)."""
+    return int(path.rsplit("chk-", 1)[1]) if path else 0
+
+
 def _latest_on_webhdfs(uri: str) -> str | None:
     """:func:`latest_checkpoint` on HDFS through WebHDFS (Flink writes ``webhdfs://`` checkpoints
     through Hadoop's WebHdfsFileSystem when the Hadoop client is on its classpath)."""

@@ -17,7 +17,7 @@ import pytest
 
 from connectors.files import parse_part_name
 from jobs import demo_data
-from jobs.checkpoints import latest_checkpoint
+from jobs.checkpoints import checkpoint_number, latest_checkpoint
 from jobs.producer import produce
 from connectors.embedded.maven import classpath
 from file_sink_helpers import committed_column, read_column, staged_paths, visible_paths
@@ -56,8 +56,8 @@ def test_kill_mid_write_and_restore_commits_each_prediction_once(stack, place):
             job.check_alive()
             assert time.monotonic() < deadline, "the job never committed files"
             time.sleep(0.1)
-        at_that_time = _checkpoint_id(latest_checkpoint(cfg.flink.checkpoint_dir))
-        while _checkpoint_id(latest_checkpoint(cfg.flink.checkpoint_dir)) < at_that_time + 1:
+        at_that_time = checkpoint_number(latest_checkpoint(cfg.flink.checkpoint_dir))
+        while checkpoint_number(latest_checkpoint(cfg.flink.checkpoint_dir)) < at_that_time + 1:
             job.check_alive()
             assert time.monotonic() < deadline, "no checkpoint completed"
             time.sleep(0.05)
@@ -121,7 +121,3 @@ def test_kill_mid_write_and_restore_commits_each_prediction_once(stack, place):
         job.kill()
         if restarted:
             restarted.stop()
-
-
-def _checkpoint_id(path: str | None) -> int:
-    return int(path.rsplit("chk-", 1)[1]) if path else 0

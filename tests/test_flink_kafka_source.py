@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewPartitions
 
 from jobs import demo_data
-from jobs.checkpoints import latest_checkpoint
+from jobs.checkpoints import checkpoint_number, latest_checkpoint
 from jobs.producer import produce
 
 pytestmark = pytest.mark.slow
@@ -69,8 +69,8 @@ def test_flink_source_reads_new_partitions_and_resumes_from_its_checkpoint(stack
         # 3. kill -9 once a checkpoint covers all of that; restore; nothing lost, nothing re-read
         #    that the checkpoint covered
         covered = set(coords) | set(second)
-        seen = _checkpoint_id(latest_checkpoint(cfg.flink.checkpoint_dir))
-        _wait(lambda: _checkpoint_id(latest_checkpoint(cfg.flink.checkpoint_dir)) >= seen + 2,
+        seen = checkpoint_number(latest_checkpoint(cfg.flink.checkpoint_dir))
+        _wait(lambda: checkpoint_number(latest_checkpoint(cfg.flink.checkpoint_dir)) >= seen + 2,
               "two more completed checkpoints", job)
         job.kill()
         third = produce(k.bootstrap_servers, k.input_topic, _records(3000, stack.entities, seed=43),
@@ -85,7 +85,3 @@ def test_flink_source_reads_new_partitions_and_resumes_from_its_checkpoint(stack
         job.kill()
         if restarted:
             restarted.stop()
-
-
-def _checkpoint_id(path: str | None) -> int:
-    return int(path.rsplit("chk-", 1)[1]) if path else 0

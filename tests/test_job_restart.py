@@ -8,7 +8,7 @@ import time
 import pytest
 
 from jobs import demo_data
-from jobs.checkpoints import latest_checkpoint
+from jobs.checkpoints import checkpoint_number, latest_checkpoint
 from jobs.producer import produce
 
 pytestmark = pytest.mark.slow
@@ -34,8 +34,8 @@ def test_restart_from_checkpoint_after_kill(stack):
             assert time.monotonic() < deadline, "the job never got going"
             time.sleep(0.1)
         covered = set(reader.snapshot().predictions)
-        at_that_time = _checkpoint_id(latest_checkpoint(cfg.flink.checkpoint_dir))
-        while _checkpoint_id(latest_checkpoint(cfg.flink.checkpoint_dir)) < at_that_time + 2:
+        at_that_time = checkpoint_number(latest_checkpoint(cfg.flink.checkpoint_dir))
+        while checkpoint_number(latest_checkpoint(cfg.flink.checkpoint_dir)) < at_that_time + 2:
             job.check_alive()
             assert time.monotonic() < deadline, "no checkpoint completed after the first predictions"
             time.sleep(0.05)
@@ -59,7 +59,3 @@ def test_restart_from_checkpoint_after_kill(stack):
         job.kill()
         if restarted:
             restarted.stop()
-
-
-def _checkpoint_id(path: str | None) -> int:
-    return int(path.rsplit("chk-", 1)[1]) if path else 0
