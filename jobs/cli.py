@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import importlib
+import io
 import signal
 import sys
 
@@ -48,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def dump_stacks_on_sigusr1() -> None:
+    """`kill -USR1 <pid>` prints every thread's stack to stderr: how to see where a command hangs.
+    Not where stderr is no file (main() called in-process with captured output)."""
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    except (io.UnsupportedOperation, AttributeError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     head = argv[: argv.index("--")] if "--" in argv else argv
@@ -60,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see where a command hangs
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    dump_stacks_on_sigusr1()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

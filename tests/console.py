@@ -18,6 +18,12 @@ def streamscore(*args: str, cwd: Path, timeout: float = 180, env: dict | None = 
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """SIGINT back to its default in the child, so Python turns it into KeyboardInterrupt: a shell
+    that started the test run in the background (no job control) passes SIGINT on as ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Console:
     """A long-running `streamscore` command whose combined output is collected as it comes."""
 
@@ -25,7 +31,7 @@ class Console:
         # a session of its own: kill() can take the whole group, the children it started included
         self.proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", *args], cwd=cwd, text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_ctrl_c_as_in_a_terminal)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from jobs.config import load_config
-from test_cluster import FLINK_HOME, REPO, SUBMIT
+from flink_cluster import FLINK_HOME, REPO, SUBMIT
 
 COMPOSE = REPO / "docker-compose.yml"
 
