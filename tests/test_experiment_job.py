@@ -33,7 +33,7 @@ from job_helpers import decode_events, offline_scores
 from operators.experiments import canary_mask
 from registry import Environment, Gate, PolicyRefused, open_registry
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("experiment-job")]   # one worker: the tests build on each other
 
 WHO = dict(actor="tester")
 ENV = "production"

@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -45,27 +46,24 @@ def block_id(block) -> str:
 
 @pytest.fixture
 def example_dir(stack, tmp_path):
-    """A folder with the files the blocks name: models/demo.onnx and models/fraud.onnx (the demo
-    model), and the demo features in the README's example store."""
+    """A folder with the files the blocks name (models/demo.onnx and models/fraud.onnx, the demo
+    model) and a store of this test's own holding the demo features: the blocks' example store
+    path is swapped for it, so no two tests ever share one."""
     (tmp_path / "models").mkdir()
     for name in ("demo.onnx", "fraud.onnx"):
         shutil.copy(stack.model_path, tmp_path / "models" / name)
-    for attempt in range(3):
-        shutil.rmtree(EXAMPLE_STORE, ignore_errors=True)       # a fresh store: version 1 each time
-        try:
-            load_table(f"arrow-shm://{EXAMPLE_STORE}", stack.features, key="entity_id", replace_schema=True)
-            break
-        except FileExistsError:     # once in CI another loader published version 1 meanwhile (not found
-            if attempt == 2:        # what; only these blocks use this store): the same table, so load again
-                raise
-    yield tmp_path
-    shutil.rmtree(EXAMPLE_STORE, ignore_errors=True)
+    store = f"{EXAMPLE_STORE}-{uuid.uuid4().hex[:8]}"     # this test's own (the README names one path)
+    load_table(f"arrow-shm://{store}", stack.features, key="entity_id", replace_schema=True)
+    yield tmp_path, store
+    shutil.rmtree(store, ignore_errors=True)
 
 
 @pytest.mark.xdist_group("readme-example-store")   # one worker: the blocks share EXAMPLE_STORE
 @pytest.mark.parametrize("block", blocks("python"), ids=block_id)
 def test_python_blocks_run_as_written(block, example_dir):
     doc, line, code = block
+    example_dir, store = example_dir
+    code = code.replace(EXAMPLE_STORE, store)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", code], cwd=example_dir, env=env, capture_output=True,
                           text=True, timeout=600)
