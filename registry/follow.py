@@ -80,6 +80,7 @@ class RegistrySource:
         self.features: str | None = None       # name@version of the pinned snapshot last materialized
         self.available = True                  # False while the registry cannot be reached
         self.refusals = 0
+        self._revision_stamp = ""       # when the revision followed was made: markers name it too
         self.wakeups = 0                       # waits ended by a change (NOTIFY on PostgreSQL), not a timeout
         self._offers: queue.Queue[Candidate] = queue.Queue()
         self._reports: queue.Queue[tuple[int, str]] = queue.Queue()
@@ -203,7 +204,7 @@ class RegistrySource:
         self._materialize(deployment)
         candidate = self._candidate(deployment, self._fetch(deployment.champion))
         self._update_plan(deployment)
-        self.revision = deployment.revision
+        self.revision, self._revision_stamp = deployment.revision, _stamp(deployment)
         self._start()
         return candidate
 
@@ -276,6 +277,7 @@ class RegistrySource:
             return
         self._update_plan(deployment)
         revision, self.revision = self.revision, deployment.revision
+        self._revision_stamp = _stamp(deployment)
         log.info("registry deployment %s/%s: revision %s -> %s (champion version %s)", self.name, self.env,
                  revision, deployment.revision, deployment.champion.version)
         mv = deployment.champion
@@ -343,7 +345,10 @@ class RegistrySource:
         refusing the same thing for the same reason find the marker and only log it."""
         log.error("registry deployment %s/%s: version %s refused by %s: %s", self.name, self.env, version,
                   self.actor, reason)
-        marker = self._state_path().with_name(f"{self._state_path().stem}-refused-r{self.revision}-v{version}")
+        # the revision's time in the name: a registry made again at the same place (same uri, name,
+        # env, revision numbers) is another registry, whose refusals must be recorded again
+        marker = self._state_path().with_name(
+            f"{self._state_path().stem}-refused-r{self.revision}{self._revision_stamp}-v{version}")
         try:
             marker.parent.mkdir(parents=True, exist_ok=True)
             os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))     # atomic: one worker claims it
@@ -408,3 +413,9 @@ def _open(registry: Any):
 
         return open_registry(registry)
     return registry
+
+
+def _stamp(deployment: Any) -> str:
+    """``-<microseconds since the epoch>`` of the deployment's last change, or "" if unknown."""
+    at = getattr(deployment, "updated_at", None)
+    return f"-{int(at.timestamp() * 1e6)}" if at is not None else ""
