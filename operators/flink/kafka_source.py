@@ -34,6 +34,7 @@ from pyflink.table import StreamTableEnvironment
 from connectors.events import DecoderSpec
 from connectors.kafka.partition_reader import PartitionReader, RecordChunk
 from operators import steps
+from operators.batch import MicroBatch
 from operators.flink.metrics import metric_group
 from operators.flink.partition_keys import PartitionKey, check_with_flink, partition_keys
 from operators.flink.worker import WorkerSettings, prepare_process
@@ -60,7 +61,28 @@ class FanOutToPartitions(FlatMapFunction):
         yield from self.partitions
 
 
-class PollKafkaPartition(KeyedProcessFunction):
+class _ChunkDecoder:
+    """What both sources do with raw records: set the worker process up, decode a chunk into a
+    MicroBatch, count records in and undecodable records."""
+
+    def _open_decoder(self, ctx: RuntimeContext, worker: WorkerSettings, decoder: DecoderSpec):
+        prepare_process(worker)      # once per worker process (PyFlink has no worker-start hook)
+        self._decoder = decoder.build()
+        metrics = metric_group(ctx)
+        self._records_in = metrics.counter("records_in")
+        self._events_per_s = metrics.meter("events_in_per_s")
+        self._decode_rejects = metrics.counter("records_undecodable")
+        return metrics
+
+    def _decode(self, chunk: RecordChunk) -> MicroBatch:
+        batch = steps.decode(self._decoder, chunk)
+        self._records_in.inc(len(chunk.offsets))
+        self._events_per_s.mark_event(len(chunk.offsets))
+        self._decode_rejects.inc(len(batch.dead_letters))
+        return batch
+
+
+class PollKafkaPartition(_ChunkDecoder, KeyedProcessFunction):
     """Keyed by partition (``PartitionKey``): polls it from the checkpointed offset and emits a
     MicroBatch."""
 
@@ -75,15 +97,10 @@ class PollKafkaPartition(KeyedProcessFunction):
         self.poll_timeout_s = poll_timeout_s
 
     def open(self, ctx: RuntimeContext) -> None:
-        prepare_process(self.worker)      # once per worker process (PyFlink has no worker-start hook)
+        metrics = self._open_decoder(ctx, self.worker, self.decoder)
         self._next_offset = ctx.get_state(ValueStateDescriptor("next_offset", Types.LONG()))
         self._readers: dict[int, PartitionReader] = {}
-        self._decoder = self.decoder.build()
-        metrics = metric_group(ctx)
-        self._records_in = metrics.counter("records_in")
-        self._events_per_s = metrics.meter("events_in_per_s")
         metrics.gauge("records_lag", lambda: sum(r.lag() or 0 for r in self._readers.values()))
-        self._decode_rejects = metrics.counter("records_undecodable")
 
     def process_element(self, partition: int, ctx):
         reader = self._readers.get(partition)
@@ -94,11 +111,7 @@ class PollKafkaPartition(KeyedProcessFunction):
         if not chunk.offsets:
             return
         self._next_offset.update(chunk.next_offset)
-        batch = steps.decode(self._decoder, chunk)
-        self._records_in.inc(len(chunk.offsets))
-        self._events_per_s.mark_event(len(chunk.offsets))
-        self._decode_rejects.inc(len(batch.dead_letters))
-        yield batch
+        yield self._decode(chunk)
 
     def close(self) -> None:
         for reader in self._readers.values():
@@ -125,7 +138,7 @@ def kafka_micro_batches(env: StreamExecutionEnvironment, *, consumer_config: dic
             .name("source").uid(f"kafka-source-spread-{topic}"))
 
 
-class DecodeRecordBatch(FlatMapFunction):
+class DecodeRecordBatch(_ChunkDecoder, FlatMapFunction):
     """One row of ``RecordBatcher`` (partition, offsets, values) → one decoded MicroBatch."""
 
     def __init__(self, topic: str, decoder: DecoderSpec, worker: WorkerSettings = WorkerSettings()) -> None:
@@ -134,20 +147,11 @@ class DecodeRecordBatch(FlatMapFunction):
         self.worker = worker
 
     def open(self, ctx: RuntimeContext) -> None:
-        prepare_process(self.worker)      # once per worker process (PyFlink has no worker-start hook)
-        self._decoder = self.decoder.build()
-        metrics = metric_group(ctx)
-        self._records_in = metrics.counter("records_in")
-        self._events_per_s = metrics.meter("events_in_per_s")
-        self._decode_rejects = metrics.counter("records_undecodable")
+        self._open_decoder(ctx, self.worker, self.decoder)
 
     def flat_map(self, row):
         partition, offsets, values = row[0], list(row[1]), list(row[2])
-        batch = steps.decode(self._decoder, RecordChunk(self.topic, partition, values, offsets))
-        self._records_in.inc(len(offsets))
-        self._events_per_s.mark_event(len(offsets))
-        self._decode_rejects.inc(len(batch.dead_letters))
-        yield batch
+        yield self._decode(RecordChunk(self.topic, partition, values, offsets))
 
 
 # the Java classes (flink-conf/maven/kafka-records) and the rows they make, as PyFlink types
