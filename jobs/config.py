@@ -457,7 +457,7 @@ class JobConfig(_Section):
         if self.default_route is not None:
             d = self.default_route
             routes.append(Route(d.name, tuple(d.model_refs()), (), d.combine))
-        return RoutePlan(tuple(routes), self.model.registry, self.model.env)
+        return RoutePlan(tuple(routes), self.model.registry, self.model.env, self.model.follow_interval_s)
 
     def to_yaml(self, path: Path) -> Path:
         path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
@@ -471,23 +471,25 @@ class RoutePlan:
     routes: tuple
     registry: str | None = None
     env: str = "production"
+    follow_interval_s: float = 1.0
 
     def load(self, ref: str, load_options: dict) -> Any:
-        """A route's model: the file ``ref``, or the champion of registered model ``ref`` in ``env``
-        (fetched and sha256-checked once, when the scorer starts; not followed afterwards)."""
+        """A route's model: the file ``ref``, or the champion of registered model ``ref`` in ``env``,
+        followed like the job's own deployment: a version promoted while the job runs takes over
+        the route (after the same checks; a refused one leaves the serving version and is audited)."""
         from model_formats import load_model
 
         if is_model_file(ref) or self.registry is None:
             return load_model(ref, **load_options)
-        from registry import RegistryError, open_registry
+        from model_formats.reloading import FollowedModel, ReloadingModel
+        from registry.follow import FollowSpec
 
-        with open_registry(self.registry) as reg:
-            deployment = reg.deployment(ref, self.env)
-            if deployment is None:
-                raise RegistryError(f"route model {ref!r}: no deployment of {ref!r} in {self.env!r}")
-            mv = deployment.champion
-            path = reg.fetch_model(mv)
-        return load_model(path, **{**load_options, "name": mv.name, "version": str(mv.version)})
+        source = FollowSpec(self.registry, ref, self.env, self.follow_interval_s).open()
+        try:
+            return FollowedModel(ReloadingModel(source, min(self.follow_interval_s, 0.1), **load_options))
+        except BaseException:
+            source.close()
+            raise
 
     def scorer(self, schema: "EventSchema", **load_options):
         """An ``operators.experiments.RouteScorer`` with every routed model loaded."""

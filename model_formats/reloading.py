@@ -215,6 +215,26 @@ class ReloadingModel:
         self.source.close()
 
 
+class FollowedModel:
+    """A model-like view of a :class:`ReloadingModel`, for holders that keep one model object
+    (a route, a combination of routed models): every attribute is the serving model's.
+    :meth:`refresh`, called once per batch before it is scored, takes the replacement the source
+    offers, so one batch is never scored by two versions nor named after the other one."""
+
+    def __init__(self, reloading: ReloadingModel) -> None:
+        self.reloading = reloading
+
+    def refresh(self) -> None:
+        """Swap in the source's replacement, if it offers one and the check interval has passed."""
+        self.reloading.current()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.reloading.model, name)
+
+    def close(self) -> None:
+        self.reloading.close()
+
+
 def _new_required_inputs(serving: Model, candidate: Model) -> list[str]:
     known = set(serving.schema.input_names)
     return [f.name for f in candidate.schema.inputs if f.required and f.name not in known]

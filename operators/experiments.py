@@ -182,18 +182,28 @@ class CombinedModel:
     format = "combined"
 
     def __init__(self, models: Sequence[Any], combine: Combine) -> None:
-        from model_formats.base import FieldSpec, ModelSchema
-
         if len(models) < 2:
             raise ValueError("a combined model needs at least two models")
         if combine not in ("mean", "max", "vote"):
             raise ValueError(f"combine must be mean, max or vote, not {combine!r}")
         self.models = list(models)
         self.combine: Combine = combine
-        self.name = "+".join(m.name for m in self.models)
-        self.version = "+".join(str(m.version) for m in self.models)
+
+    # read afresh: a model that follows a registry may have taken a new version since
+    @property
+    def name(self) -> str:
+        return "+".join(m.name for m in self.models)
+
+    @property
+    def version(self) -> str:
+        return "+".join(str(m.version) for m in self.models)
+
+    @property
+    def schema(self):
+        from model_formats.base import FieldSpec, ModelSchema
+
         inputs = {f.name: f for m in self.models for f in m.schema.inputs}
-        self.schema = ModelSchema(tuple(inputs.values()), (FieldSpec("score", "double"), FieldSpec("label", "integer")))
+        return ModelSchema(tuple(inputs.values()), (FieldSpec("score", "double"), FieldSpec("label", "integer")))
 
     def validate(self, batch: Any):
         """Every model's validation; ``valid`` keeps all columns of the rows every model accepts
@@ -241,7 +251,8 @@ class RouteScorer:
     the fields the routes look at. Predictions come back in the input's order, served
     (``prediction_id`` = the input's coordinates, ``role`` champion), their ``model`` naming the
     route's model (``a+b`` for a combination). Each distinct model is loaded once, when the scorer
-    is made (a route's model that cannot be loaded fails it: a configuration error).
+    is made (a route's model that cannot be loaded fails it: a configuration error); a model with
+    a ``refresh()`` (one that follows a registry) is asked for its new version before each batch.
 
     ``loader(ref)``: how a route's model reference is loaded (default ``load_model(ref,
     **load_options)``)."""
@@ -278,6 +289,10 @@ class RouteScorer:
         from connectors.dead_letter import Reason
         from operators import steps
 
+        for model in self.models.values():      # routed models that follow a registry take new versions
+            refresh = getattr(model, "refresh", None)
+            if refresh is not None:
+                refresh()
         if batch.events.num_rows == 0:
             return steps.score_batch(batch, self._served[0], self.schema)
         chosen = assign_routes(batch.events, self.routes)

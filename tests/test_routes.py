@@ -270,3 +270,50 @@ def test_a_route_model_named_by_the_registry_is_its_champion_in_model_env(reg, r
     model.close()
     with pytest.raises(RegistryError, match="no deployment of 'churn'"):
         plan.load("churn", {})
+
+
+def test_a_route_follows_its_registered_model_while_it_scores(reg, registry_uri_for_test, features, tmp_path):
+    """A version promoted while the routes score takes over its route and the combination that
+    uses it, between two batches: each batch is scored and named by one version, never two."""
+    import time
+
+    who = dict(actor="tester@host", reason="test")
+    v1, v2 = demo_data.demo_model(ENTITIES), demo_data.demo_model(ENTITIES, version="2")
+    reg.register_model("fraud", str(v1), **who)
+    reg.register_model("fraud", str(v2), **who)
+    reg.register_model("churn", str(v1), **who)
+    reg.promote("fraud", 1, "integration", **who)
+    reg.promote("churn", 1, "integration", **who)
+    cfg = config(tmp_path, f"model: {{registry: '{registry_uri_for_test}', name: fraud, env: integration, "
+                           "follow_interval_s: 0.2}\n"
+                           "routes: [{name: single, when: {field: amount, max: 50}, model: fraud}]\n"
+                           "default_route: {name: both, models: [fraud, churn], combine: mean}")
+    scorer = cfg.route_plan().scorer(SCHEMA)
+    try:
+        batch = enriched(features, np.arange(400) % ENTITIES)
+        amounts = np.asarray(batch.events.column("amount").to_numpy(zero_copy_only=False))
+        single = amounts < 50
+
+        def served(scored) -> tuple[set, np.ndarray]:
+            table = scored.predictions
+            return (set(zip(table.column("model_version").to_pylist(), single.tolist())),
+                    np.asarray(table.column("score").to_numpy(zero_copy_only=False)))
+
+        before, scores_v1 = served(scorer.score(batch))
+        assert before == {("1", True), ("1+1", False)}
+        reg.promote("fraud", 2, "integration", **who)
+        deadline, after = time.monotonic() + 60, before
+        while time.monotonic() < deadline and after == before:
+            time.sleep(0.2)
+            after, scores = served(scorer.score(batch))
+            assert after in (before, {("2", True), ("2+1", False)}), f"one batch scored by two versions: {after}"
+        assert after == {("2", True), ("2+1", False)}, f"the route kept serving version 1 for 60 s: {after}"
+        want_v2 = load_model(v2).predict(batch.events).column("score").to_numpy()
+        want_v1 = load_model(v1).predict(batch.events).column("score").to_numpy()
+        np.testing.assert_allclose(scores[single], want_v2[single], rtol=1e-6)
+        np.testing.assert_allclose(scores[~single], ((want_v2 + want_v1) / 2)[~single], rtol=1e-6)
+        np.testing.assert_allclose(scores_v1[single], want_v1[single], rtol=1e-6)
+        serving = reg.deployment("fraud", "integration")
+        assert serving.champion.version == 2
+    finally:
+        scorer.close()
