@@ -3,6 +3,7 @@
 #   PostgreSQL on 127.0.0.1:5432 (trust auth for loopback, database "test", user "postgres")
 #   Redis      on 127.0.0.1:6379 (no persistence)
 #   Chromium + chromedriver (headless; the HTML report test opens its page in a real browser)
+#   docker-compose (only to validate docker-compose.yml: no Docker engine runs here)
 # Idempotent: running it again leaves running services alone. Needs root (apt-get, pg_ctlcluster).
 # `make services` runs it; `.ci/run` runs it before `make test`.
 set -euo pipefail
@@ -12,6 +13,7 @@ command -v pg_ctlcluster >/dev/null 2>&1 || need_install+=(postgresql)
 command -v redis-server  >/dev/null 2>&1 || need_install+=(redis-server)
 command -v chromium      >/dev/null 2>&1 || need_install+=(chromium)
 command -v chromedriver  >/dev/null 2>&1 || need_install+=(chromium-driver)
+command -v docker-compose >/dev/null 2>&1 || need_install+=(docker-compose)
 if [ ${#need_install[@]} -gt 0 ]; then
   echo "services: installing ${need_install[*]} from Debian's packages"
   export DEBIAN_FRONTEND=noninteractive

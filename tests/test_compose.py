@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from jobs.config import load_config
+from feature_store_fixtures import service_missing
 from flink_cluster import FLINK_HOME, REPO, SUBMIT
 
 COMPOSE = REPO / "docker-compose.yml"
@@ -36,7 +37,7 @@ def services() -> dict:
 def test_compose_file_is_valid():
     cli = compose_cli()
     if cli is None:
-        pytest.skip("neither docker-compose nor `docker compose` is installed (apt-get install docker-compose)")
+        service_missing("neither docker-compose nor `docker compose` is installed (make services)")
     done = subprocess.run([*cli, "-f", str(COMPOSE), "config", "-q"], cwd=REPO, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
@@ -84,6 +85,20 @@ def flatten(config: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def test_the_image_installs_every_package_of_the_project():
+    """The Dockerfile copies every top-level package pyproject.toml installs before ``pip install .``
+    (the image once lacked ``registry/``: ``model.registry`` and ``streamscore registry`` failed in it)."""
+    import tomllib
+
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {pattern.rstrip("*") for pattern in include}
+    assert packages == {p.name for p in REPO.iterdir() if (p / "__init__.py").exists() and p.name != "tests"} - {"bench"}
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    install = dockerfile.index("pip install --no-cache-dir .")
+    copied = set(re.findall(r"^COPY (\w+) \1$", dockerfile[:install], re.MULTILINE))
+    assert packages <= copied, f"not copied into the image before pip install: {sorted(packages - copied)}"
 
 
 def test_flink_conf_has_what_the_job_needs():
