@@ -293,7 +293,8 @@ class SinkSettings(_Section):
     path: str = Field("file:///tmp/streamscore/output",
                       description="files: a pyarrow.fs URI (file://, hdfs://namenode:8020/... with libhdfs, s3://bucket/...) or "
                       "webhdfs://namenode:9870/... (HDFS over HTTP, fsspec); "
-                      "predictions/ and dead_letters/ are written below it")
+                      "predictions/ and dead_letters/ are written below it, and shadow/ (every shadow's "
+                      "predictions, never in predictions/) when the job runs shadows")
     format: Literal["parquet", "jsonl"] = "parquet"
     partitioning: str = Field("date=%Y-%m-%d/hour=%H",
                               description="files: directories by UTC processing time (strftime pattern)")

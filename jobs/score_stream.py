@@ -141,8 +141,9 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
         write_to_kafka(scored, producer_config=producer_config(k.bootstrap_servers, k.producer),
                        topic=k.output_topic, dead_letter_topic=k.dead_letter_topic, **experiment_topics)
     if s.kind in ("files", "both"):
+        shadows = bool(m.shadows or m.follows_registry)        # a followed deployment's may come at any time
         write_to_files(scored, file_targets(s.path, s.format, s.partitioning, int(s.roll_size_mb * (1 << 20)),
-                                            s.roll_interval_s, s.include_dead_letters))
+                                            s.roll_interval_s, s.include_dead_letters, include_shadow=shadows))
 
 
 def prepare_process(cfg: JobConfig) -> None:
