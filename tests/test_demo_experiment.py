@@ -23,7 +23,8 @@ N_EVENTS = 1500
 def test_demo_experiment_routes_challengers_and_report(tmp_path, chromium):
     html = tmp_path / "report.html"
     result = streamscore("demo", "--experiment", "--events", str(N_EVENTS), "--rate", "1000",
-                         "--workdir", str(tmp_path / "demo"), "--html", str(html), cwd=tmp_path, timeout=900)
+                         "--workdir", str(tmp_path / "demo"), "--html", str(html), cwd=tmp_path, timeout=900,
+                         env={"COLUMNS": "200"})        # rich's tables unwrapped
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     last = json.loads(result.stdout.strip().splitlines()[-1])
     records, reasons = demo_records_with_reasons(DemoOptions(events=N_EVENTS, experiment=True))
