@@ -38,3 +38,4 @@ def test_demo_experiment_routes_challengers_and_report(tmp_path, chromium):
     assert "predictions per route" in result.stdout
     assert "challengers against the champion" in result.stdout          # the comparison table
     check_report_page(chromium, html)
+    print(f"\n{result.stdout.strip().splitlines()[-1]}")
