@@ -13,8 +13,8 @@ PYTEST  = $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 help:
 	@echo "make demo [EVENTS=20000 RATE=5000]  run the scoring job end to end on embedded defaults"
-	@echo "make demo-experiment                the demo as a live experiment: a shadow and a 10 % canary beside the"
-	@echo "                                   champion, the in-stream comparison table and its HTML report"
+	@echo "make demo-experiment                the demo as a live experiment: two routes on a text field, a shadow and a"
+	@echo "                                   10 % canary beside the champion on its route, the comparison table, HTML report"
 	@echo "make test [TEST_WORKERS=2]          run the test suite (real broker, Plasma, MiniCluster), in 2 processes"
 	@echo "make test-tansu                     the Kafka-facing suites against Tansu (make test runs them on Apache Kafka)"
 	@echo "make test-hdfs                      the file sink (crash at every call, kill mid-write) on an embedded HDFS"

@@ -293,7 +293,8 @@ class SinkSettings(_Section):
     path: str = Field("file:///tmp/streamscore/output",
                       description="files: a pyarrow.fs URI (file://, hdfs://namenode:8020/... with libhdfs, s3://bucket/...) or "
                       "webhdfs://namenode:9870/... (HDFS over HTTP, fsspec); "
-                      "predictions/ and dead_letters/ are written below it")
+                      "predictions/ and dead_letters/ are written below it, and shadow/ (every shadow's "
+                      "predictions, never in predictions/) when the job runs shadows")
     format: Literal["parquet", "jsonl"] = "parquet"
     partitioning: str = Field("date=%Y-%m-%d/hour=%H",
                               description="files: directories by UTC processing time (strftime pattern)")
@@ -423,8 +424,15 @@ class JobConfig(_Section):
                 raise ValueError("default_route is the last of the routes: give routes too (or use model.path)")
             return self
         m = self.model
-        if m.shadows or m.canary:
-            raise ValueError("routes cannot be combined with model.shadows or model.canary yet")
+        if self._champion_route_ref() is None:
+            if m.follows_registry:
+                raise ValueError(f"with model.registry and routes, a route must serve the followed deployment: "
+                                 f"`model: {m.name}` (it follows its promotions, shadows and canary); other "
+                                 "routes may name other registered models or files")
+            if m.shadows or m.canary:
+                raise ValueError(f"model.shadows and model.canary challenge the champion model.path ({m.path}): "
+                                 f"with routes, a route must serve it (`model: {m.path}`); the challengers run "
+                                 "on that route's events")
         names = [r.name for r in self.routes] + ([self.default_route.name] if self.default_route else [])
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
@@ -446,8 +454,24 @@ class JobConfig(_Section):
                                      "needs model.registry")
         return self
 
+    def _champion_route_ref(self) -> str | None:
+        """The model reference of the job's champion (model.name with a registry, else model.path)
+        if a route (or the default route) serves it alone, else None."""
+        ref = self.model.name if self.model.follows_registry else self.model.path
+        routes = [*self.routes, *([self.default_route] if self.default_route else [])]
+        return ref if any(r.model_refs() == [ref] for r in routes) else None
+
+    @property
+    def runs_experiments(self) -> bool:
+        """Shadows and a canary may run beside the champion (``ModelSettings.has_experiments``);
+        with routes, on the events of the route(s) serving the champion, so only if one does."""
+        return self.model.has_experiments and (not self.routes or self._champion_route_ref() is not None)
+
     def route_plan(self) -> "RoutePlan | None":
-        """The routes as the scorer takes them (None without routes)."""
+        """The routes as the scorer takes them (None without routes). A route whose one model is
+        the job's champion (``model.path``, or with a registry ``model.name``) is served by the
+        scoring operator's champion (reloaded or followed, with its shadows and canary):
+        ``RoutePlan.champion`` names it."""
         if not self.routes:
             return None
         from operators.experiments import Route
@@ -457,7 +481,8 @@ class JobConfig(_Section):
         if self.default_route is not None:
             d = self.default_route
             routes.append(Route(d.name, tuple(d.model_refs()), (), d.combine))
-        return RoutePlan(tuple(routes), self.model.registry, self.model.env, self.model.follow_interval_s)
+        return RoutePlan(tuple(routes), self.model.registry, self.model.env, self._champion_route_ref(),
+                         self.model.follow_interval_s)
 
     def to_yaml(self, path: Path) -> Path:
         path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
@@ -471,7 +496,8 @@ class RoutePlan:
     routes: tuple
     registry: str | None = None
     env: str = "production"
-    follow_interval_s: float = 1.0
+    champion: str | None = None      # the model reference the job's champion serves (see JobConfig.route_plan)
+    follow_interval_s: float = 1.0   # how often a registered route model's deployment is looked at
 
     def load(self, ref: str, load_options: dict) -> Any:
         """A route's model: the file ``ref``, or the champion of registered model ``ref`` in ``env``,
@@ -491,11 +517,14 @@ class RoutePlan:
             source.close()
             raise
 
-    def scorer(self, schema: "EventSchema", **load_options):
-        """An ``operators.experiments.RouteScorer`` with every routed model loaded."""
+    def scorer(self, schema: "EventSchema", score_champion: Any = None, **load_options):
+        """An ``operators.experiments.RouteScorer`` with every routed model loaded, except the
+        champion's routes when ``score_champion`` (``MicroBatch -> ScoredBatch``) scores them."""
         from operators.experiments import RouteScorer
 
-        return RouteScorer(self.routes, schema, loader=lambda ref: self.load(ref, load_options))
+        return RouteScorer(self.routes, schema, loader=lambda ref: self.load(ref, load_options),
+                           champion=self.champion if score_champion is not None else None,
+                           score_champion=score_champion)
 
 
 # Sections whose keys are free-form and may contain dots (Kafka client and Flink settings).

@@ -6,9 +6,11 @@ two versions of the demo model are registered with the feature snapshot they wer
 version 1 is the production champion when the job starts, version 2 is promoted mid-run. The
 host's Plasma store is materialized from the registry snapshot (no ``features load``).
 
-``--experiment``: no promotion; version 2 runs as a shadow and a third version as a canary for 10 %
-of the entities beside the champion, and the demo prints the in-stream comparison and writes its
-HTML report."""
+``--experiment``: no promotion; the events get a text field ``channel`` (pos, app, web) and the job
+two routes on it: ``card`` (pos and app) to the followed champion, beside which version 2 runs as a
+shadow and a third version as a canary for 10 % of the entities, and ``web`` to the mean of the two
+demo model files. The demo prints the in-stream comparison and events per route, and writes the
+comparison's HTML report."""
 from __future__ import annotations
 
 import json
@@ -25,7 +27,7 @@ from rich.live import Live
 from rich.table import Table
 
 from jobs import demo_data
-from jobs.config import ModelSettings
+from jobs.config import ModelSettings, RouteCondition, RouteSettings
 from jobs.embedded import EmbeddedStack
 from jobs.flink_rest import FlinkRest
 from jobs.producer import produce
@@ -124,12 +126,38 @@ def demo_records(opts: DemoOptions) -> list[dict | bytes]:
 
 
 def demo_records_with_reasons(opts: DemoOptions) -> tuple[list[dict | bytes], dict[int, str]]:
-    """:func:`demo_records` and, per position of a bad event, the dead-letter reason it must get."""
+    """:func:`demo_records` and, per position of a bad event, the dead-letter reason it must get
+    (``opts.experiment``: the events have the text field ``channel`` too)."""
     events = list(demo_data.events(opts.events, opts.entities))
+    extra = None
+    if opts.experiment:
+        events, extra = demo_data.with_channel(events), {"channel": "pos"}
     every = int(1 / opts.bad_fraction) if opts.bad_fraction > 0 else 0
     if not every:
         return events, {}
-    return demo_data.with_bad_events(events, opts.entities, every=every, start=every // 2)
+    return demo_data.with_bad_events(events, opts.entities, every=every, start=every // 2, extra=extra)
+
+
+CHAMPION_ROUTE = "card"           # demo --experiment: the route the followed champion (and its challengers) serves
+COMBINED_ROUTE = "web"
+
+
+def experiment_routes(entities: int) -> list[RouteSettings]:
+    """The demo's two routes on the text field ``channel``: ``card`` (pos, app) to the followed
+    deployment's champion, with its shadow and canary; ``web`` to the mean of the two demo model
+    files (one numeric model family)."""
+    files = [str(demo_data.demo_model(entities, version=v)) for v in ("1", "2")]
+    return [RouteSettings(name=CHAMPION_ROUTE, when=RouteCondition(field="channel", in_=["pos", "app"]),
+                          model=DEMO_MODEL),
+            RouteSettings(name=COMBINED_ROUTE, when=RouteCondition(field="channel", equals="web"),
+                          models=files, combine="mean")]
+
+
+def route_of(prediction: dict) -> str:
+    """Which of the demo's routes scored a prediction, from the model it names (a combination of
+    the two files for ``web``, the registered model for ``card``)."""
+    return CHAMPION_ROUTE if prediction.get("model") == DEMO_MODEL else \
+        COMBINED_ROUTE if "+" in str(prediction.get("model")) else "other"
 
 
 def summarize(tally: Tally, inputs: list[str], started: float, opts: DemoOptions) -> dict:
@@ -165,13 +193,21 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
         cfg = stack.job_config("demo", opts.partitions, flink__parallelism=opts.parallelism)
         cfg.model = ModelSettings(registry=demo_registry.uri, name=DEMO_MODEL, env=DEMO_ENV,
                                   comparison_window_s=EXPERIMENT_WINDOW_S if opts.experiment else 10.0)
+        warmup = None
         if opts.experiment:
             from connectors.kafka.clients import ensure_topics
+            from jobs.config import JobConfig
 
+            cfg.events.fields = {**cfg.events.fields, "channel": "string"}
+            cfg.routes = experiment_routes(opts.entities)
+            cfg = JobConfig.model_validate(cfg.model_dump())        # checked here, not in the job's process
+            warmup = demo_data.with_channel(demo_data.events(20, opts.entities, seed=99, prefix="warmup"))
             ensure_topics(cfg.kafka.bootstrap_servers, {cfg.kafka.shadow_topic_name(): opts.partitions,
                                                         cfg.kafka.comparison_topic_name(): 1})
+            say(f"  routes on the text field channel: {CHAMPION_ROUTE} (pos, app) → the {DEMO_MODEL} champion "
+                f"with its shadow and canary; {COMBINED_ROUTE} → the mean of the demo model files v1 and v2")
         with console.status("starting the scoring job in a local Flink MiniCluster (JVM, Python workers)…"):
-            job, reader = stack.start_job(cfg)
+            job, reader = stack.start_job(cfg, warmup=warmup)
         say(f"the scoring job is up (log: {job.log_path})")
         try:
             records = demo_records(opts)
@@ -243,8 +279,9 @@ def experiment_summary(stack, cfg, reader, tally: Tally, inputs: list[str], demo
 
     reg = demo_registry.registry
     time.sleep(EXPERIMENT_WINDOW_S)
-    trailing = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic,
-                       demo_data.events(10, opts.entities, seed=5, prefix="warmup-trailing"), encode=demo_data.encode)
+    trailing = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic,     # on the champion's route
+                       demo_data.with_channel(demo_data.events(10, opts.entities, seed=5, prefix="warmup-trailing"),
+                                              channels=("pos",)), encode=demo_data.encode)
     reader.wait_for(set(trailing), timeout_s=60)
     stable_since, last = time.monotonic(), None
     while time.monotonic() - stable_since < 3 * cfg.model.follow_interval_s + 1:   # the follower records them
@@ -258,8 +295,13 @@ def experiment_summary(stack, cfg, reader, tally: Tally, inputs: list[str], demo
         if windows:
             challengers[role] = (version, windows, merge_windows(windows))
     served = [tally.predictions[c] for c in inputs if c in tally.predictions]
-    out = {"canary_share_observed": round(sum(p["role"] == "canary" for p in served) / len(served), 4)
-           if served else None, "canary_share_target": opts.canary_share, "comparison": {}}
+    per_route = Counter(route_of(p) for p in served)
+    on_champion_route = [p for p in served if route_of(p) == CHAMPION_ROUTE]      # where the canary serves
+    out = {"canary_share_observed": round(sum(p["role"] == "canary" for p in on_champion_route) /
+                                          len(on_champion_route), 4) if on_champion_route else None,
+           "canary_share_target": opts.canary_share, "comparison": {},
+           "per_route": {route: per_route.get(route, 0) for route in (CHAMPION_ROUTE, COMBINED_ROUTE)}
+           | {route: n for route, n in per_route.items() if route not in (CHAMPION_ROUTE, COMBINED_ROUTE)}}
     for role, (version, windows, total) in challengers.items():
         out["comparison"][role] = {k: total[k] for k in ("champion", "challenger", "windows", "compared",
                                                          "agreement", "score_diff_mean", "psi")}
@@ -278,7 +320,8 @@ def experiment_summary(stack, cfg, reader, tally: Tally, inputs: list[str], demo
 
 
 _OUTPUT_METRIC = re.compile(r"\.(predictions_out|dead_letters_out|dead_letters\.\w+|shadow_skipped|"
-                            r"shadow_batches|canary_served|shadow_predictions_out|comparisons_out)$")
+                            r"shadow_batches|canary_served|shadow_predictions_out|comparisons_out|"
+                            r"route_\w+_events|no_route)$")
 
 
 def output_metrics(rest: FlinkRest) -> dict[str, float]:
@@ -319,11 +362,14 @@ def render(summary: dict, console: Console) -> None:
                                *(("n/a" if c[k] is None else f"{c[k]:.4f}") for k in ("agreement", "score_diff_mean",
                                                                                        "psi")))
         console.print(comparison)
-        console.print(f"canary share observed {summary['canary_share_observed']} "
-                      f"(target {summary['canary_share_target']}); report: {summary.get('html_report')}")
+        console.print(f"canary share observed {summary['canary_share_observed']} of the {CHAMPION_ROUTE} route's "
+                      f"events (target {summary['canary_share_target']}); report: {summary.get('html_report')}")
+    if summary.get("per_route"):
+        console.print("predictions per route: " + ", ".join(f"{route} {n:,}" for route, n in
+                                                            summary["per_route"].items()))
 
 
 def to_json_line(summary: dict) -> str:
     keys = ("events_in", "predictions_out", "dead_letters", "throughput_eps", "p50_ms", "p99_ms", "per_version",
-            "shadow_compared", "agreement", "canary_share_observed")
+            "shadow_compared", "agreement", "canary_share_observed", "per_route")
     return json.dumps({k: summary[k] for k in keys if k in summary})

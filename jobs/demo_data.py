@@ -88,24 +88,35 @@ BAD_KINDS = {
 }
 
 
-def bad_event(kind: str, i: int, entities: int) -> bytes:
+def bad_event(kind: str, i: int, entities: int, extra: dict | None = None) -> bytes:
+    """A bad event of ``kind`` (``extra``: more fields for the well-formed unknown-entity one)."""
     raw, _ = BAD_KINDS[kind]
     if raw is None:
         return orjson.dumps({"id": f"bad-unknown-{i}", "entity_id": entities + 1000 + i, "amount": 1.0,
-                             "ts": int(time.time() * 1000)})
+                             "ts": int(time.time() * 1000), **(extra or {})})
     return raw
 
 
+CHANNELS = ("pos", "app", "web")     # the demo's text field `channel` (demo --experiment routes on it)
+
+
+def with_channel(events: list[dict], seed: int = 13, channels: tuple[str, ...] = CHANNELS) -> list[dict]:
+    """The events with a text field ``channel``, one of ``channels`` each, drawn evenly."""
+    picks = np.random.default_rng(seed).integers(0, len(channels), len(events))
+    return [{**event, "channel": channels[i]} for event, i in zip(events, picks)]
+
+
 def with_bad_events(events: list[dict], entities: int, every: int = 100, start: int = 50,
-                    salt: int = 0) -> tuple[list, dict[int, str]]:
+                    salt: int = 0, extra: dict | None = None) -> tuple[list, dict[int, str]]:
     """Every ``every``-th record (from ``start``) replaced by a malformed one, each kind in turn:
-    (records, position → the dead-letter reason it must get)."""
+    (records, position → the dead-letter reason it must get; ``extra``: fields the events have
+    beyond the demo's four, given to the well-formed unknown-entity ones too)."""
     kinds = list(BAD_KINDS)
     records: list = list(events)
     reasons = {}
     for j, i in enumerate(range(start, len(records), every)):
         kind = kinds[j % len(kinds)]
-        records[i] = bad_event(kind, salt + j, entities)
+        records[i] = bad_event(kind, salt + j, entities, extra)
         reasons[i] = BAD_KINDS[kind][1]
     return records, reasons
 

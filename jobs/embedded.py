@@ -137,16 +137,18 @@ class EmbeddedStack:
         return JobProcess(path, self.workdir / f"{cfg.job_name}.log", list(extra_args), module, env=env)
 
     def start_job(self, cfg: JobConfig, *extra_args: str, module: str = "jobs.score_stream",
-                  timeout_s: float = 300, env: dict[str, str] | None = None) -> tuple[JobProcess, OutputReader]:
+                  timeout_s: float = 300, env: dict[str, str] | None = None,
+                  warmup: list[dict] | None = None) -> tuple[JobProcess, OutputReader]:
         """Start a job process and an output reader, and wait until warm-up events come out
-        scored (JVM, Python workers and model are up). Callers account for their own input
+        scored (JVM, Python workers and model are up; ``warmup``: other events than the demo's 20
+        ``warmup-*`` ones, e.g. with more fields). Callers account for their own input
         coordinates only, so the warm-up events never count."""
         job = self.job(cfg, *extra_args, module=module, env=env).start()
         reader = OutputReader(cfg.kafka.bootstrap_servers, cfg.kafka.output_topic, cfg.kafka.dead_letter_topic,
                               cfg.kafka.consumer).start()
         try:
-            warm = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic,
-                           demo_data.events(20, self.entities, seed=99, prefix="warmup"), encode=demo_data.encode)
+            warmup = warmup or demo_data.events(20, self.entities, seed=99, prefix="warmup")
+            warm = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic, warmup, encode=demo_data.encode)
             tally = reader.wait_for(set(warm), timeout_s=timeout_s, stall_s=timeout_s, check=job.check_alive)
             if tally.missing(set(warm)):
                 raise RuntimeError(f"the job did not score warm-up events within {timeout_s}s:\n{job.log_tail()}")

@@ -125,12 +125,12 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
                                  intra_op_threads=m.intra_op_threads,
                                  reload_interval_s=m.check_interval_s(),
                                  load_options=m.load_options(),
-                                 experiments=m.has_experiments, challengers=m.challenger_plan(cfg.job_name),
+                                 experiments=cfg.runs_experiments, challengers=m.challenger_plan(cfg.job_name),
                                  shadow_budget_ms=m.shadow_budget_ms,
                                  comparison_window_ms=int(m.comparison_window_s * 1000),
                                  routes=cfg.route_plan())
     experiment_topics = dict(shadow_topic=k.shadow_topic_name(), comparison_topic=k.comparison_topic_name()) \
-        if m.has_experiments else {}
+        if cfg.runs_experiments else {}
     s = cfg.sink
     if s.kind in ("kafka", "both") and k.delivery == "exactly_once":
         write_to_kafka_exactly_once(scored, bootstrap_servers=k.bootstrap_servers, topic=k.output_topic,
@@ -141,8 +141,9 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
         write_to_kafka(scored, producer_config=producer_config(k.bootstrap_servers, k.producer),
                        topic=k.output_topic, dead_letter_topic=k.dead_letter_topic, **experiment_topics)
     if s.kind in ("files", "both"):
+        shadows = cfg.runs_experiments and bool(m.shadows or m.follows_registry)   # a deployment's may come
         write_to_files(scored, file_targets(s.path, s.format, s.partitioning, int(s.roll_size_mb * (1 << 20)),
-                                            s.roll_interval_s, s.include_dead_letters))
+                                            s.roll_interval_s, s.include_dead_letters, include_shadow=shadows))
 
 
 def prepare_process(cfg: JobConfig) -> None:

@@ -255,9 +255,17 @@ class RouteScorer:
     a ``refresh()`` (one that follows a registry) is asked for its new version before each batch.
 
     ``loader(ref)``: how a route's model reference is loaded (default ``load_model(ref,
-    **load_options)``)."""
+    **load_options)``).
 
-    def __init__(self, routes: Sequence[Route], schema: Any, *, loader: Any = None, **load_options) -> None:
+    ``champion`` and ``score_champion``: the routes whose one model is ``champion`` (the job's
+    champion: ``model.path``, or a followed deployment's name) are not loaded here; their events are
+    scored together, in one call of ``score_champion(MicroBatch) -> ScoredBatch`` (the operator's
+    reloading or followed champion with its shadows and canary, :class:`ExperimentScorer`). What
+    that call's result has in ``experiment`` (shadow predictions, closed comparison windows) comes
+    out on the merged result: challengers are compared with the champion on the events it serves."""
+
+    def __init__(self, routes: Sequence[Route], schema: Any, *, loader: Any = None, champion: str | None = None,
+                 score_champion: Any = None, **load_options) -> None:
         if not routes:
             raise ValueError("a route scorer needs at least one route")
         names = [r.name for r in routes]
@@ -265,6 +273,9 @@ class RouteScorer:
             raise ValueError(f"route names must be distinct: {names}")
         self.routes = tuple(routes)
         self.schema = schema
+        self.score_champion = score_champion if champion is not None else None
+        self._champion_routes = {i for i, r in enumerate(self.routes)
+                                 if self.score_champion is not None and r.models == (champion,)}
         if loader is None:
             from model_formats import load_model
 
@@ -272,13 +283,15 @@ class RouteScorer:
                 return load_model(ref, **load_options)
         self.models: dict[str, Any] = {}
         try:
-            for ref in dict.fromkeys(m for r in self.routes for m in r.models):
+            for ref in dict.fromkeys(m for i, r in enumerate(self.routes) for m in r.models
+                                     if i not in self._champion_routes):
                 self.models[ref] = loader(ref)
         except BaseException:
             self.close()
             raise
-        self._served = [self.models[r.models[0]] if len(r.models) == 1 else
-                        CombinedModel([self.models[m] for m in r.models], r.combine) for r in self.routes]
+        self._served = [None if i in self._champion_routes else self.models[r.models[0]] if len(r.models) == 1 else
+                        CombinedModel([self.models[m] for m in r.models], r.combine)
+                        for i, r in enumerate(self.routes)]
         self._fields = list(dict.fromkeys(c.field for r in self.routes for c in r.when))
         self.route_events: dict[str, int] = {name: 0 for name in names}     # events sent to each route
         self.no_route = 0                                                    # events no route matched
@@ -294,6 +307,8 @@ class RouteScorer:
             if refresh is not None:
                 refresh()
         if batch.events.num_rows == 0:
+            if self._served[0] is None:
+                return self.score_champion(batch)
             return steps.score_batch(batch, self._served[0], self.schema)
         chosen = assign_routes(batch.events, self.routes)
         unrouted = chosen == NO_ROUTE
@@ -308,10 +323,23 @@ class RouteScorer:
             if not mask.any():
                 continue
             self.route_events[route.name] += int(mask.sum())
-            part = MicroBatch(batch.topic, batch.partition, batch.events.filter(pa.array(mask)), [],
-                              batch.polled_at_ms, batch.features)
-            parts.append(steps.score_batch(part, model, self.schema))
-        return steps.merge_in_input_order(batch, parts)
+            if model is not None:
+                parts.append(steps.score_batch(self._part(batch, mask), model, self.schema))
+        experiment = None
+        if self._champion_routes:
+            mask = np.isin(chosen, sorted(self._champion_routes))
+            if mask.any():
+                champion_part = self.score_champion(self._part(batch, mask))
+                experiment = champion_part.experiment
+                parts.append(champion_part)
+        merged = steps.merge_in_input_order(batch, parts)
+        merged.experiment = experiment
+        return merged
+
+    @staticmethod
+    def _part(batch: MicroBatch, mask: np.ndarray) -> MicroBatch:
+        return MicroBatch(batch.topic, batch.partition, batch.events.filter(pa.array(mask)), [],
+                          batch.polled_at_ms, batch.features)
 
     def _no_route_details(self, events: pa.RecordBatch, rows: np.ndarray) -> list[str]:
         present = [f for f in self._fields if f in events.schema.names]

@@ -238,6 +238,16 @@ class ExperimentOutput:
             keys += [str(k).encode() for k in column_values(rows.column("entity_id"))]
         return values, keys
 
+    def shadow_rows(self) -> tuple[pa.RecordBatch | None, np.ndarray]:
+        """Every shadow's predictions as one batch (rows tagged with ``role`` and ``model_version``)
+        and each row's input offset: what the file sink writes to its ``shadow/`` dataset (None:
+        no shadow scored the batch)."""
+        full = [rows for rows in self.shadow_predictions if rows.num_rows]
+        if not full:
+            return None, np.empty(0, dtype=np.int64)
+        rows = concat_predictions(full)
+        return rows, prediction_offsets(rows)
+
     def comparison_records(self) -> tuple[list[bytes], list[bytes]]:
         """Kafka record values (JSON) and keys (``champion|challenger``) of the closed windows."""
         import json
@@ -310,6 +320,14 @@ def merge_in_input_order(batch: MicroBatch, parts: Sequence[ScoredBatch]) -> Sco
                                   batch.features),
                        rejected=sum(p.rejected for p in parts), failed=sum(p.failed for p in parts),
                        model=head.model, model_version=head.model_version, role=head.role)
+
+
+def prediction_offsets(rows: pa.RecordBatch) -> np.ndarray:
+    """The input offset of each prediction, read from its ``prediction_id``
+    (``topic/partition/offset``, a challenger's with ``/<model>@<version>`` after it; Kafka topic
+    names have no ``/``)."""
+    ids = rows.column("prediction_id").to_pylist()
+    return np.fromiter((int(i.split("/", 3)[2]) for i in ids), dtype=np.int64, count=len(ids))
 
 
 def concat_predictions(parts: Sequence[pa.RecordBatch]) -> pa.RecordBatch:

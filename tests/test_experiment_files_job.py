@@ -2,7 +2,10 @@
 ``model.shadows`` (a faithful shadow and one that raises on every batch) and ``model.canary``
 (half of the entities, salt = the job name). Every input once in the main output or the dead
 letters, served scores the champion's, the canary's entities exactly ``canary_mask``'s, every
-scored input once in the shadow topic, comparison windows in the comparison topic."""
+scored input once in the shadow topic, comparison windows in the comparison topic. The job writes
+files too (``sink.kind: both``): after it ends, the committed ``predictions/`` and ``dead_letters/``
+hold every input exactly once and ``shadow/`` exactly the faithful shadow's prediction of every
+scored input, each once, tagged role ``shadow`` and its version (none in ``predictions/``)."""
 from __future__ import annotations
 
 import time
@@ -16,7 +19,7 @@ from connectors.kafka.clients import ensure_topics
 from jobs import demo_data
 from jobs.config import CanarySettings
 from jobs.producer import produce
-from job_helpers import decode_events, offline_scores, produce_and_account
+from job_helpers import decode_events, offline_scores, produce_and_account, read_committed
 from operators.experiments import canary_mask
 from test_experiment_job import TopicReader
 
@@ -30,7 +33,9 @@ def test_shadows_and_canary_from_model_files(stack, tmp_path):
     shadow = onnx_variant(champion, tmp_path / "shadow.onnx", version="2")
     raising = onnx_variant(champion, tmp_path / "raising.onnx", version="3", fixed_batch=99_999)
     canary = onnx_variant(champion, tmp_path / "canary.onnx", version="4")
-    cfg = stack.job_config("experiment-files", partitions=2)
+    out = tmp_path / "out"
+    cfg = stack.job_config("experiment-files", partitions=2, sink__kind="both", sink__path=out.as_uri(),
+                           sink__roll_interval_s=2.0)
     cfg.model.shadows = [str(shadow), str(raising)]
     cfg.model.canary = CanarySettings(path=str(canary), share=SHARE)
     cfg.model.shadow_budget_ms = 60_000
@@ -75,6 +80,27 @@ def test_shadows_and_canary_from_model_files(stack, tmp_path):
                     encode=demo_data.encode)
             time.sleep(1)
         assert all(w["agreement"] == 1.0 and w["champion"] == f"{name}@1" for w in windows)
+
+        # the files: every input once in predictions/ or dead_letters/, the shadow's rows in shadow/
+        expected = set(coords)
+        deadline = time.monotonic() + 120        # the last files commit roll_interval_s after they opened
+        while not (expected <= set(read_committed(out / "predictions", "prediction_id")) |
+                   set(read_committed(out / "dead_letters", "source"))
+                   and wanted <= set(read_committed(out / "shadow", "prediction_id"))):
+            job.check_alive()
+            assert time.monotonic() < deadline, "the files never accounted for every input"
+            time.sleep(0.5)
+        job.stop()
+        served = read_committed(out / "predictions", "prediction_id")
+        dead = read_committed(out / "dead_letters", "source")
+        assert sorted(i for i in served if i in expected) == sorted(predicted)          # each once
+        assert sorted(i for i in dead if i in expected) == sorted(expected - set(predicted))
+        shadow_ids = read_committed(out / "shadow", "prediction_id")
+        assert sorted(i for i in shadow_ids if i.rsplit("/", 1)[0] in expected) == sorted(wanted)
+        assert set(read_committed(out / "shadow", "role")) == {"shadow"}
+        assert set(read_committed(out / "shadow", "model_version")) == {"2"}      # the raising one wrote none
+        assert set(read_committed(out / "predictions", "role")) == {"champion", "canary"}
+        assert not [i for i in served if i.count("/") > 2]                       # no challenger's id served
     finally:
         reader.stop()
         job.stop()

@@ -3,16 +3,13 @@
 four figures with their titles, and its screenshot is not blank."""
 from __future__ import annotations
 
-import io
-import shutil
-
 import numpy as np
 import pytest
 
+from browser_fixtures import REPORT_FIGURES as FIGURES
+from browser_fixtures import check_report_page, chromium  # noqa: F401 (chromium: a fixture)
 from jobs.experiment_report import merge_windows, render_html
 from operators.experiments import WindowComparison
-
-FIGURES = ["Agreement over time", "Score distributions", "Flip matrix", "Latency per model"]
 
 
 def windows(n: int = 12, seed: int = 3) -> list[dict]:
@@ -48,44 +45,12 @@ def test_page_is_self_contained():
         assert title in page
 
 
-@pytest.fixture(scope="module")
-def chromium():
-    if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        from feature_store_fixtures import service_missing
-        service_missing("headless Chromium not installed (make services, or apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,1400"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
-    driver.set_page_load_timeout(120)
-    yield driver
-    driver.quit()
-
-
 def test_report_renders_in_headless_chromium_without_errors(chromium, tmp_path):
-    from PIL import Image
     from selenium.webdriver.common.by import By
 
     path = tmp_path / "report.html"
     path.write_text(render_html(windows(), "fraud in production"))
-    chromium.get(path.as_uri())
-    errors = [e for e in chromium.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
-    assert not errors, errors
-    captions = [c.text for c in chromium.find_elements(By.TAG_NAME, "figcaption")]
-    assert captions == FIGURES
-    svgs = chromium.find_elements(By.CSS_SELECTOR, "figure svg")
-    assert len(svgs) == 4 and all(s.size["width"] > 100 and s.size["height"] > 100 for s in svgs)
+    check_report_page(chromium, path, FIGURES)
     # the plots drew something: bars in the histogram, a line of 12 points, 4 matrix cells
     assert len(chromium.find_elements(By.CSS_SELECTOR, "figure:nth-of-type(1) circle")) == 12
     assert len(chromium.find_elements(By.CSS_SELECTOR, "figure:nth-of-type(3) rect")) == 1 + 4
-    shot = Image.open(io.BytesIO(chromium.get_screenshot_as_png())).convert("L")
-    colours = shot.getcolors(maxcolors=1 << 16)
-    assert colours is not None and len(colours) > 20, "the screenshot is blank or nearly so"
-    dark = sum(count for count, level in colours if level < 200)
-    assert dark > 0.01 * shot.width * shot.height, "hardly anything drawn on the page"

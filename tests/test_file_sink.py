@@ -260,3 +260,34 @@ def test_job_targets_keep_uri_options():
         "predictions": "s3://bucket/out/predictions?region=eu-west-1",
         "dead_letters": "s3://bucket/out/dead_letters?region=eu-west-1"}
     assert list(file_targets("file:///x", "parquet", "h=%H", 1, 1, False)) == ["predictions"]
+
+
+def test_a_batchs_shadow_rows_are_one_write_and_a_replay_adds_none(tmp_path):
+    """The job's ``shadow/`` dataset: two shadows' predictions of one batch share the inputs'
+    offsets (the writer's sequence numbers), so they are written in one write; replayed after a
+    restore from a checkpoint taken after it, none is written twice."""
+    from operators.flink.file_sink import SHADOW, file_targets
+    from operators.steps import ExperimentOutput
+
+    targets = file_targets((tmp_path / "out").as_uri(), "parquet", "h=%H", 1 << 20, 60, True, include_shadow=True)
+    assert list(targets) == ["predictions", "dead_letters", "shadow"]
+    assert targets[SHADOW].uri.endswith("/out/shadow")
+
+    def shadow(name: str, offsets) -> pa.RecordBatch:
+        offs = list(offsets)
+        return pa.record_batch([pa.array([f"events/0/{o}/{name}@2" for o in offs]), pa.array([0.5] * len(offs)),
+                                pa.array(["shadow"] * len(offs)), pa.array(["2"] * len(offs))],
+                               names=["prediction_id", "score", "role", "model_version"])
+    assert ExperimentOutput().shadow_rows()[0] is None
+    rows, offsets = ExperimentOutput([shadow("a", range(5)), shadow("b", [0, 2, 4])]).shadow_rows()
+    assert offsets.tolist() == [0, 1, 2, 3, 4, 0, 2, 4]
+    writer = RollingFileWriter(targets[SHADOW], "events-0")
+    writer.write(rows, offsets, T0)
+    checkpoint = writer.state()
+    writer.close(commit=False)                                   # a crash after the checkpoint
+    restored = RollingFileWriter(targets[SHADOW], "events-0", checkpoint)
+    restored.write(rows, offsets, T0 + 1)                        # the replay
+    assert restored.rows_skipped == 8
+    restored.close()
+    want = [f"events/0/{o}/a@2" for o in range(5)] + [f"events/0/{o}/b@2" for o in (0, 2, 4)]
+    assert sorted(committed_ids(tmp_path / "out" / "shadow")) == sorted(want)

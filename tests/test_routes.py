@@ -22,7 +22,7 @@ from model_formats import load_model
 from operators import steps
 from operators.experiments import Condition, Route, RouteScorer, combine_scores
 from registry_fixtures import reg, registry_uri_for_test  # noqa: F401 (fixtures)
-from test_live_experiment import ENTITIES, SCHEMA, enriched, features  # noqa: F401 (features: a fixture)
+from test_live_experiment import ENTITIES, SCHEMA, enriched, features, files, plan, ready  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +173,55 @@ def test_a_combined_route_dead_letters_a_row_any_of_its_models_refuses(features,
         [(dl.Reason.MODEL_INPUT_REJECTED, 5, "id: e5 is refused")]
 
 
+def test_shadows_and_canary_run_on_the_champions_route_only(features, files):
+    """Routes and challengers together: the route naming the champion is scored by the champion's
+    scorer (here an ExperimentScorer with a shadow and a 50 % canary, as the Flink operator wires
+    it); the canary serves its share of that route's events only, the shadow scores exactly that
+    route's events and is compared with the champion on them; the other route is untouched."""
+    from operators.experiments import ExperimentScorer, canary_mask
+
+    champion = load_model(str(files["champion"]))
+    other = load_model(str(files["champion"]))
+    experiment = ExperimentScorer(SCHEMA, window_ms=3_600_000)
+    experiment.set_plan(plan(files, shadows=("shadow",), canary_share=0.5))
+    ready(experiment)
+    loads: list[str] = []
+
+    def loader(ref):
+        loads.append(ref)
+        return Recording(other, ref, 0.5)
+    routes = [Route("small", ("champ",), (Condition("amount", "range", (None, 20.0)),)), Route("rest", ("other",))]
+    scorer = RouteScorer(routes, SCHEMA, loader=loader, champion="champ",
+                         score_champion=lambda part: experiment.score(part, champion))
+    assert loads == ["other"]                    # the champion's route is not loaded by the router
+    batch = enriched(features, np.arange(1, 1001) * 53 % ENTITIES, first_offset=10)
+    small = np.array(batch.events.column("amount").to_pylist()) < 20
+    assert 0 < small.sum() < 1000
+    scored = scorer.score(batch)
+    rows = scored.predictions.to_pylist()
+    assert [r["prediction_id"] for r in rows] == [f"in/0/{10 + i}" for i in range(1000)]       # input order
+    assert scorer.route_events == {"small": int(small.sum()), "rest": int((~small).sum())}
+    entities = np.array(batch.events.column("entity_id").to_pylist())
+    canary = small & canary_mask(entities, "fraud/production", 0.5)
+    assert [r["role"] for r in rows] == np.where(canary, "canary", "champion").tolist()
+    assert [r["model_version"] for r in rows] == np.where(canary, "2", "1").tolist()
+    assert [r["model"] == "other" for r in rows] == (~small).tolist()
+    # the shadow scored the champion's route, nothing else, and never reached the served output
+    shadow_rows = scored.experiment.shadow_predictions
+    assert len(shadow_rows) == 1
+    offsets = (np.flatnonzero(small) + 10).tolist()
+    assert shadow_rows[0].column("prediction_id").to_pylist() == [f"in/0/{o}/demo-fraud-gbm@3" for o in offsets]
+    assert set(shadow_rows[0].column("role").to_pylist()) == {"shadow"}
+    rows_for_files, file_offsets = scored.experiment.shadow_rows()
+    assert file_offsets.tolist() == offsets and rows_for_files.num_rows == len(offsets)
+    windows = {w["role"]: w for w in experiment.windows.close_due(float("inf"))}
+    assert windows["shadow"]["compared"] == int(small.sum())
+    assert windows["canary"]["compared"] == int(canary.sum())
+    assert windows["shadow"]["champion"] == "demo-fraud-gbm@1"
+    experiment.close()
+    scorer.close()
+
+
 # -- the job YAML ---------------------------------------------------------------------------------
 
 def config(tmp_path: Path, text: str) -> JobConfig:
@@ -219,11 +268,30 @@ def test_routes_in_the_job_yaml_become_the_scorers_routes(tmp_path):
      "model: b.onnx}]", "distinct"),
     ("routes: [{name: 'r s', when: {field: id, equals: a}, model: a.onnx}]", "pattern"),
     ("default_route: {model: m.onnx}", "give routes too"),
-    ("routes: [{name: r, when: {field: id, equals: a}, model: a.onnx}]\nmodel: {shadows: [s.onnx]}", "shadows"),
+    ("routes: [{name: r, when: {field: id, equals: a}, model: a.onnx}]\nmodel: {shadows: [s.onnx]}",
+     r"a route must serve it \(`model: models/demo.onnx`\)"),
+    ("routes: [{name: r, when: {field: id, equals: a}, model: a.onnx}]\n"
+     "model: {path: c.onnx, canary: {path: k.onnx, share: 0.1}}", r"a route must serve it \(`model: c.onnx`\)"),
+    ("routes: [{name: r, when: {field: id, equals: a}, model: a.onnx}]\n"
+     "model: {registry: 'sqlite:////tmp/none.db', name: fraud}", r"must serve the followed deployment: `model: fraud`"),
 ])
 def test_bad_routes_are_refused_when_the_config_is_read(tmp_path, text, message):
     with pytest.raises(ValidationError, match=message):
         config(tmp_path, text)
+
+
+def test_a_route_serving_the_champion_carries_its_challengers(tmp_path):
+    cfg = config(tmp_path, "model: {path: c.onnx, shadows: [s.onnx], canary: {path: k.onnx, share: 0.1}}\n"
+                           "routes: [{name: card, when: {field: id, regex: '^c'}, model: c.onnx},\n"
+                           "         {name: rest, when: {field: id, regex: '.'}, models: [c.onnx, o.onnx]}]")
+    plan = cfg.route_plan()
+    assert plan.champion == "c.onnx" and cfg.runs_experiments
+    again = load_config(cfg.to_yaml(tmp_path / "again.yaml"))
+    assert again.route_plan() == plan
+    # without challengers a route may still serve model.path: it is then reloaded like the champion
+    plain = config(tmp_path, "model: {path: c.onnx}\nroutes: [{name: r, when: {field: id, equals: a}, model: c.onnx}]")
+    assert plain.route_plan().champion == "c.onnx" and not plain.runs_experiments
+    assert config(tmp_path, ROUTES_YAML).route_plan().champion is None
 
 
 def test_preflight_checks_every_routed_model(tmp_path, champion):

@@ -2,7 +2,7 @@
 a default that combines two models. Every input once in the main output or the dead letters; each
 prediction's model is its route's model and its score that model's offline score (the default
 route's: the mean of both models' offline scores); the per-route metrics count exactly the events
-each route received."""
+each route received. With a shadow and a canary, they run on the route serving the champion only."""
 from __future__ import annotations
 
 import re
@@ -70,3 +70,80 @@ def test_routes_send_every_event_to_exactly_its_models(stack, tmp_path):
     finally:
         reader.stop()
         job.stop()
+
+
+def test_shadow_and_canary_run_on_the_route_serving_the_champion(stack, tmp_path):
+    """Routes with a shadow and a canary (issue #14): the route naming ``model.path`` is served by
+    the champion with its challengers, the other route by its own model. The canary serves exactly
+    ``canary_mask``'s entities among the champion route's events and none of the other route's; the
+    shadow scores exactly the champion route's events, to the shadow topic and the file sink's
+    ``shadow/`` dataset, never to the main output; every input once in the output or the dead letters."""
+    from beam_helpers import onnx_variant
+    from connectors.kafka.clients import ensure_topics
+    from jobs.config import CanarySettings
+    from jobs.producer import produce
+    from job_helpers import read_committed
+    from operators.experiments import canary_mask
+    from test_experiment_job import TopicReader
+
+    v1 = Path(stack.model_path)
+    v2 = demo_data.demo_model(stack.entities, version="2")
+    shadow = onnx_variant(v1, tmp_path / "shadow.onnx", version="3")
+    canary = onnx_variant(v1, tmp_path / "canary.onnx", version="4")
+    out = tmp_path / "out"
+    cfg = stack.job_config(f"routes-x-{time.time_ns() % 10**9}", partitions=2, sink__kind="both",
+                           sink__path=out.as_uri(), sink__roll_interval_s=2.0)
+    cfg.routes = [RouteSettings(name="small", when=RouteCondition(field="amount", max=SMALL_BELOW), model=str(v1))]
+    cfg.default_route = DefaultRouteSettings(name="rest", model=str(v2))
+    cfg.model.shadows = [str(shadow)]
+    cfg.model.canary = CanarySettings(path=str(canary), share=0.5)
+    cfg.model.shadow_budget_ms = 60_000
+    k = cfg.kafka
+    ensure_topics(k.bootstrap_servers, {k.shadow_topic_name(): 2, k.comparison_topic_name(): 1})
+    topics = TopicReader(k.bootstrap_servers, [k.shadow_topic_name()])
+    job, reader = stack.start_job(cfg)
+    try:
+        deadline = time.monotonic() + 120     # the challengers load on their own threads after the start
+        while not (topics.get(k.shadow_topic_name()) and
+                   any(p["role"] == "canary" for p in reader.snapshot().predictions.values())):
+            assert time.monotonic() < deadline, "the shadow or the canary never scored"
+            produce(k.bootstrap_servers, k.input_topic, demo_data.events(20, stack.entities, seed=5, prefix="probe"),
+                    encode=demo_data.encode)
+            time.sleep(1)
+        records, reasons = demo_data.with_bad_events(demo_data.events(2000, stack.entities, seed=79, prefix="x"),
+                                                     stack.entities, every=97)
+        coords, tally, predicted = produce_and_account(cfg, job, reader, records, reasons)
+        rows = [tally.predictions[c] for c in predicted]
+        events = decode_events(records)
+        small = np.array([events[p["event_id"]]["amount"] < SMALL_BELOW for p in rows])
+        assert 0 < small.sum() < len(rows)
+        entities = np.array([p["entity_id"] for p in rows])
+        by_canary = small & canary_mask(entities, cfg.job_name, 0.5)
+        assert [p["model_version"] for p in rows] == np.where(by_canary, "4", np.where(small, "1", "2")).tolist()
+        assert [p["role"] for p in rows] == np.where(by_canary, "canary", "champion").tolist()
+        name = demo_data.DEMO_MODEL_NAME
+        wanted = {f"{c}/{name}@3" for c, is_small in zip(predicted, small) if is_small}
+        expected = set(coords)
+
+        def shadow_ids() -> list[str]:
+            return [p["prediction_id"] for p in topics.get(k.shadow_topic_name())]
+        deadline = time.monotonic() + 120
+        while not (wanted <= set(shadow_ids()) and wanted <= set(read_committed(out / "shadow", "prediction_id"))
+                   and expected <= set(read_committed(out / "predictions", "prediction_id")) |
+                   set(read_committed(out / "dead_letters", "source"))):
+            job.check_alive()
+            assert time.monotonic() < deadline, "shadow predictions or files missing"
+            time.sleep(0.5)
+        job.stop()
+        assert sorted(i for i in shadow_ids() if i.rsplit("/", 1)[0] in expected) == sorted(wanted)
+        in_files = read_committed(out / "shadow", "prediction_id")
+        assert sorted(i for i in in_files if i.rsplit("/", 1)[0] in expected) == sorted(wanted)
+        served = read_committed(out / "predictions", "prediction_id")
+        assert sorted(i for i in served if i in expected) == sorted(predicted)
+        assert sorted(i for i in read_committed(out / "dead_letters", "source") if i in expected) == \
+            sorted(expected - set(predicted))
+        assert set(read_committed(out / "predictions", "role")) == {"champion", "canary"}
+    finally:
+        reader.stop()
+        job.stop()
+        topics.stop()

@@ -7,6 +7,10 @@ partition, the operator stages each micro-batch durably before returning, keeps 
 writer state (staging segment names and lengths) in Flink keyed state, and commits files by
 atomic rename whenever a roll condition holds. After a restore, the committed file names fence
 off replayed rows, so every prediction lands in exactly one committed file.
+
+Datasets below ``sink.path``: ``predictions/`` (the served output), ``dead_letters/`` and, when the
+job runs shadows, ``shadow/`` (every shadow's predictions, tagged with ``role`` and
+``model_version``; never in ``predictions/``), each with its own writer per source partition.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from operators.flink.metrics import OutputMetrics, metric_group
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS, DEAD_LETTERS = "predictions", "dead_letters"
+PREDICTIONS, DEAD_LETTERS, SHADOW = "predictions", "dead_letters", "shadow"
 
 
 def writer_id(scored: steps.ScoredBatch) -> str:
@@ -36,7 +40,9 @@ def writer_id(scored: steps.ScoredBatch) -> str:
 
 class WriteFiles(KeyedProcessFunction):
     """Keyed by :func:`writer_id`: writes each scored micro-batch's predictions (and dead
-    letters) through a :class:`RollingFileWriter` per dataset."""
+    letters, and its shadows' predictions) through a :class:`RollingFileWriter` per dataset. A
+    batch's shadow rows are written in one write (the rows of every shadow of an input share its
+    offset, the writer's sequence number), so the fence keeps them exactly once too."""
 
     def __init__(self, targets: dict[str, FileTarget]) -> None:
         self.targets = targets
@@ -52,6 +58,7 @@ class WriteFiles(KeyedProcessFunction):
         self._rows = metrics.counter("rows_committed")
         self._skipped = metrics.counter("rows_already_committed")
         self._commit_ms = metrics.distribution("file_commit_ms")
+        self._shadow_rows = metrics.counter("shadow_rows_staged")
 
     def _writers_for(self, key: str) -> dict[str, RollingFileWriter]:
         writers = self._writers.get(key)
@@ -73,6 +80,11 @@ class WriteFiles(KeyedProcessFunction):
             commits += writers[PREDICTIONS].write(predictions, offsets, now)
         if scored.dead_letters and DEAD_LETTERS in writers:
             commits += writers[DEAD_LETTERS].write(*dead_letter_rows(scored.dead_letters), now)
+        if scored.experiment is not None and SHADOW in writers:
+            shadow_rows, shadow_offsets = scored.experiment.shadow_rows()
+            if shadow_rows is not None:
+                commits += writers[SHADOW].write(shadow_rows, shadow_offsets, now)
+                self._shadow_rows.inc(shadow_rows.num_rows)
         self._outputs.count(predictions.num_rows, scored.dead_letters)
         self._after(key, writers, commits, ctx)
         yield predictions.num_rows + len(scored.dead_letters)
@@ -115,9 +127,10 @@ class WriteFiles(KeyedProcessFunction):
 
 
 def file_targets(path: str, fmt: str, partitioning: str, roll_bytes: int, roll_interval_s: float,
-                 include_dead_letters: bool) -> dict[str, FileTarget]:
-    """``<path>/predictions`` (and ``<path>/dead_letters``) with one write policy."""
-    names = [PREDICTIONS, DEAD_LETTERS] if include_dead_letters else [PREDICTIONS]
+                 include_dead_letters: bool, include_shadow: bool = False) -> dict[str, FileTarget]:
+    """``<path>/predictions`` (and ``<path>/dead_letters``, and ``<path>/shadow`` for a job with
+    shadows) with one write policy."""
+    names = [PREDICTIONS] + ([DEAD_LETTERS] if include_dead_letters else []) + ([SHADOW] if include_shadow else [])
     base, sep, options = path.partition("?")             # e.g. s3://b/p?endpoint_override=...
     return {name: FileTarget(f"{base.rstrip('/')}/{name}{sep}{options}", fmt, partitioning, roll_bytes,
                              roll_interval_s) for name in names}

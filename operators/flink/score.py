@@ -30,8 +30,10 @@ class ScoreMicroBatch(MapFunction):
     or with no challenger configured, a batch is scored exactly as before.
 
     ``routes``: a ``jobs.config.RoutePlan``: each event is scored by its route's model(s) instead
-    (``operators.experiments.RouteScorer``, every routed model loaded once here; ``model`` is then
-    not loaded); metrics ``route_<name>_events`` and ``no_route`` (events)."""
+    (``operators.experiments.RouteScorer``, every routed model loaded once here); metrics
+    ``route_<name>_events`` and ``no_route`` (events). The route(s) serving the champion
+    (``RoutePlan.champion``) are scored by ``model`` as above, reloads, followed promotions,
+    shadows and canary included; without such a route ``model`` is not loaded."""
 
     def __init__(self, model: str | Any, schema: EventSchema, intra_op_threads: int = 1,
                  reload_interval_s: float = 5.0, load_options: dict | None = None, *,
@@ -55,22 +57,28 @@ class ScoreMicroBatch(MapFunction):
         self._rejected = metrics.counter("model_input_rejected")
         self._failed = metrics.counter("scoring_errors")
         self._router = None
+        self._model = None
+        self._experiment = None
+        if self.routes is None or self.routes.champion is not None:
+            self._open_champion(ctx, metrics)
         if self.routes is not None:
-            self._router = self.routes.scorer(self.schema, intra_op_num_threads=self.intra_op_threads,
-                                              **self.load_options)
+            champion = self._score_champion if self._model is not None else None
+            self._router = self.routes.scorer(self.schema, score_champion=champion,
+                                              intra_op_num_threads=self.intra_op_threads, **self.load_options)
             self._route_counters = {route.name: metrics.counter(f"route_{route.name}_events")
                                     for route in self._router.routes}
             self._no_route = metrics.counter("no_route")
             self._route_counts: dict[str, int] = dict(self._router.route_events)
             self._no_route_count = 0
-            return
+
+    def _open_champion(self, ctx: RuntimeContext, metrics) -> None:
+        """The champion: its model source (file or followed deployment) and its challengers."""
         source = self.model_path if isinstance(self.model_path, str) else self.model_path.open()
         self._model = ReloadingModel(source, self.reload_interval_s,
                                      intra_op_num_threads=self.intra_op_threads, **self.load_options)
         self._reloads = metrics.counter("model_reloads")
         self._refused = metrics.counter("model_reloads_refused")
         self._seen = (0, 0)
-        self._experiment = None
         if self.experiments:
             from operators.experiments import ExperimentScorer
 
@@ -91,25 +99,22 @@ class ScoreMicroBatch(MapFunction):
 
     def map(self, batch: MicroBatch) -> steps.ScoredBatch:
         started = steps.now_ms()
-        if self._router is not None:
-            scored = self._score_routed(batch)
-            self._score_ms.update(int(steps.now_ms() - started))
-            self._rejected.inc(scored.rejected)
-            self._failed.inc(scored.failed)
-            return scored
+        scored = self._score_routed(batch) if self._router is not None else self._score_champion(batch)
+        self._score_ms.update(int(steps.now_ms() - started))
+        self._rejected.inc(scored.rejected)    # rows refused by the schema, not failed batches
+        self._failed.inc(scored.failed)
+        return scored
+
+    def _score_champion(self, batch: MicroBatch) -> steps.ScoredBatch:
+        """``batch`` scored by the champion (the newest version its source gave), with its challengers."""
         model = self._model.current()
         if (self._model.reloads, self._model.failures) != self._seen:
             self._reloads.inc(self._model.reloads - self._seen[0])
             self._refused.inc(self._model.failures - self._seen[1])
             self._seen = (self._model.reloads, self._model.failures)
         if self._experiment is None:
-            scored = steps.score_batch(batch, model, self.schema)
-        else:
-            scored = self._score_with_challengers(batch, model)
-        self._score_ms.update(int(steps.now_ms() - started))
-        self._rejected.inc(scored.rejected)    # rows refused by the schema, not failed batches
-        self._failed.inc(scored.failed)
-        return scored
+            return steps.score_batch(batch, model, self.schema)
+        return self._score_with_challengers(batch, model)
 
     def _score_routed(self, batch: MicroBatch) -> steps.ScoredBatch:
         router = self._router
