@@ -286,3 +286,37 @@ def test_the_beam_job_refuses_what_it_cannot_honour(world, tmp_path):
     cfg_path.write_text("routes: [{name: small, when: {field: amount, max: 5}, model: a.onnx}]\n")
     with pytest.raises(ValueError, match="--watch-model, --registry-schedule"):
         build(beam.Pipeline(), load_config(cfg_path), watch_model_pattern="models/*.onnx")
+
+
+def test_replay_takes_the_champion_and_snapshot_live_at_the_range_and_refuses_a_change_within(world, tmp_path):
+    """``jobs.replay.live_then`` on a real (SQLite) registry: the champion and pinned snapshot of a
+    time range from the audit log; refused before the first promotion and across a change."""
+    import time as clock
+
+    from jobs.replay import ReplayRefused, live_then
+    from registry import Environment, open_registry, write_dataset
+
+    who = dict(actor="tester")
+    with open_registry(f"sqlite:///{tmp_path / 'registry.db'}", cache_dir=tmp_path / "cache") as reg:
+        reg.init(environments=[Environment("production", 0)])
+        for i in (1, 2):
+            reg.register_snapshot("customers", write_dataset(world["features"].slice(0, 100), str(tmp_path / f"d{i}"),
+                                                             "customers"), key_column="entity_id", reason="s", **who)
+        for path in (world["champion"], world["v2"]):
+            reg.register_model("fraud", str(path), reason="m", **who)
+        before_ms = int(clock.time() * 1000) - 1000
+        reg.promote("fraud", 1, "production", features="customers@1", reason="start", **who)
+        clock.sleep(0.01)
+        first_ms = int(clock.time() * 1000)
+        clock.sleep(0.01)
+        reg.promote("fraud", 1, "production", features="customers@2", reason="new features", **who)
+        clock.sleep(0.01)
+        second_ms = int(clock.time() * 1000)
+        then = live_then(reg, "fraud", "production", first_ms, first_ms)
+        assert (then.to_version, then.features) == (1, "customers@1")
+        now = live_then(reg, "fraud", "production", second_ms, second_ms + 1)
+        assert (now.to_version, now.features) == (1, "customers@2")
+        with pytest.raises(ReplayRefused, match="changed within the range.*customers@2"):
+            live_then(reg, "fraud", "production", first_ms, second_ms)
+        with pytest.raises(ReplayRefused, match="no champion of fraud in production"):
+            live_then(reg, "fraud", "production", before_ms, first_ms)

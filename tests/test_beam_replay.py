@@ -1,5 +1,7 @@
 """The Beam job's experiments through the real broker, Plasma store and registry (issue #14):
 
+* the streaming Beam job with a file shadow: every served event once in the shadow topic,
+  processing-time comparison windows on the comparison topic;
 * a bounded Beam run following a registry deployment with a shadow and a canary: every input once
   in the served output or the dead letters, every served event once in the shadow topic, the
   comparison topic's windows exactly those recorded in the registry (``source`` live);
@@ -107,6 +109,51 @@ def test_bounded_beam_run_follows_a_deployment_with_shadow_and_canary(stack, tmp
     finally:
         topics.stop()
         reg.close()
+
+
+def test_streaming_beam_job_shadows_every_event_and_compares_in_processing_time(stack, tmp_path):
+    """The Beam job on an unbounded read (``python -m jobs.beam_score``, DirectRunner) with a file
+    shadow: every served event once in the shadow topic, comparison windows on the comparison topic
+    in processing time (the events carry a creation time from 2023: no window starts there)."""
+    v2 = demo_data.demo_model(stack.entities, version="2")
+    cfg = stack.job_config(f"beam-live-{uuid.uuid4().hex[:6]}", partitions=2)
+    cfg.model.shadows = [str(v2)]
+    cfg.model.shadow_budget_ms = 60_000          # a loaded machine: the shadow never misses a batch
+    cfg.model.comparison_window_s = 1
+    k = cfg.kafka
+    ensure_topics(k.bootstrap_servers, {k.shadow_topic_name(): 2, k.comparison_topic_name(): 1})
+    topics = TopicReader(k.bootstrap_servers, [k.shadow_topic_name(), k.comparison_topic_name()])
+    job, reader = stack.start_job(cfg, module="jobs.beam_score")
+    try:
+        started_ms = time.time() * 1000
+        old = 1_700_000_040_000
+        records = demo_data.events(500, stack.entities, seed=61, prefix="live") + [b"{broken"]
+        coords = produce(k.bootstrap_servers, k.input_topic, records, encode=stamped(old))
+        tally = reader.wait_for(set(coords), timeout_s=300, stall_s=120, check=job.check_alive)
+        assert not tally.missing(set(coords)) and tally.dead_letters[coords[-1]] == "invalid_json"
+        served = [c for c in coords if c in tally.predictions]
+        assert len(served) == 500
+        wanted = {f"{c}/demo-fraud-gbm@2" for c in served}
+        deadline = time.monotonic() + 120
+        while True:             # a window closes with the first batch after its end: probes until then
+            shadow = [p for p in topics.get(k.shadow_topic_name()) if p["prediction_id"] in wanted]
+            windows = topics.get(k.comparison_topic_name())
+            if len(shadow) >= len(wanted) and sum(w["compared"] for w in windows) >= len(wanted):
+                break
+            job.check_alive()
+            assert time.monotonic() < deadline, f"{len(shadow)} of {len(wanted)} shadow predictions, windows {windows}"
+            produce(k.bootstrap_servers, k.input_topic, demo_data.events(5, stack.entities, seed=62, prefix="probe"),
+                    encode=demo_data.encode)
+            time.sleep(0.5)
+        assert sorted(p["prediction_id"] for p in shadow) == sorted(wanted)            # once each
+        assert {(p["model_version"], p["role"]) for p in shadow} == {("2", "shadow")}
+        assert {(w["role"], w["champion"], w["challenger"], w["window_ms"]) for w in windows} == \
+            {("shadow", "demo-fraud-gbm@1", "demo-fraud-gbm@2", 1000)}
+        assert all(w["window_start_ms"] >= started_ms - 60_000 for w in windows)     # processing time
+    finally:
+        reader.stop()
+        job.stop()
+        topics.stop()
 
 
 @pytest.fixture(scope="module")
