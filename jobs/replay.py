@@ -57,22 +57,15 @@ def _when(ms: int) -> datetime:
 
 def live_then(reg: Any, name: str, env: str, start_ms: int, end_ms: int) -> Any:
     """The audit entry of the champion (and feature snapshot) serving ``name`` in ``env`` from
-    ``start_ms`` to ``end_ms``; refused when nothing served yet or it changed in between."""
-    changes = reg.champion_changes(name, env)
-    start, end = _when(start_ms), _when(end_ms)
-    before = [c for c in changes if c.at <= start]
-    if not before:
-        first = f"the first promotion was at {changes[0].at.isoformat()}" if changes else "nothing was ever promoted"
-        raise ReplayRefused(f"no champion of {name} in {env} at {start.isoformat()} (the range's first record): "
-                            f"{first}")
-    inside = [c for c in changes if start < c.at <= end]
-    if inside:
-        c = inside[0]
-        raise ReplayRefused(f"the champion or feature snapshot of {name} in {env} changed within the range "
-                            f"({start.isoformat()} .. {end.isoformat()}): {c.action} to v{c.to_version}"
-                            f"{' with ' + c.features if c.features else ''} at {c.at.isoformat()}; replay the parts "
-                            "before and after it separately")
-    return before[-1]
+    ``start_ms`` to ``end_ms`` (``Registry.champion_during``); refused when nothing served yet or
+    it changed in between."""
+    from registry import PolicyRefused
+
+    try:
+        return reg.champion_during(name, env, _when(start_ms), _when(end_ms))
+    except PolicyRefused as exc:
+        advice = "; replay the parts before and after it separately" if "changed within" in str(exc) else ""
+        raise ReplayRefused(f"{exc}{advice}") from None
 
 
 def record_range(cfg: JobConfig, from_offsets: dict[int, int], to_offsets: dict[int, int]) -> tuple[int, int]:

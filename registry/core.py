@@ -732,6 +732,24 @@ class Registry:
                            from_version=r.from_version, to_version=r.to_version, reason=r.reason,
                            features=r.features, revision=r.revision, detail=r.detail or {}) for r in rows]
 
+    def champion_during(self, name: str, env: str, start: datetime, end: datetime) -> AuditEntry:
+        """The change that made the champion (and feature snapshot) serving ``name`` in ``env``
+        from ``start`` to ``end`` (its ``to_version`` and ``features``). ``PolicyRefused`` when
+        nothing served yet at ``start`` or the champion or snapshot changed in between (a replay
+        of that time would mix two deployments)."""
+        changes = self.champion_changes(name, env)
+        before = [c for c in changes if c.at <= start]
+        if not before:
+            first = f"the first promotion was at {changes[0].at.isoformat()}" if changes else "nothing was ever promoted"
+            raise PolicyRefused(f"no champion of {name} in {env} at {start.isoformat()}: {first}")
+        inside = [c for c in changes if start < c.at <= end]
+        if inside:
+            c = inside[0]
+            raise PolicyRefused(f"the champion or feature snapshot of {name} in {env} changed within "
+                                f"{start.isoformat()} .. {end.isoformat()}: {c.action} to v{c.to_version}"
+                                f"{' with ' + c.features if c.features else ''} at {c.at.isoformat()}")
+        return before[-1]
+
     def _pick_features(self, mv: ModelVersion, features, current: Deployment | None) -> FeatureSnapshot | None:
         if isinstance(features, FeatureSnapshot):
             return features
