@@ -692,7 +692,8 @@ class ExperimentScorer:
 
     def score(self, batch: MicroBatch, champion: Any, now_ms: float | None = None) -> Any:
         """The served result of ``batch`` (a ``steps.ScoredBatch``), with ``experiment`` set when the
-        plan has challengers."""
+        plan has challengers. ``now_ms``: the comparison windows' clock for this batch (default:
+        the wall clock; an event-time window start for a replay computed outside an engine)."""
         from operators import steps
 
         if not self._challengers or batch.events.num_rows == 0:
