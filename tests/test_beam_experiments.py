@@ -216,26 +216,20 @@ def test_bounded_beam_comparison_windows_equal_the_offline_experiment_scorer(wor
     assert 0 < min(s["agreement"] for s in beam_windows.values()) < 1  # v2 is another model: some flips
 
 
-ROUTES = (Route("small", ("v1",), (Condition("amount", "range", [None, 10.0]),)),
-          Route("web", ("v1", "v2"), (Condition("id", "regex", "^p1w1-"),), "vote"),
-          Route("large", ("v2",), (Condition("amount", "range", [60.0, None]),)))
-
-
-class FakeRoutePlan:
-    """A ``jobs.config.RoutePlan`` whose model references are the world's files by label."""
-
-    def __init__(self, routes, paths: dict[str, str]) -> None:
-        self.routes, self.paths = routes, paths
-
-    def scorer(self, schema, **load_options):
-        from operators.experiments import RouteScorer
-
-        return RouteScorer(self.routes, schema, loader=lambda ref: load_model(self.paths[ref], **load_options))
+def routes_of(world) -> tuple[Route, ...]:
+    """Small amounts to v1, ids of one partition's second window to v1 and v2 voting, large
+    amounts to v2; the rest matches no route (no default): ``no_route``."""
+    v1, v2 = str(world["champion"]), str(world["v2"])
+    return (Route("small", (v1,), (Condition("amount", "range", [None, 10.0]),)),
+            Route("web", (v1, v2), (Condition("id", "regex", "^p1w1-"),), "vote"),
+            Route("large", (v2,), (Condition("amount", "range", [60.0, None]),)))
 
 
 def test_beam_routes_send_every_event_to_exactly_its_routes_models(world, tmp_path):
-    paths = {"v1": str(world["champion"]), "v2": str(world["v2"])}
-    out = run_score_events(world, tmp_path, routes=FakeRoutePlan(ROUTES, paths))
+    from jobs.config import RoutePlan
+
+    routes = routes_of(world)
+    out = run_score_events(world, tmp_path, routes=RoutePlan(routes))
     assert out["failed"] == [] and out["comparisons"] is None
     scored = out["scored"]
     served = rows_of([s.predictions for s in scored])
@@ -245,21 +239,21 @@ def test_beam_routes_send_every_event_to_exactly_its_routes_models(world, tmp_pa
     good = [world["events"][p["event_id"]] for p in served]
     import pyarrow as pa
     expected_route = assign_routes(pa.RecordBatch.from_pylist(
-        [{"id": e["id"], "amount": e["amount"]} for e in good]), ROUTES)
+        [{"id": e["id"], "amount": e["amount"]} for e in good]), routes)
     models = {"small": ("demo-fraud-gbm", "1"), "web": ("demo-fraud-gbm+demo-fraud-gbm", "1+2"),
               "large": ("demo-fraud-gbm", "2")}
     assert [(p["model"], p["model_version"]) for p in served] == \
-        [models[ROUTES[i].name] for i in expected_route]
+        [models[routes[i].name] for i in expected_route]
     unrouted = {k for k, r in letters.items() if r == dl.Reason.NO_ROUTE}
     all_good = [e for e in world["events"].values()]
     none_match = assign_routes(pa.RecordBatch.from_pylist([{"id": e["id"], "amount": e["amount"]} for e in all_good]),
-                               ROUTES) == -1
+                               routes) == -1
     assert len(unrouted) == int(none_match.sum()) > 0
     assert {k: r for k, r in letters.items() if r != dl.Reason.NO_ROUTE} == world["reasons"]
     # each served event in input order per batch, scored by its route's model(s)
     v1 = offline_scores(world["champion"], world["features"], world["events"], [p["event_id"] for p in served])
     v2 = offline_scores(world["v2"], world["features"], world["events"], [p["event_id"] for p in served])
-    names = [ROUTES[i].name for i in expected_route]
+    names = [routes[i].name for i in expected_route]
     want = [a if n == "small" else b if n == "large" else float(np.mean([a >= 0.5, b >= 0.5]))
             for n, a, b in zip(names, v1, v2)]
     np.testing.assert_allclose([p["score"] for p in served], want, rtol=1e-5, atol=1e-6)
@@ -270,15 +264,15 @@ def test_beam_routes_send_every_event_to_exactly_its_routes_models(world, tmp_pa
 
 
 def test_the_beam_job_refuses_what_it_cannot_honour(world, tmp_path):
-    from jobs.config import load_config
     from jobs.beam_score import build
+    from jobs.config import RoutePlan, load_config
 
     with pytest.raises(ValueError, match="routes load their models once"):
         ScoreEvents(decoder=DecoderSpec(EventSchema()), store_uri=world["store"], model_path="unused",
-                    routes=FakeRoutePlan(ROUTES, {}), watch_model_pattern="models/*.onnx")
+                    routes=RoutePlan(routes_of(world)), watch_model_pattern="models/*.onnx")
     with pytest.raises(ValueError, match="routes cannot be combined with shadows"):
         ScoreEvents(decoder=DecoderSpec(EventSchema()), store_uri=world["store"], model_path="unused",
-                    routes=FakeRoutePlan(ROUTES, {}), challengers=plan_of(world))
+                    routes=RoutePlan(routes_of(world)), challengers=plan_of(world))
     with pytest.raises(ValueError, match="must be a multiple of the event-time window"):
         ScoreEvents(decoder=DecoderSpec(EventSchema()), store_uri=world["store"], model_path="unused",
                     challengers=plan_of(world), bounded=True, comparison_window_s=1.5, event_time_window_s=1)
