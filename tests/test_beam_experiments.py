@@ -8,7 +8,7 @@ ONNX versions), a real shared-memory feature store and Beam's DirectRunner:
 * routes: every event to exactly its route's model(s), ``no_route`` dead letters, in input order;
 * configurations the pipeline cannot honour are refused, never ignored.
 
-The same through Kafka, the registry and ``registry replay``: tests/test_beam_replay.py."""
+The same through Kafka, the registry and ``registry replay``: tests/test_beam_experiment_job.py."""
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@
 * a bounded Beam run following a registry deployment with a shadow and a canary: every input once
   in the served output or the dead letters, every served event once in the shadow topic, the
   comparison topic's windows exactly those recorded in the registry (``source`` live);
+* ``routes:`` from the job YAML through Kafka;
 * ``streamscore registry replay``: a candidate scored on a recorded range beside the champion of
   that time, with the feature snapshot live then (read back from the registry's durable copy: the
   host store serves other features now), its windows recorded as a replay, shown by the report
@@ -154,6 +155,31 @@ def test_streaming_beam_job_shadows_every_event_and_compares_in_processing_time(
         reader.stop()
         job.stop()
         topics.stop()
+
+
+def test_bounded_beam_run_routes_through_kafka(stack, tmp_path):
+    """``routes:`` from the job YAML in the Beam job: every event to exactly its route's model, the
+    rest dead letters ``no_route`` whose detail names the amount."""
+    from jobs.config import JobConfig
+
+    v2 = demo_data.demo_model(stack.entities, version="2")
+    base = stack.job_config(f"beam-routes-{uuid.uuid4().hex[:6]}", partitions=2)
+    data = base.model_dump(mode="json")
+    data["routes"] = [{"name": "small", "when": {"field": "amount", "max": 10}, "model": str(stack.model_path)},
+                      {"name": "large", "when": {"field": "amount", "min": 60}, "model": str(v2)}]
+    cfg = JobConfig.model_validate(data)
+    events = demo_data.events(600, stack.entities, seed=81, prefix="route")
+    coords = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic, events + [b"{broken"],
+                     encode=demo_data.encode)
+    run_bounded(cfg, coords)
+    tally = read_outputs(cfg, coords)
+    assert not tally.missing(set(coords)) and tally.duplicate_predictions == 0
+    want = {c: ("1" if e["amount"] < 10 else "2" if e["amount"] >= 60 else None) for c, e in zip(coords, events)}
+    assert {c: tally.predictions[c]["model_version"] for c in coords if c in tally.predictions} == \
+        {c: v for c, v in want.items() if v}
+    assert {c: r for c, r in tally.dead_letters.items() if c in set(coords)} == \
+        {**{c: "no_route" for c, v in want.items() if v is None}, coords[-1]: "invalid_json"}
+    assert 0 < sum(v is None for v in want.values()) < 600
 
 
 @pytest.fixture(scope="module")
