@@ -116,6 +116,8 @@ def build(p: beam.Pipeline, cfg: JobConfig, *, start_offsets: dict[int, int] | N
         from operators.beam.pipeline import RecordComparisons
 
         comparisons | "RecordComparisons" >> beam.ParDo(RecordComparisons(**record_comparisons))
+    if comparisons is None:
+        scored = scored[:2]         # a PTransform takes PCollections only
     if output_files:
         return scored | "WriteFiles" >> WriteScoredToFiles(output_files)
     return scored | "WriteKafka" >> WriteScoredToKafka(
