@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -38,17 +38,28 @@ def build(p: beam.Pipeline, cfg: JobConfig, *, start_offsets: dict[int, int] | N
           stop_offsets: dict[int, int] | None = None, output_files: str | None = None,
           model_updates: beam.PCollection | None = None, watch_model_pattern: str | None = None,
           watch_interval_s: float = 10, event_time_window_s: float | None = None,
-          registry_schedule_s: float | None = None, registry_schedule_until_s: float = 3600):
+          registry_schedule_s: float | None = None, registry_schedule_until_s: float = 3600,
+          challengers: Any = None, record_comparisons: dict | None = None):
     """Wire the pipeline onto ``p``. With ``stop_offsets`` (every partition) the read is bounded.
 
     ``model.registry`` in the config: the deployment's champion scores (fetched, sha256 checked,
-    predictions name its registered name and version). ``registry_schedule_s``: instead, every
-    event is scored by the version that was champion in its event-time window of that length
-    (the registry's history as RunInference's model-update side input; the last change holds for
-    ``registry_schedule_until_s`` more): what the DirectRunner can do with a bounded read."""
-    if cfg.routes:      # never serve model.path instead of the routes without saying so
-        raise ValueError("routes run in the Flink job only; the Beam pipeline does not route events yet")
-    k, f = cfg.kafka, cfg.features
+    predictions name its registered name and version), and its shadows and canary as they are
+    when the pipeline is built (not followed afterwards), their comparison windows recorded in
+    the registry. ``registry_schedule_s``: instead, every event is scored by the version that was
+    champion in its event-time window of that length (the registry's history as RunInference's
+    model-update side input; the last change holds for ``registry_schedule_until_s`` more): what
+    the DirectRunner can do with a bounded read.
+
+    ``model.shadows`` / ``model.canary``: scored beside the champion (see ``ScoreEvents``), shadow
+    predictions to ``kafka.shadow_topic`` (files: ``PREFIX-shadow*.jsonl``), comparison windows to
+    ``kafka.comparison_topic`` (files: ``PREFIX-comparisons*.jsonl``). ``routes``: each event to its
+    route's model(s). ``challengers``: a ``ChallengerPlan`` instead of the config's (replays);
+    ``record_comparisons``: ``{registry, name, env, tag}`` to record the windows there instead of
+    the followed deployment (replays tag theirs)."""
+    k, f, m = cfg.kafka, cfg.features, cfg.model
+    if cfg.routes and (watch_model_pattern or registry_schedule_s or model_updates is not None):
+        raise ValueError("routes load their models once: --watch-model, --registry-schedule and model updates "
+                         "cannot be honoured with routes")
     partitions = partitions_of(k.bootstrap_servers, k.input_topic)
     if output_files and set(stop_offsets or {}) != set(partitions):
         raise ValueError(f"file output needs a bounded read: stop offsets for every partition {partitions}")
@@ -62,30 +73,57 @@ def build(p: beam.Pipeline, cfg: JobConfig, *, start_offsets: dict[int, int] | N
     chunks = p | "ReadKafka" >> ReadFromKafkaPartitions(
         reads, consumer, start=k.start_from, max_records=cfg.batch.max_events,
         poll_timeout_s=max(cfg.batch.poll_timeout_ms, IDLE_POLL_MS) / 1000, commit_offsets=not bounded)
-    model_path = cfg.model.path
-    if cfg.model.follows_registry:
-        # the champion now (every runner); its history as an event-time side input (bounded runs)
-        from registry.follow import champion_model_id, champion_schedule
+    model_path = m.path
+    if challengers is None and not cfg.routes:
+        challengers = m.challenger_plan(cfg.job_name)
+    if m.follows_registry and cfg.routes and challengers is None:
+        from registry.follow import deployment_challengers
 
-        model_path = champion_model_id(cfg.model.registry, cfg.model.name, cfg.model.env)
+        if deployment_challengers(m.registry, m.name, m.env).challengers:
+            raise ValueError(f"the deployment {m.name}/{m.env} has shadows or a canary, and routes cannot be "
+                             "combined with them yet (the Flink job does not score them either)")
+    if m.follows_registry and not cfg.routes:
+        # the champion now (every runner); its history as an event-time side input (bounded runs)
+        from registry.follow import champion_model_id, champion_schedule, deployment_challengers
+
+        model_path = champion_model_id(m.registry, m.name, m.env)
+        if challengers is None:
+            challengers = deployment_challengers(m.registry, m.name, m.env)
+        if record_comparisons is None:
+            record_comparisons = {"registry": m.registry, "name": m.name, "env": m.env}
         if registry_schedule_s and model_updates is None:
             from operators.beam.pipeline import model_schedule
 
-            schedule = champion_schedule(cfg.model.registry, cfg.model.name, cfg.model.env, registry_schedule_s)
+            schedule = champion_schedule(m.registry, m.name, m.env, registry_schedule_s)
             until = max(schedule) + registry_schedule_until_s
             model_updates = model_schedule(p, schedule, window_s=registry_schedule_s, until_s=until)
             event_time_window_s = registry_schedule_s
+    if challengers is not None and not challengers.challengers:
+        challengers = None
+    if challengers is not None:
+        log.info("challengers beside the champion: %s", ", ".join(
+            f"{c.role} {c.candidate.describe() if c.candidate else c.error}" for c in challengers.challengers))
     scored = chunks | "Score" >> ScoreEvents(
         decoder=cfg.events.decoder_spec(), store_uri=f.store, model_path=model_path,
         retry=f.retry_policy(), missing=f.missing_policy(),
-        intra_op_threads=cfg.model.intra_op_threads, max_batch_events=cfg.batch.max_events,
-        load_options=cfg.model.load_options(),
+        intra_op_threads=m.intra_op_threads, max_batch_events=cfg.batch.max_events,
+        load_options=m.load_options(),
         model_updates=model_updates, watch_model_pattern=watch_model_pattern, watch_interval_s=watch_interval_s,
-        event_time_window_s=event_time_window_s)
+        event_time_window_s=event_time_window_s, challengers=challengers, shadow_budget_ms=m.shadow_budget_ms,
+        comparison_window_s=m.comparison_window_s, bounded=bounded, routes=cfg.route_plan())
+    comparisons = scored[2]
+    if comparisons is not None and record_comparisons:
+        from operators.beam.pipeline import RecordComparisons
+
+        comparisons | "RecordComparisons" >> beam.ParDo(RecordComparisons(**record_comparisons))
+    if comparisons is None:
+        scored = scored[:2]         # a PTransform takes PCollections only
     if output_files:
         return scored | "WriteFiles" >> WriteScoredToFiles(output_files)
-    return scored | "WriteKafka" >> WriteScoredToKafka(producer_config(k.bootstrap_servers, k.producer),
-                                                       k.output_topic, k.dead_letter_topic)
+    return scored | "WriteKafka" >> WriteScoredToKafka(
+        producer_config(k.bootstrap_servers, k.producer), k.output_topic, k.dead_letter_topic,
+        shadow_topic=k.shadow_topic_name() if challengers is not None else None,
+        comparison_topic=k.comparison_topic_name() if challengers is not None else None)
 
 
 def pipeline_options(cfg: JobConfig, beam_args: Sequence[str]) -> PipelineOptions:

@@ -1,5 +1,5 @@
-"""`streamscore registry init|register|list|show|promote|rollback|retire|history`: the model and
-feature registry (package ``registry``) from the command line."""
+"""`streamscore registry init|register|list|show|promote|rollback|retire|report|replay|history`: the
+model and feature registry (package ``registry``) from the command line."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +23,8 @@ EXAMPLES = """examples:
   streamscore registry show fraud --env qa   # what qa serves (revision, champion, snapshot)
   streamscore registry show customers@3      # a feature snapshot: URI, rows, checksum
   streamscore registry history fraud --env qa
+  streamscore registry replay fraud --env production --candidate 3 --config job.yaml \\
+      --from-offsets 0=120000,1=118500 --to-offsets 0=170000,1=168500
 
 The registry is --registry URI, else $STREAMSCORE_REGISTRY, else a SQLite file under the cache
 dir ($STREAMSCORE_CACHE, default ~/.cache/streamscore/registry.db). PostgreSQL:
@@ -131,7 +133,8 @@ def register(subparsers) -> None:
              "The in-stream comparison of each challenger (shadow or canary) with the champion: events compared, "
              "label agreement, the flip matrix, |score difference|, PSI. --html writes a self-contained page "
              "(no network needed to view it) with plots of agreement over time, both score distributions, the "
-             "flip matrix and latency per model.",
+             "flip matrix and latency per model. Windows of a replay (`registry replay`) are shown apart, "
+             "source replay; live ones are source live.",
              "streamscore registry report fraud --env production --html fraud-report.html")
     p.add_argument("name")
     p.add_argument("--env", required=True)
@@ -139,6 +142,35 @@ def register(subparsers) -> None:
     p.add_argument("--html", metavar="FILE", help="also write the report as one HTML page")
     _common_args(p)
     p.set_defaults(func=cmd_report)
+
+    p = _sub(sub, "replay", "score a candidate on a recorded range of the input topic, beside the champion of then",
+             "Runs the Beam pipeline's bounded mode (DirectRunner) over the input topic from --from-offsets up to "
+             "(not including) --to-offsets, with the champion of NAME in ENV at that time serving and the "
+             "candidate VERSION as a shadow, enriched from the feature snapshot that was live then (the store "
+             "the config names if it serves that snapshot, else the registry's durable copy in a private "
+             "store; a snapshot no longer held is refused). 'That time': the Kafka timestamps of the range's "
+             "first and last records against the deployment's champion changes; a range in which the champion "
+             "or snapshot changed is refused. Comparison windows are event-time windows of "
+             "model.comparison_window_s, recorded in the registry as a replay (scorer -1, source replay): "
+             "`registry report` shows them apart, and a gated promote does not count them (live evidence "
+             "only). Predictions, shadow predictions, dead letters and comparisons go to JSON-lines files "
+             "(--output), never to the live topics. Prints the report table of the replay.",
+             "streamscore registry replay fraud --env production --candidate 3 --config job.yaml \\\n"
+             "      --from-offsets 0=120000,1=118500 --to-offsets 0=170000,1=168500")
+    p.add_argument("name")
+    p.add_argument("--env", required=True)
+    p.add_argument("--candidate", required=True, metavar="VERSION", help="the version to score as a shadow")
+    p.add_argument("--config", "-c", required=True, help="the job YAML: kafka (input topic), events, features.store")
+    p.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (repeatable), e.g. --set model.comparison_window_s=60")
+    p.add_argument("--from-offsets", required=True, metavar="P=OFFSET,...",
+                   help="first offset replayed, per partition (every partition of the input topic)")
+    p.add_argument("--to-offsets", required=True, metavar="P=OFFSET,...",
+                   help="end of the range, per partition: the offset after the last record replayed")
+    p.add_argument("--output", metavar="PREFIX", help="JSON-lines files PREFIX-{predictions,shadow,dead-letters,"
+                   "comparisons}*.jsonl (default ./replay-NAME-vVERSION-<time>)")
+    _common_args(p)
+    p.set_defaults(func=cmd_replay)
 
     p = _sub(sub, "history", "the audit log, newest first",
              "Every register, publish, promote, rollback, retire and refusal (by promote or by a running job) "
@@ -408,7 +440,6 @@ def cmd_promote(args) -> int:
 
 @registry_errors
 def cmd_report(args) -> int:
-    from operators.experiments import merge_windows
     from registry import NotFound
 
     reg = open_from_args(args)
@@ -421,34 +452,86 @@ def cmd_report(args) -> int:
         which = f"v{args.challenger} of " if args.challenger else ""
         raise UserError(f"no comparison recorded for {which}{args.name} in {args.env} (shadow or canary "
                         "scoring records one window every few seconds while the job runs)")
-    pairs: dict[tuple[str, str], list[dict]] = {}
+    pairs: dict[tuple[str, str, str], list[dict]] = {}
     for w in windows:
-        pairs.setdefault((w["champion"], w["challenger"]), []).append(w)
-    totals = [merge_windows(ws) for ws in pairs.values()]
+        pairs.setdefault((w["champion"], w["challenger"], w.get("source") or "live"), []).append(w)
     if args.html:
         from pathlib import Path
 
         from jobs.experiment_report import render_html
-        (champion, challenger), ws = max(pairs.items(), key=lambda kv: sum(w["compared"] for w in kv[1]))
-        Path(args.html).write_text(render_html(ws, f"{args.name} in {args.env}: {champion} vs {challenger}"))
+        (champion, challenger, source), ws = max(pairs.items(), key=lambda kv: sum(w["compared"] for w in kv[1]))
+        Path(args.html).write_text(render_html(ws, f"{args.name} in {args.env}: {champion} vs {challenger}"
+                                                   + (" (replay)" if source == "replay" else "")))
+    print_comparisons(args, f"{args.name} in {args.env}: challengers against the champion", pairs)
+    if args.json:
+        return 0
+    if args.html:
+        _console().print(f"report written to {args.html}")
+    return 0
+
+
+def print_comparisons(args, title: str, pairs: dict[tuple[str, str, str], list[dict]]) -> list[dict]:
+    """The report table (or JSON with --json): one row per (champion, challenger, source) with its
+    windows merged; ``source`` live (scored beside the serving champion) or replay."""
+    from operators.experiments import merge_windows
+
+    totals = [{**merge_windows(ws), "source": source} for (_, _, source), ws in pairs.items()]
     if args.json:
         _print_json(totals)
-        return 0
+        return totals
     from rich.table import Table
 
-    table = Table(title=f"{args.name} in {args.env}: challengers against the champion")
-    for col in ("champion", "challenger", "windows", "compared", "agreement", "|diff| mean", "|diff| p99 max", "PSI"):
-        table.add_column(col, justify="right" if col not in ("champion", "challenger") else "left")
+    table = Table(title=title)
+    for col in ("champion", "challenger", "source", "windows", "compared", "agreement", "|diff| mean",
+                "|diff| p99 max", "PSI"):
+        table.add_column(col, justify="right" if col not in ("champion", "challenger", "source") else "left")
     for t in totals:
-        table.add_row(t["champion"], t["challenger"], str(t["windows"]), f"{t['compared']:,}",
+        table.add_row(t["champion"], t["challenger"], t["source"], str(t["windows"]), f"{t['compared']:,}",
                       _num(t["agreement"]), _num(t["score_diff_mean"]), _num(t["score_diff_p99_max"]), _num(t["psi"]))
     console = _console()
     console.print(table)
     for t in totals:
         flips = ", ".join(f"{f['champion']}->{f['challenger']}: {f['count']:,}" for f in t["flips"])
-        console.print(f"flips {t['champion']} -> {t['challenger']}: {flips}")
-    if args.html:
-        console.print(f"report written to {args.html}")
+        console.print(f"flips {t['champion']} -> {t['challenger']} ({t['source']}): {flips}")
+    return totals
+
+
+@registry_errors
+def cmd_replay(args) -> int:
+    import time
+
+    from jobs.beam_cmd import offsets
+    from jobs.config import load_config
+    from jobs.errors import UserError
+    from jobs.replay import ReplayRefused, replay
+    from registry import default_registry_uri
+
+    try:
+        from_offsets, to_offsets = offsets(args.from_offsets), offsets(args.to_offsets)
+    except argparse.ArgumentTypeError as exc:
+        raise UserError(str(exc)) from None
+    cfg = load_config(args.config, list(args.set))
+    output = args.output or f"replay-{args.name}-v{args.candidate}-{time.strftime('%Y%m%dT%H%M%S')}/replay"
+    say = (lambda _: None) if args.json else (lambda line: _console().print(line, markup=False))
+    try:
+        result = replay(cfg, registry=getattr(args, "registry", None) or default_registry_uri(), name=args.name,
+                        env=args.env, candidate=args.candidate, from_offsets=from_offsets, to_offsets=to_offsets,
+                        output_prefix=output, say=say)
+    except ReplayRefused as exc:
+        raise UserError(f"replay refused: {exc}") from None
+    if not result.windows:
+        raise UserError(f"the replay compared nothing: {result.counts.get('predictions', 0):,} predictions, "
+                        f"{result.counts.get('shadow', 0):,} shadow predictions (outputs in {output}-*.jsonl)")
+    pairs: dict[tuple[str, str, str], list[dict]] = {}
+    for w in result.windows:
+        pairs.setdefault((w["champion"], w["challenger"], "replay"), []).append(w)
+    print_comparisons(args, f"replay of {args.name} in {args.env}: v{args.candidate} against the champion of then",
+                      pairs)
+    if not args.json:
+        c = result.counts
+        say(f"{c['predictions']:,} predictions, {c['shadow']:,} shadow predictions, {c['dead-letters']:,} dead "
+            f"letters in {output}-*.jsonl; {len(result.windows)} windows recorded as a replay "
+            f"(`streamscore registry report {args.name} --env {args.env}`)")
     return 0
 
 

@@ -562,6 +562,40 @@ def _coordinates(prediction_id: str) -> str:
     return "/".join(prediction_id.split("/", 3)[:3])     # Kafka topic names have no "/"
 
 
+@dataclass(frozen=True)
+class ComparisonPair:
+    """One batch's predictions of the champion and one challenger (``PREDICTION_FIELDS`` rows), not
+    yet in a window: what an engine that windows comparisons itself receives (see
+    ``ExperimentScorer(emit_pairs=True)``)."""
+    role: str                       # the challenger's: shadow or canary
+    champion: str                   # name@version
+    challenger: str
+    champion_rows: pa.RecordBatch
+    challenger_rows: pa.RecordBatch
+    champion_ms: float | None = None
+    challenger_ms: float | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.role, self.champion, self.challenger)
+
+    def add_to(self, windows: ComparisonWindows, now_ms: float) -> list[dict[str, Any]]:
+        """Into ``windows`` at ``now_ms``; the summaries of the windows that closed."""
+        return windows.add(now_ms, self.role, self.champion, self.challenger, self.champion_rows,
+                           self.challenger_rows, self.champion_ms, self.challenger_ms)
+
+
+def summarize_pairs(pairs: Sequence[ComparisonPair], window_start_ms: float, window_ms: int,
+                    scorer: int = 0) -> list[dict[str, Any]]:
+    """The comparison summaries of one window from every batch's pairs in it (any order): the
+    same :class:`ComparisonWindows` figures a scorer computes in the stream, one per
+    (role, champion, challenger) that compared something."""
+    windows = ComparisonWindows(window_ms, scorer)
+    for pair in pairs:
+        pair.add_to(windows, window_start_ms)
+    return windows.close_due(math.inf)
+
+
 # ---------------------------------------------------------------------------------------------
 # scoring a micro-batch with the champion and its challengers
 
@@ -618,17 +652,24 @@ class ExperimentScorer:
       failed batches in a row (raised, or over the budget) a shadow sits out batches for a
       growing while (``backoff``), so one that always fails costs the champion nothing.
     * Comparison: each challenger against the champion per window (:class:`ComparisonWindows`);
-      closed windows come out on the batch's ``experiment.comparisons``.
+      closed windows come out on the batch's ``experiment.comparisons``. The windows' clock is
+      ``score``'s ``now_ms`` (default: the wall clock, processing time). With ``emit_pairs`` the
+      scorer keeps no windows: each batch's aligned champion/challenger predictions come out on
+      ``experiment.pairs`` (:class:`ComparisonPair`) for the engine to window itself (Beam's
+      bounded runs group them by event-time window, then :func:`summarize_pairs`).
 
     With an empty plan a batch is scored exactly as a one-model job scores it."""
 
-    def __init__(self, schema: Any, *, shadow_budget_ms: float = 200.0, window_ms: int = 10_000, scorer: int = 0,
-                 loader: Any = None, **load_options) -> None:
+    def __init__(self, schema: Any, *, shadow_budget_ms: float | None = 200.0, window_ms: int = 10_000,
+                 scorer: int = 0, loader: Any = None, emit_pairs: bool = False, **load_options) -> None:
         """``loader(candidate)``: how a challenger's model is loaded (default ``load_model`` with
-        ``load_options`` and the candidate's name and version)."""
+        ``load_options`` and the candidate's name and version). ``shadow_budget_ms`` None: every
+        batch waits for its shadows (bounded replays, where nothing is live and every shadow
+        prediction is wanted)."""
         self.schema = schema
-        self.shadow_budget_ms = float(shadow_budget_ms)
+        self.shadow_budget_ms = None if shadow_budget_ms is None else float(shadow_budget_ms)
         self.windows = ComparisonWindows(window_ms, scorer)
+        self.emit_pairs = emit_pairs
         self._loader = loader or (lambda c: _load(c, load_options))
         self._plan: Any = None
         self._challengers: dict[tuple, _Challenger] = {}
@@ -668,6 +709,15 @@ class ExperimentScorer:
             else:
                 challenger.loading = thread.submit(self._loader, offer.candidate)
 
+    def wait_loaded(self, timeout_s: float | None = None) -> None:
+        """Wait until every challenger has loaded or failed to (an engine that loads its models up
+        front, like Beam's RunInference, so that no batch skips a shadow that is still loading)."""
+        from concurrent.futures import wait
+
+        wait([c.loading for c in self._challengers.values() if c.loading is not None], timeout=timeout_s)
+        for challenger in self._challengers.values():
+            challenger.ready()
+
     def _retire(self, challenger: _Challenger) -> None:
         def close() -> None:
             if challenger.loading is not None:
@@ -685,11 +735,13 @@ class ExperimentScorer:
 
     def score(self, batch: MicroBatch, champion: Any, now_ms: float | None = None) -> Any:
         """The served result of ``batch`` (a ``steps.ScoredBatch``), with ``experiment`` set when the
-        plan has challengers."""
+        plan has challengers. ``now_ms``: the comparison windows' clock for this batch (default:
+        the wall clock; an event-time window start for a replay computed outside an engine)."""
         from operators import steps
 
         if not self._challengers or batch.events.num_rows == 0:
             return steps.score_batch(batch, champion, self.schema)
+        clock = (lambda: now_ms) if now_ms is not None else steps.now_ms
         started = steps.now_ms()
         shadows = [c for c in self._challengers.values() if c.offer.role == steps.SHADOW]
         canary = next((c for c in self._challengers.values() if c.offer.role == steps.CANARY and c.offer.share > 0),
@@ -712,6 +764,16 @@ class ExperimentScorer:
 
         champion_ref = f"{champion.name}@{champion.version}"
         comparisons: list[dict[str, Any]] = []
+        output = steps.ExperimentOutput()
+
+        def compare(role: str, challenger: str, champion_rows, challenger_rows, champion_ms, challenger_ms):
+            pair = ComparisonPair(role, champion_ref, challenger, champion_rows, challenger_rows, champion_ms,
+                                  challenger_ms)
+            if self.emit_pairs:
+                output.pairs.append(pair)
+            else:
+                comparisons.extend(pair.add_to(self.windows, clock()))
+
         if canary is not None and canary.ready():
             mask = canary_mask(batch.events.column(self.schema.key_field), self._plan.salt, canary.offer.share)
         else:
@@ -734,10 +796,8 @@ class ExperimentScorer:
             else:
                 self.canary_events += canary_part.predictions.num_rows
                 served = steps.merge_served(batch, [champion_part, canary_part])
-                comparisons += self.windows.add(steps.now_ms(), steps.CANARY, champion_ref,
-                                                f"{canary.model.name}@{canary.model.version}",
-                                                champion_on_canary.predictions, canary_part.predictions,
-                                                champion_ms, canary_ms)
+                compare(steps.CANARY, f"{canary.model.name}@{canary.model.version}",
+                        champion_on_canary.predictions, canary_part.predictions, champion_ms, canary_ms)
             champion_rows = steps.concat_predictions([champion_part.predictions, champion_on_canary.predictions])
         else:
             t0 = steps.now_ms()
@@ -745,10 +805,9 @@ class ExperimentScorer:
             champion_ms = steps.now_ms() - t0
             champion_rows = served.predictions
 
-        output = steps.ExperimentOutput()
-        deadline = started + self.shadow_budget_ms
+        deadline = None if self.shadow_budget_ms is None else started + self.shadow_budget_ms
         for shadow in in_flight:
-            remaining_s = max(0.0, deadline - steps.now_ms()) / 1000.0
+            remaining_s = None if deadline is None else max(0.0, deadline - steps.now_ms()) / 1000.0
             try:
                 scored, shadow_ms = shadow.pending.result(timeout=remaining_s)
             except FutureTimeout:
@@ -763,10 +822,10 @@ class ExperimentScorer:
             shadow.failures, shadow.resume_at = 0, 0.0
             self.shadow_batches += 1
             output.shadow_predictions.append(scored.predictions)
-            comparisons += self.windows.add(steps.now_ms(), steps.SHADOW, champion_ref,
-                                            f"{shadow.model.name}@{shadow.model.version}", champion_rows,
-                                            scored.predictions, champion_ms, shadow_ms)
-        comparisons += self.windows.close_due(steps.now_ms())
+            compare(steps.SHADOW, f"{shadow.model.name}@{shadow.model.version}", champion_rows,
+                    scored.predictions, champion_ms, shadow_ms)
+        if not self.emit_pairs:
+            comparisons += self.windows.close_due(clock())
         output.comparisons = comparisons
         served.experiment = output
         return served

@@ -228,6 +228,7 @@ class ExperimentOutput:
     (for the shadow topic, never the main output) and the comparison windows that closed."""
     shadow_predictions: list[pa.RecordBatch] = field(default_factory=list)
     comparisons: list[dict] = field(default_factory=list)
+    pairs: list = field(default_factory=list)       # experiments.ComparisonPair, when the engine windows them
 
     def shadow_records(self) -> tuple[list[bytes], list[bytes]]:
         """Kafka record values (JSON) and keys (entity id) of the shadow predictions."""
@@ -254,6 +255,20 @@ class ExperimentOutput:
 
         return ([json.dumps(_finite(c), allow_nan=False, default=_json_default).encode() for c in self.comparisons],
                 [f"{c['champion']}|{c['challenger']}".encode() for c in self.comparisons])
+
+
+def experiment_records(scored: ScoredBatch, shadow_topic: str | None,
+                       comparison_topic: str | None) -> list[tuple[str, list[bytes], list[bytes]]]:
+    """The batch's shadow predictions and closed comparison windows as (topic, values, keys)."""
+    x = scored.experiment
+    if x is None:
+        return []
+    out = []
+    if x.shadow_predictions and shadow_topic:
+        out.append((shadow_topic, *x.shadow_records()))
+    if x.comparisons and comparison_topic:
+        out.append((comparison_topic, *x.comparison_records()))
+    return out
 
 
 def _finite(value):

@@ -10,7 +10,7 @@
 Imports ``model_formats`` (schemas at register time) and pyarrow filesystems; never an engine.
 """
 from registry.core import (  # noqa: F401
-    DEFAULT_ENVIRONMENTS, Registry, default_actor, default_registry_uri, open_registry,
+    DEFAULT_ENVIRONMENTS, REPLAY_SCORER, Registry, default_actor, default_registry_uri, open_registry,
 )
 from registry.errors import (  # noqa: F401
     ArtifactError, Conflict, NotFound, PolicyRefused, RegistryError, RegistryUnavailable,
@@ -23,5 +23,5 @@ from registry.snapshots import write_dataset  # noqa: F401
 __all__ = [
     "open_registry", "Registry", "ModelVersion", "FeatureSnapshot", "Deployment", "AuditEntry", "Environment",
     "FeatureSetRef", "RegistryError", "NotFound", "Conflict", "PolicyRefused", "ArtifactError",
-    "RegistryUnavailable", "DEFAULT_ENVIRONMENTS", "default_registry_uri", "default_actor", "write_dataset",
+    "RegistryUnavailable", "DEFAULT_ENVIRONMENTS", "default_registry_uri", "default_actor", "write_dataset", "REPLAY_SCORER",
 ]

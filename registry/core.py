@@ -37,6 +37,9 @@ DEFAULT_ENVIRONMENTS = (
 )
 
 
+REPLAY_SCORER = -1      # the ``scorer`` of comparison windows a replay recorded (live scorers are subtasks, >= 0)
+
+
 def default_registry_uri() -> str:
     """``$STREAMSCORE_REGISTRY``, else a SQLite file under the cache dir."""
     return os.environ.get("STREAMSCORE_REGISTRY") or f"sqlite:///{default_cache_dir() / 'registry.db'}"
@@ -669,7 +672,9 @@ class Registry:
     def record_comparison(self, name: str, env: str, summary: dict[str, Any], *, role: str = "shadow") -> bool:
         """Store one window of a champion/challenger comparison (``WindowComparison.summary()``,
         whose ``champion``/``challenger`` are ``name@version``). A window already stored (a replay
-        after a restart) is left as it is: False."""
+        after a restart) is left as it is: False. A replay's windows (``streamscore registry
+        replay``) have ``scorer`` = ``REPLAY_SCORER`` (-1; a live scorer is a subtask, >= 0) and
+        ``source`` = ``replay``: they never collide with the live windows of the same time."""
         if role not in ROLES or role == "champion":
             raise RegistryError(f"a comparison's challenger role is shadow or canary, not {role!r}")
         champion, challenger = (_version_of(summary[k], name, k) for k in ("champion", "challenger"))
@@ -684,26 +689,66 @@ class Registry:
             return False
         return True
 
-    def comparisons(self, name: str, env: str, challenger_version: int | None = None) -> list[dict[str, Any]]:
-        """The stored comparison windows of ``name`` in ``env`` (of one challenger), oldest first."""
+    def comparisons(self, name: str, env: str, challenger_version: int | None = None,
+                    source: str | None = None) -> list[dict[str, Any]]:
+        """The stored comparison windows of ``name`` in ``env`` (of one challenger), oldest first;
+        ``source``: ``live`` (scored beside the serving champion) or ``replay`` only (default both)."""
         c = t.comparisons.c
         query = sa.select(t.comparisons.c.summary).where(c.name == name, c.env == env)
         if challenger_version is not None:
             query = query.where(c.challenger_version == int(challenger_version))
+        if source == "live":
+            query = query.where(c.scorer != REPLAY_SCORER)
+        elif source == "replay":
+            query = query.where(c.scorer == REPLAY_SCORER)
+        elif source is not None:
+            raise RegistryError(f"comparison source {source!r}: live or replay")
         with self._read() as conn:
             return [row.summary for row in conn.execute(query.order_by(c.window_start_ms, c.id))]
 
     def comparison_evidence(self, name: str, env: str, challenger_version: int) -> dict[str, Any]:
         """The comparison of one challenger against the champion it was compared with, all
-        recorded windows taken together (``compared``, ``agreement``, ``psi``, ``windows``, …)."""
+        recorded live windows taken together (``compared``, ``agreement``, ``psi``, ``windows``, …).
+        Replayed windows are not evidence for a gate: a replay scores the past's traffic beside
+        the past's champion and feature snapshot, not the traffic and champion the promotion
+        would change (``registry report`` shows them, apart)."""
         from operators.experiments import merge_windows
 
-        windows = self.comparisons(name, env, challenger_version)
+        windows = self.comparisons(name, env, challenger_version, source="live")
         if not windows:
             return {"windows": 0, "compared": 0, "agreement": None, "psi": None}
         merged = merge_windows(windows)
         return {k: merged[k] for k in ("champion", "challenger", "windows", "compared", "agreement",
                                        "score_diff_mean", "psi")}
+
+    def champion_changes(self, name: str, env: str) -> list[AuditEntry]:
+        """Every change of the deployment's champion or feature snapshot (promote, rollback),
+        oldest first: ``at``, ``to_version`` (the champion from then on) and ``features``."""
+        with self._read() as conn:
+            rows = conn.execute(sa.select(t.audit_log).where(
+                t.audit_log.c.name == name, t.audit_log.c.env == env,
+                t.audit_log.c.action.in_(("promote", "rollback"))).order_by(t.audit_log.c.id)).all()
+        return [AuditEntry(id=r.id, at=_utc(r.at), actor=r.actor, action=r.action, name=r.name, env=r.env,
+                           from_version=r.from_version, to_version=r.to_version, reason=r.reason,
+                           features=r.features, revision=r.revision, detail=r.detail or {}) for r in rows]
+
+    def champion_during(self, name: str, env: str, start: datetime, end: datetime) -> AuditEntry:
+        """The change that made the champion (and feature snapshot) serving ``name`` in ``env``
+        from ``start`` to ``end`` (its ``to_version`` and ``features``). ``PolicyRefused`` when
+        nothing served yet at ``start`` or the champion or snapshot changed in between (a replay
+        of that time would mix two deployments)."""
+        changes = self.champion_changes(name, env)
+        before = [c for c in changes if c.at <= start]
+        if not before:
+            first = f"the first promotion was at {changes[0].at.isoformat()}" if changes else "nothing was ever promoted"
+            raise PolicyRefused(f"no champion of {name} in {env} at {start.isoformat()}: {first}")
+        inside = [c for c in changes if start < c.at <= end]
+        if inside:
+            c = inside[0]
+            raise PolicyRefused(f"the champion or feature snapshot of {name} in {env} changed within "
+                                f"{start.isoformat()} .. {end.isoformat()}: {c.action} to v{c.to_version}"
+                                f"{' with ' + c.features if c.features else ''} at {c.at.isoformat()}")
+        return before[-1]
 
     def _pick_features(self, mv: ModelVersion, features, current: Deployment | None) -> FeatureSnapshot | None:
         if isinstance(features, FeatureSnapshot):

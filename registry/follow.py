@@ -118,20 +118,7 @@ class RegistrySource:
     def _update_plan(self, deployment) -> None:
         if deployment.revision == self._plan_revision:
             return
-        offers = [(role, mv, share) for role, mv, share in
-                  [*(("shadow", mv, 1.0) for mv in deployment.shadows),
-                   *((("canary", deployment.canary, deployment.canary_share),) if deployment.canary else ())]]
-        out = []
-        for role, mv, share in offers:
-            try:
-                path = self._fetch(mv)
-            except Exception as exc:  # noqa: BLE001 - a challenger that cannot be fetched is skipped, counted
-                log.error("registry deployment %s/%s: %s v%s cannot be fetched, not scored: %s", self.name,
-                          self.env, role, mv.version, exc)
-                out.append(ChallengerOffer(role, None, share, f"{type(exc).__name__}: {exc}"[:500]))
-                continue
-            out.append(ChallengerOffer(role, Candidate(path, name=mv.name, version=str(mv.version)), share))
-        self._plan = ChallengerPlan(tuple(out), self.salt)
+        self._plan = challenger_plan(deployment, self._fetch, self.salt)
         self._plan_revision = deployment.revision
 
     def record_comparison(self, summary: dict, role: str) -> None:
@@ -364,6 +351,25 @@ class RegistrySource:
             raise
 
 
+def challenger_plan(deployment: Any, fetch: Callable[[Any], Path], salt: str) -> ChallengerPlan:
+    """The deployment's shadows and canary as a ``ChallengerPlan``, each fetched with ``fetch``
+    (model version → local file); one that cannot be fetched is offered with its error (the
+    scorer skips it, counted)."""
+    offers = [*(("shadow", mv, 1.0) for mv in deployment.shadows),
+              *((("canary", deployment.canary, deployment.canary_share),) if deployment.canary else ())]
+    out = []
+    for role, mv, share in offers:
+        try:
+            path = fetch(mv)
+        except Exception as exc:  # noqa: BLE001 - a challenger that cannot be fetched is skipped, counted
+            log.error("registry deployment %s/%s: %s v%s cannot be fetched, not scored: %s", deployment.name,
+                      deployment.env, role, mv.version, exc)
+            out.append(ChallengerOffer(role, None, share, f"{type(exc).__name__}: {exc}"[:500]))
+            continue
+        out.append(ChallengerOffer(role, Candidate(path, name=mv.name, version=str(mv.version)), share))
+    return ChallengerPlan(tuple(out), salt)
+
+
 # -- engines that swap models through a side input (Beam's RunInference) ------------------------
 
 CHAMPION_CHANGES = ("promote", "rollback")
@@ -385,6 +391,19 @@ def champion_model_id(registry: Any, name: str, env: str, cache_dir: str | os.Pa
         raise RegistryError(f"no deployment of {name!r} in {env!r}")
     mv = deployment.champion
     return model_id(reg.fetch_model(mv, cache_dir=cache_dir), mv.name, mv.version)
+
+
+def deployment_challengers(registry: Any, name: str, env: str,
+                           cache_dir: str | os.PathLike | None = None) -> ChallengerPlan:
+    """The deployment's shadows and canary now, fetched into the per-host cache (sha256 checked),
+    salt ``name/env`` as a following job uses: for engines that take the plan once at start."""
+    from registry import RegistryError
+
+    reg = _open(registry)
+    deployment = reg.deployment(name, env)
+    if deployment is None:
+        raise RegistryError(f"no deployment of {name!r} in {env!r}")
+    return challenger_plan(deployment, lambda mv: reg.fetch_model(mv, cache_dir=cache_dir), f"{name}/{env}")
 
 
 def champion_schedule(registry: Any, name: str, env: str, window_s: float,

@@ -309,16 +309,6 @@ def test_preflight_checks_every_routed_model(tmp_path, champion):
     check_routes(cfg, say=lambda _: None, features=lambda: {n: "float" for n in names})
 
 
-def test_the_beam_pipeline_refuses_routes_rather_than_serving_model_path(tmp_path):
-    import apache_beam as beam
-
-    from jobs.beam_score import build
-
-    cfg = config(tmp_path, ROUTES_YAML)
-    with pytest.raises(ValueError, match="Flink job only"):
-        build(beam.Pipeline(), cfg)
-
-
 def test_a_route_model_named_by_the_registry_is_its_champion_in_model_env(reg, registry_uri_for_test, tmp_path):
     from jobs.config import RoutePlan
     from registry import RegistryError

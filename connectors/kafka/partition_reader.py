@@ -107,3 +107,34 @@ def committed_offsets(consumer_config: dict[str, Any], topic: str, partitions: l
     finally:
         consumer.close()
     return {tp.partition: tp.offset for tp in found if tp.error is None and tp.offset >= 0}
+
+
+def record_timestamps(consumer_config: dict[str, Any], topic: str, offsets: dict[int, int],
+                      timeout_s: float = 30.0) -> dict[int, int]:
+    """The Kafka timestamp (ms; the producer's create time or the broker's append time, as the
+    topic is configured) of the record at each ``{partition: offset}``. Raises ``LookupError``
+    naming the partitions whose record could not be read within ``timeout_s`` (an offset beyond
+    the partition's end, or one the broker no longer keeps)."""
+    import time
+
+    found: dict[int, int] = {}
+    for partition, offset in offsets.items():
+        consumer = Consumer({**consumer_config, "enable.auto.commit": False})
+        try:
+            consumer.assign([TopicPartition(topic, partition, offset)])
+            deadline = time.monotonic() + timeout_s
+            while partition not in found and time.monotonic() < deadline:
+                message = consumer.poll(0.5)
+                if message is None or message.error() is not None:
+                    continue
+                if message.offset() != offset:       # the offset is gone (retention): not that record
+                    break
+                kind, ts = message.timestamp()
+                found[partition] = ts
+        finally:
+            consumer.close()
+    missing = sorted(set(offsets) - set(found))
+    if missing:
+        raise LookupError(f"{topic}: no record at " + ", ".join(f"partition {p} offset {offsets[p]}" for p in missing)
+                          + " (beyond the partition's end, or no longer kept by the broker)")
+    return found

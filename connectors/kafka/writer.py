@@ -1,11 +1,15 @@
 """Writing micro-batches of records (and dead letters) to Kafka, acknowledged before returning."""
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any, Sequence
 
 from confluent_kafka import KafkaError, Producer
 
 from connectors.dead_letter import DeadLetter
+
+log = logging.getLogger(__name__)
 
 
 class DeliveryError(RuntimeError):
@@ -82,3 +86,27 @@ class KafkaBatchWriter:
 
     def close(self) -> None:
         self._producer.flush(self.flush_timeout_s)
+
+
+class ExperimentTopics:
+    """Which of the shadow and comparison topics can be written: a missing one (a broker that does
+    not auto-create topics) drops those records, logged and counted, and is looked for again
+    every ``recheck_s``. Shadow output is best effort: it must never fail the served batch
+    (the Flink and the Beam Kafka sinks both ask this)."""
+
+    def __init__(self, writer: KafkaBatchWriter, recheck_s: float = 30.0) -> None:
+        self._writer = writer
+        self._recheck_s = recheck_s
+        self._known: dict[str, tuple[bool, float]] = {}
+
+    def writable(self, topic: str) -> bool:
+        now = time.monotonic()
+        known = self._known.get(topic)
+        if known is None or (not known[0] and now - known[1] >= self._recheck_s):
+            ok = self._writer.has_topic(topic)
+            if not ok:
+                log.error("topic %r does not exist: shadow/comparison records for it are dropped (counted in "
+                          "experiment_records_dropped) until it does", topic)
+            self._known[topic] = (ok, now)
+            return ok
+        return known[0]

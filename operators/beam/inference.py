@@ -9,6 +9,10 @@ stock ``apache_beam.ml.inference.RunInference``, one class per element kind:
   be scored; :class:`SplitRejected` routes those to their own output.
 * :class:`MicroBatchModelHandler` — micro-batches (the streamscore pipeline): each is scored by
   ``operators.steps`` exactly as the Flink job does. Inference: a ``ScoredBatch``.
+* :class:`ExperimentModelHandler` — micro-batches scored by the champion and, beside it, its
+  shadows and canary (``operators.experiments.ExperimentScorer``, the Flink job's scorer).
+* :class:`RouteModelHandler` — micro-batches whose events each go to their route's model(s)
+  (``operators.experiments.RouteScorer``, the Flink job's router).
 
 A runtime failure raises out of ``run_inference``, so ``RunInference(...).with_exception_handling()``
 routes the failed batch to its dead-letter output (:func:`failed_batch_dead_letters` turns
@@ -197,3 +201,141 @@ def _error_text(error: Any) -> str:
     if isinstance(error, tuple) and len(error) >= 2:
         return str(error[1])[:500]
     return str(error)[:500]
+
+
+class ExperimentModelHandler(MicroBatchModelHandler):
+    """Micro-batches scored by the champion and its challengers (a ``ChallengerPlan``: shadows and
+    a canary) with ``operators.experiments.ExperimentScorer``, the scorer the Flink job runs:
+    the served result (canary's entities by the canary, the rest by the champion, the champion as
+    the canary's fallback), shadow predictions on ``experiment.shadow_predictions``, and either
+    closed processing-time comparison windows (``experiment.comparisons``) or, with
+    ``emit_pairs``, each batch's aligned predictions (``experiment.pairs``) for the pipeline to
+    window in event time.
+
+    Why one RunInference with this handler rather than a RunInference branch per model, the usual
+    Beam shape for several models: the canary's served output needs the champion's and the
+    canary's results of the same events together (which entity is served by whom, and the
+    champion's predictions when the canary raises), and every comparison needs both models' rows
+    of the same events. Branches would have to be joined again per micro-batch by a GroupByKey,
+    which on an unbounded read needs a trigger and holds the served output back until every
+    branch has answered (on the DirectRunner such a join holds an unbounded read's output back
+    entirely), and a slow shadow would then delay the served predictions: what the shadow budget
+    exists to prevent. One scorer for both engines also means one definition of skipping, backoff,
+    fallback and the comparison. Challengers are loaded when the model is (RunInference loads up
+    front), so no batch skips a shadow that is still loading."""
+
+    def __init__(self, model_path: str, *, challengers: Any, schema: EventSchema | None = None,
+                 shadow_budget_ms: float | None = 200.0, comparison_window_ms: int = 10_000,
+                 emit_pairs: bool = False, load_timeout_s: float = 300.0, **options: Any) -> None:
+        """``challengers``: a ``model_formats.reloading.ChallengerPlan``. ``shadow_budget_ms``
+        None: every batch waits for its shadows (bounded runs: every shadow prediction wanted)."""
+        super().__init__(model_path, schema=schema, **options)
+        self._challengers = challengers
+        self._shadow_budget_ms = shadow_budget_ms
+        self._window_ms = comparison_window_ms
+        self._emit_pairs = emit_pairs
+        self._load_timeout_s = load_timeout_s
+
+    def load_model(self) -> "ExperimentModel":
+        from operators.experiments import ExperimentScorer
+
+        champion = super().load_model()
+        scorer = ExperimentScorer(self._schema, shadow_budget_ms=self._shadow_budget_ms, window_ms=self._window_ms,
+                                  emit_pairs=self._emit_pairs, intra_op_num_threads=self._intra_op_threads,
+                                  **self._load_options)
+        scorer.set_plan(self._challengers)
+        scorer.wait_loaded(self._load_timeout_s)
+        return ExperimentModel(champion, scorer)
+
+    def run_inference(self, batch: Sequence[MicroBatch], model: "ExperimentModel",
+                      inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
+        model_id = f"{model.name}:{model.version}"
+        results = []
+        for b in batch:
+            scored = model.score(b)
+            self._count(scored.rejected, scored.predictions.num_rows)
+            results.append(PredictionResult(b, scored, model_id))
+        return results
+
+
+EXPERIMENT_COUNTERS = ("shadow_skipped", "shadow_batches", "canary_served", "canary_fallbacks")
+
+
+class ExperimentModel:
+    """The champion and its ``ExperimentScorer`` as RunInference's one model (RunInference may
+    share a model among threads: one batch is scored at a time)."""
+
+    def __init__(self, champion: Model, scorer: Any) -> None:
+        import threading
+
+        self.champion = champion
+        self.scorer = scorer
+        self.name, self.version = champion.name, champion.version
+        self._lock = threading.Lock()
+        self._counted = dict.fromkeys(EXPERIMENT_COUNTERS, 0)
+
+    def score(self, batch: MicroBatch) -> steps.ScoredBatch:
+        with self._lock:
+            scored = self.scorer.score(batch, self.champion)
+            x = self.scorer
+            now = dict(zip(EXPERIMENT_COUNTERS, (x.shadow_skipped, x.shadow_batches, x.canary_events,
+                                                 x.canary_fallbacks)))
+            for name, value in now.items():
+                if value != self._counted[name]:
+                    Metrics.counter(METRICS_NAMESPACE, name).inc(value - self._counted[name])
+            self._counted = now
+        return scored
+
+
+class RouteModelHandler(MicroBatchModelHandler):
+    """Micro-batches whose events each go to the first route they match
+    (``operators.experiments.RouteScorer``, the Flink job's router): the route's model(s) score
+    them, events no route matches become dead letters ``no_route``; predictions in the input's
+    order, each naming its route's model. Every routed model is loaded once, when RunInference
+    loads its model. Metrics ``route_<name>_events`` and ``no_route`` (events)."""
+
+    def __init__(self, routes: Any, *, schema: EventSchema | None = None, **options: Any) -> None:
+        """``routes``: a ``jobs.config.RoutePlan`` (its ``scorer`` loads the models)."""
+        super().__init__("routes", schema=schema, **options)
+        self._routes = routes
+
+    def load_model(self) -> "RoutedModel":
+        return RoutedModel(self._routes.scorer(self._schema, intra_op_num_threads=self._intra_op_threads,
+                                               **self._load_options))
+
+    def update_model_path(self, model_path: str | None = None) -> None:
+        if model_path:
+            raise ValueError("routes load their models once; a model update cannot say which route it is for")
+
+    def run_inference(self, batch: Sequence[MicroBatch], model: "RoutedModel",
+                      inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
+        results = []
+        for b in batch:
+            scored = model.score(b)
+            self._count(scored.rejected, scored.predictions.num_rows)
+            results.append(PredictionResult(b, scored, "routes"))
+        return results
+
+
+class RoutedModel:
+    """A ``RouteScorer`` as RunInference's one model (one batch at a time), counting its routes."""
+
+    def __init__(self, router: Any) -> None:
+        import threading
+
+        self.router = router
+        self._lock = threading.Lock()
+        self._counted = dict(router.route_events)
+        self._no_route = 0
+
+    def score(self, batch: MicroBatch) -> steps.ScoredBatch:
+        with self._lock:
+            scored = self.router.score(batch)
+            for name, count in self.router.route_events.items():
+                if count != self._counted[name]:
+                    Metrics.counter(METRICS_NAMESPACE, f"route_{name}_events").inc(count - self._counted[name])
+                    self._counted[name] = count
+            if self.router.no_route != self._no_route:
+                Metrics.counter(METRICS_NAMESPACE, "no_route").inc(self.router.no_route - self._no_route)
+                self._no_route = self.router.no_route
+        return scored

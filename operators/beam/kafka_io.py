@@ -28,7 +28,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from connectors.dead_letter import DeadLetter
 from connectors.kafka.partition_reader import PartitionReader, RecordChunk
-from connectors.kafka.writer import KafkaBatchWriter
+from connectors.kafka.writer import ExperimentTopics, KafkaBatchWriter
 from operators import steps
 from operators.batch import MicroBatch
 from operators.beam.common import METRICS_NAMESPACE
@@ -178,15 +178,22 @@ class WriteToKafkaFn(beam.DoFn):
     acknowledged by the broker before it returns, so a bundle never commits over unacknowledged
     records."""
 
-    def __init__(self, producer_config: Mapping[str, Any], topic: str, dead_letter_topic: str) -> None:
+    def __init__(self, producer_config: Mapping[str, Any], topic: str, dead_letter_topic: str, *,
+                 shadow_topic: str | None = None) -> None:
+        """``shadow_topic``: where the batches' shadow predictions go (best effort: a topic that
+        does not exist drops them, logged and counted in ``experiment_records_dropped``)."""
         self.producer_config = dict(producer_config)
         self.topic = topic
         self.dead_letter_topic = dead_letter_topic
+        self.shadow_topic = shadow_topic
 
     def setup(self) -> None:
         self._writer = KafkaBatchWriter(self.producer_config, self.topic, self.dead_letter_topic)
+        self._topics = ExperimentTopics(self._writer)
         self._predictions = Metrics.counter(METRICS_NAMESPACE, "predictions_out")
         self._dead = Metrics.counter(METRICS_NAMESPACE, "dead_letters_out")
+        self._shadow_out = Metrics.counter(METRICS_NAMESPACE, "shadow_predictions_out")
+        self._dropped = Metrics.counter(METRICS_NAMESPACE, "experiment_records_dropped")
         self._latency = Metrics.distribution(METRICS_NAMESPACE, "poll_to_ack_ms")
 
     def start_bundle(self) -> None:
@@ -194,6 +201,8 @@ class WriteToKafkaFn(beam.DoFn):
         self._keys: list[bytes] = []
         self._letters: list[DeadLetter] = []
         self._polled_at_ms: list[float] = []
+        self._shadow_values: list[bytes] = []
+        self._shadow_keys: list[bytes] = []
 
     def process(self, item: steps.ScoredBatch | MicroBatch) -> Iterable[None]:
         if isinstance(item, MicroBatch):
@@ -204,15 +213,25 @@ class WriteToKafkaFn(beam.DoFn):
             values, keys = steps.prediction_records(item)
             self._values += values
             self._keys += keys or []
+            for _, shadow_values, shadow_keys in steps.experiment_records(item, self.shadow_topic, None):
+                self._shadow_values += shadow_values
+                self._shadow_keys += shadow_keys
             source = item.batch
         self._letters += item.dead_letters
         self._polled_at_ms.append(source.polled_at_ms)
         return ()                   # written in finish_bundle; nothing goes downstream
 
     def finish_bundle(self) -> None:
-        if not self._values and not self._letters:
+        if not self._values and not self._letters and not self._shadow_values:
             return
-        self._writer.write(self._values, self._keys, self._letters)
+        extra = []
+        if self._shadow_values:
+            if self._topics.writable(self.shadow_topic):
+                extra.append((self.shadow_topic, self._shadow_values, self._shadow_keys))
+                self._shadow_out.inc(len(self._shadow_values))
+            else:
+                self._dropped.inc(len(self._shadow_values))
+        self._writer.write(self._values, self._keys, self._letters, extra)
         for reason, n in Counter(letter.reason for letter in self._letters).items():
             Metrics.counter(f"{METRICS_NAMESPACE}.dead_letters", reason).inc(n)
         self._predictions.inc(len(self._values))
@@ -226,3 +245,42 @@ class WriteToKafkaFn(beam.DoFn):
         if writer is not None:
             writer.close()
             self._writer = None     # the producer's threads stop once it is collected
+
+
+class WriteComparisonsToKafkaFn(beam.DoFn):
+    """Comparison window summaries to ``topic`` (JSON, key ``champion|challenger``: the Flink job's
+    comparison records), acknowledged per bundle; best effort like the Flink job's (a topic that
+    does not exist drops them, logged and counted)."""
+
+    def __init__(self, producer_config: Mapping[str, Any], topic: str) -> None:
+        self.producer_config = dict(producer_config)
+        self.topic = topic
+
+    def setup(self) -> None:
+        self._writer = KafkaBatchWriter(self.producer_config, self.topic, None)
+        self._topics = ExperimentTopics(self._writer)
+        self._out = Metrics.counter(METRICS_NAMESPACE, "comparisons_out")
+        self._dropped = Metrics.counter(METRICS_NAMESPACE, "experiment_records_dropped")
+
+    def start_bundle(self) -> None:
+        self._summaries: list[dict] = []
+
+    def process(self, summary: dict) -> Iterable[None]:
+        self._summaries.append(summary)
+        return ()
+
+    def finish_bundle(self) -> None:
+        if not self._summaries:
+            return
+        if not self._topics.writable(self.topic):
+            self._dropped.inc(len(self._summaries))
+            return
+        values, keys = steps.ExperimentOutput(comparisons=self._summaries).comparison_records()
+        self._writer.write(values, keys)
+        self._out.inc(len(values))
+
+    def teardown(self) -> None:
+        writer = getattr(self, "_writer", None)
+        if writer is not None:
+            writer.close()
+            self._writer = None

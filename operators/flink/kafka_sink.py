@@ -14,7 +14,6 @@ be in the job's ``pipeline.jars``.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from pyflink.common import Row, Types
@@ -24,49 +23,13 @@ from pyflink.datastream.connectors.kafka import KafkaSink
 from pyflink.datastream.functions import FlatMapFunction, MapFunction, RuntimeContext
 from pyflink.java_gateway import get_gateway
 
-from connectors.kafka.writer import KafkaBatchWriter
+from connectors.kafka.writer import ExperimentTopics, KafkaBatchWriter  # noqa: F401 (ExperimentTopics: this module's API too)
 from operators import steps
+from operators.steps import experiment_records
 from operators.flink import discard
 from operators.flink.metrics import OutputMetrics, metric_group
 
 log = logging.getLogger(__name__)
-
-
-def experiment_records(scored: steps.ScoredBatch, shadow_topic: str | None,
-                       comparison_topic: str | None) -> list[tuple[str, list[bytes], list[bytes]]]:
-    """The batch's shadow predictions and closed comparison windows as (topic, values, keys)."""
-    x = scored.experiment
-    if x is None:
-        return []
-    out = []
-    if x.shadow_predictions and shadow_topic:
-        out.append((shadow_topic, *x.shadow_records()))
-    if x.comparisons and comparison_topic:
-        out.append((comparison_topic, *x.comparison_records()))
-    return out
-
-
-class ExperimentTopics:
-    """Which of the shadow and comparison topics can be written: a missing one (a broker that does
-    not auto-create topics) drops those records, logged and counted, and is looked for again
-    every ``recheck_s``. Shadow output is best effort: it must never fail the served batch."""
-
-    def __init__(self, writer: KafkaBatchWriter, recheck_s: float = 30.0) -> None:
-        self._writer = writer
-        self._recheck_s = recheck_s
-        self._known: dict[str, tuple[bool, float]] = {}
-
-    def writable(self, topic: str) -> bool:
-        now = time.monotonic()
-        known = self._known.get(topic)
-        if known is None or (not known[0] and now - known[1] >= self._recheck_s):
-            ok = self._writer.has_topic(topic)
-            if not ok:
-                log.error("topic %r does not exist: shadow/comparison records for it are dropped (counted in "
-                          "experiment_records_dropped) until it does", topic)
-            self._known[topic] = (ok, now)
-            return ok
-        return known[0]
 
 
 class WriteToKafka(MapFunction):
