@@ -143,10 +143,12 @@ class MachineLoad:
         self._cpu = psutil.cpu_times()
         self._t = time.monotonic()
 
+    @staticmethod
+    def _busy(t) -> float:
+        return sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
+
     def report(self, runner_cpu_s: float | None = None) -> dict:
-        now = psutil.cpu_times()
-        busy = sum(now) - sum(self._cpu) - ((now.idle + getattr(now, "iowait", 0.0))
-                                             - (self._cpu.idle + getattr(self._cpu, "iowait", 0.0)))
+        busy = self._busy(psutil.cpu_times()) - self._busy(self._cpu)
         seconds = max(time.monotonic() - self._t, 1e-9)
         out = {"load_1m_start": round(self._load, 2), "load_1m_end": round(os.getloadavg()[0], 2),
                "busy_cores": round(busy / seconds, 2), "cores": psutil.cpu_count()}

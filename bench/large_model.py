@@ -78,31 +78,41 @@ def tree_memory(pid: int) -> dict:
 
 
 class MemoryGuard:
-    """Samples the RSS of a process tree; kills the tree when it goes above ``limit`` bytes."""
+    """Samples the summed RSS of some processes and their descendants; kills them all when it goes
+    above ``limit`` bytes. ``procs`` may grow after the guard starts (a second worker)."""
 
-    def __init__(self, proc: subprocess.Popen, limit: int) -> None:
-        self.proc, self.limit = proc, limit
+    def __init__(self, procs: list[subprocess.Popen], limit: int) -> None:
+        self.procs, self.limit = procs, limit
         self.peak_rss = 0
         self.exceeded = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    def _tree(self) -> list:
+        import psutil
+
+        found = []
+        for proc in list(self.procs):
+            if proc.poll() is not None:
+                continue
+            try:
+                root = psutil.Process(proc.pid)
+                found += [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+        return found
+
     def _run(self) -> None:
         import psutil
 
-        while not self._stop.wait(0.2) and self.proc.poll() is None:
-            rss = 0
-            try:
-                root = psutil.Process(self.proc.pid)
-                procs = [root, *root.children(recursive=True)]
-                for p in procs:
-                    try:
-                        rss += p.memory_info().rss
-                    except psutil.NoSuchProcess:
-                        pass
-            except psutil.NoSuchProcess:
-                return
+        while not self._stop.wait(0.2):
+            procs, rss = self._tree(), 0
+            for p in procs:
+                try:
+                    rss += p.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
             self.peak_rss = max(self.peak_rss, rss)
             if rss > self.limit:
                 self.exceeded = True
@@ -123,7 +133,7 @@ def run_stage(args: list[str], limit: int, timeout_s: float = 3600) -> dict:
     (the last stdout line), with the guard's peak RSS and whether it was killed."""
     cmd = [sys.executable, __file__, *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    guard = MemoryGuard(proc, limit)
+    guard = MemoryGuard([proc], limit)
     try:
         out, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -438,18 +448,18 @@ def two_workers(fmt: str, path: Path, digest: str | None, limit: int, fork: bool
     cmd = [sys.executable, __file__, "--stage", "hold", "--format", fmt, "--path", str(path)]
     if digest:
         cmd += ["--sha256", digest]
-    procs, guards, started = [], [], time.perf_counter()
+    procs: list[subprocess.Popen] = []
+    guard, started = MemoryGuard(procs, limit), time.perf_counter()     # one limit for all of them
     try:
         for _ in range(1 if fork else 2):
             proc = subprocess.Popen(cmd + (["--fork", "2"] if fork else []), stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, text=True, cwd=ROOT)
             procs.append(proc)
-            guards.append(MemoryGuard(proc, limit))
             line = proc.stdout.readline()      # loaded (the next one loads after: no two load peaks at once)
             if not line:
-                killed = any(g.exceeded for g in guards)
-                return {"error": "killed: RSS above the limit" if killed else f"exit status {proc.wait()}",
-                        "guard_peak_rss_gib": round(max(g.peak_rss for g in guards) / GIB, 2)}
+                return {"error": f"killed: the workers' RSS went above {limit / GIB:.1f} GiB" if guard.exceeded
+                        else f"exit status {proc.wait()}", "guard_peak_rss_gib": round(guard.peak_rss / GIB, 2),
+                        "workers_started": len(procs)}
         time.sleep(1.0)
         per_process = []
         for proc in procs:
@@ -461,9 +471,9 @@ def two_workers(fmt: str, path: Path, digest: str | None, limit: int, fork: bool
         return {"mode": "fork after load (copy-on-write)" if fork else "two independent loads",
                 "processes": per_process, "total_pss_gib": round(sum(p["pss_gib"] for p in per_process), 3),
                 "total_rss_gib": round(sum(p["rss_gib"] for p in per_process), 3),
-                "seconds": round(time.perf_counter() - started, 1)}
+                "guard_peak_rss_gib": round(guard.peak_rss / GIB, 2), "seconds": round(time.perf_counter() - started, 1)}
     finally:
-        for proc, guard in zip(procs, guards):
+        for proc in procs:
             try:
                 proc.stdin.close()
             except OSError:
@@ -472,7 +482,7 @@ def two_workers(fmt: str, path: Path, digest: str | None, limit: int, fork: bool
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
-            guard.stop()
+        guard.stop()
 
 
 # -- main --------------------------------------------------------------------------------------
