@@ -567,7 +567,7 @@ def main(argv=None) -> int:
     report["files"] = {fmt: {"path": str(p), "bytes": p.stat().st_size, "scaled_by": scale}
                        for fmt, (p, _, scale) in files.items()}
     results = report["results"] = {}
-    for fmt, (path, digest, scale) in files.items():
+    for fmt, (path, digest, scale) in files.items():      # one worker each first, then the pairs
         console.print(f"[bold]{fmt}[/]: load and score ({path.name})…")
         load = os.getloadavg()[0]
         measured = run_stage(["--stage", "measure", "--format", fmt, "--path", str(path),
@@ -577,12 +577,17 @@ def main(argv=None) -> int:
         measured["scaled_by"] = scale
         results[fmt] = {"measure": measured}
         console.print(measured)
-        if not args.skip_two_workers and "error" not in measured:
-            results[fmt]["two_workers"] = two_workers(fmt, path, digest, limit, fork=False)
-            console.print(results[fmt]["two_workers"])
-            if fmt in ("onnx", "sklearn"):
-                results[fmt]["fork_shared"] = two_workers(fmt, path, digest, limit, fork=True)
-                console.print(results[fmt]["fork_shared"])
+        _finish(report, args, console)           # partial results survive an interrupted run
+    for fmt, (path, digest, scale) in files.items():
+        if args.skip_two_workers or "error" in results[fmt]["measure"]:
+            continue
+        console.print(f"[bold]{fmt}[/]: two workers…")
+        results[fmt]["two_workers"] = two_workers(fmt, path, digest, limit, fork=False)
+        console.print(results[fmt]["two_workers"])
+        if fmt in ("onnx", "sklearn"):
+            results[fmt]["fork_shared"] = two_workers(fmt, path, digest, limit, fork=True)
+            console.print(results[fmt]["fork_shared"])
+        _finish(report, args, console)
     _print_table(report, console)
     return _finish(report, args, console)
 
