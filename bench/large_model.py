@@ -9,11 +9,14 @@ Stages, each in a process of its own under a memory guard (the whole process tre
 included, is sampled every 0.2 s; above --max-rss-gib the stage is killed and reported as such):
   train        fit on synthetic noisy data (--rows; noise keeps the trees growing to max_leaf_nodes),
                pickle to bench/.cache (gitignored; reused while the parameters match)
-  export-onnx  the forest as one TreeEnsembleClassifier, built with numpy from the fitted trees'
-               arrays (skl2onnx converts node by node into Python lists: ~8 GB and minutes at this
-               size); the graph, its metadata and the attribute layout are skl2onnx's, taken from
-               `model_formats.export.export_onnx` of a one-tree forest; checked against
-               scikit-learn's predict_proba on 2,000 rows (max |difference| in the JSON)
+  export-onnx  the first --onnx-trees trees as one TreeEnsembleClassifier, built with numpy from
+               the fitted trees' arrays (skl2onnx converts node by node into Python lists: ~8 GB and
+               minutes at this size); the graph, its metadata and the attribute layout are skl2onnx's,
+               taken from `model_formats.export.export_onnx` of a one-tree forest; checked against
+               scikit-learn on 2,000 rows (max |difference| in the JSON). Not the whole forest:
+               onnxruntime 1.32 peaks at ~430 bytes per node while it builds the TreeEnsemble kernel
+               (~11 GB for 25M nodes; ~390 after loading, ~160 once malloc_trim hands the freed heap
+               back), above the guard; its figures are scaled to the whole forest.
   export-pmml  the first --pmml-trees trees as a PMML MiningModel (average of TreeModels), written
                directly. The whole forest cannot be a PMML model here: PmmlModel hands the document to
                PMML4S as one Java String (at most 2^31-1 characters; the full forest is ~3-4 GB of XML)
@@ -210,7 +213,7 @@ def _load_forest(path: Path):
 
 # -- ONNX: skl2onnx's layout, built with numpy -------------------------------------------------
 
-def stage_export_onnx(forest_file: Path, out: Path) -> dict:
+def stage_export_onnx(forest_file: Path, out: Path, trees: int) -> dict:
     import onnx
     import pandas as pd
     from sklearn.ensemble import RandomForestClassifier
@@ -219,9 +222,10 @@ def stage_export_onnx(forest_file: Path, out: Path) -> dict:
 
     t0 = time.perf_counter()
     forest = _load_forest(forest_file)
-    n_trees = len(forest.estimators_)
+    estimators = forest.estimators_[:trees]
+    n_trees = len(estimators)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("tree", "feature", "threshold", "left", "right", "leaf", "w")}
-    for tree_id, est in enumerate(forest.estimators_):
+    for tree_id, est in enumerate(estimators):
         t = est.tree_
         leaf = t.children_left == -1
         value = t.value[:, 0, :]
@@ -233,8 +237,9 @@ def stage_export_onnx(forest_file: Path, out: Path) -> dict:
         parts["leaf"].append(leaf)
         parts["w"].append((value[:, 1] / np.maximum(value.sum(axis=1), 1e-300) / n_trees).astype(np.float32))
     X_check, _ = make_data(2000, 7)
-    expected = forest.predict_proba(pd.DataFrame(X_check, columns=FEATURES))[:, 1]
-    del forest
+    # scikit-learn's answer for these trees: the mean of their probabilities (the forest's predict_proba)
+    expected = np.mean([est.predict_proba(X_check.astype(np.float32))[:, 1] for est in estimators], axis=0)
+    del forest, estimators
     a = {k: np.concatenate(v) for k, v in parts.items()}
     del parts
     node_ids = np.concatenate([np.arange(n, dtype=np.int32) for n in np.bincount(a["tree"])])
@@ -288,7 +293,7 @@ def stage_export_onnx(forest_file: Path, out: Path) -> dict:
     got = model.predict(model.validate(batch_of(X_check)).valid)
     scores = got.column("score").to_numpy(zero_copy_only=False)
     model.close()
-    return {"build_s": round(build_s, 1), "bytes": out.stat().st_size,
+    return {"build_s": round(build_s, 1), "bytes": out.stat().st_size, "trees": n_trees,
             "max_abs_diff_vs_sklearn": float(np.max(np.abs(scores - expected)))}
 
 
@@ -410,10 +415,15 @@ def stage_measure(fmt: str, path: Path, digest: str | None, sizes: list[int], mi
                           "rows_per_s": round(bs / float(np.mean(times)), 1)})
             print(f"  {fmt} batch {bs}: {cells[-1]}", file=sys.stderr, flush=True)
         scored = _own_memory()
+        import ctypes      # what the heap keeps of the load's freed temporaries (glibc returns it on request)
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        trimmed = _own_memory()
     finally:
         model.close()
     return {"format": fmt, "load_s": round(load_s, 2), "memory_before_gib": before, "memory_loaded_gib": after,
-            "memory_after_scoring_gib": scored, "peak_rss_python_gib": round(peak_self, 3), "cells": cells}
+            "memory_after_scoring_gib": scored, "memory_after_malloc_trim_gib": trimmed,
+            "peak_rss_python_gib": round(peak_self, 3), "cells": cells}
 
 
 def stage_hold(fmt: str, path: Path, digest: str | None, fork: int) -> None:
@@ -494,6 +504,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, default=250_000, help="training rows (enough for the trees to reach --leaves)")
     ap.add_argument("--train-jobs", type=int, default=2)
     ap.add_argument("--pmml-trees", type=int, default=5, help="trees in the PMML model (figures scaled to --trees)")
+    ap.add_argument("--onnx-trees", type=int, default=50,
+                    help="trees in the ONNX model (figures scaled to --trees): onnxruntime's TreeEnsemble "
+                         "takes ~430 bytes per node while loading (~11 GB for 25M nodes), above the guard")
     ap.add_argument("--formats", default="onnx,sklearn,pmml")
     ap.add_argument("--batch-sizes", default="1,64,1024")
     ap.add_argument("--min-time", type=float, default=2.0, help="seconds of timed calls per batch size")
@@ -509,14 +522,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.batch_sizes.split(",")]
     forest_file = forest_path(args.trees, args.leaves, args.rows)
-    onnx_file = forest_file.with_suffix(".onnx")
+    onnx_file = forest_file.with_name(f"{forest_file.stem}-first{args.onnx_trees}.onnx")
     pmml_file = forest_file.with_name(f"{forest_file.stem}-first{args.pmml_trees}.pmml")
 
     if args.stage == "train":
         print(json.dumps(stage_train(args.trees, args.leaves, args.rows, args.train_jobs)))
         return 0
     if args.stage == "export-onnx":
-        print(json.dumps(stage_export_onnx(forest_file, onnx_file)))
+        print(json.dumps(stage_export_onnx(forest_file, onnx_file, args.onnx_trees)))
         return 0
     if args.stage == "export-pmml":
         print(json.dumps(stage_export_pmml(forest_file, pmml_file, args.pmml_trees)))
@@ -550,11 +563,11 @@ def main(argv=None) -> int:
     files = {}
     if "onnx" in formats:
         if not onnx_file.exists() or onnx_file.stat().st_mtime < forest_file.stat().st_mtime:
-            console.print("building the ONNX model…")
+            console.print(f"building the ONNX model (first {args.onnx_trees} trees)…")
             stages["export-onnx"] = run_stage(["--stage", "export-onnx", *_common(args)], limit)
             console.print(stages["export-onnx"])
         if onnx_file.exists():
-            files["onnx"] = (onnx_file, None, 1.0)
+            files["onnx"] = (onnx_file, None, args.trees / min(args.onnx_trees, args.trees))
     if "sklearn" in formats:
         files["sklearn"] = (forest_file, sha256(forest_file), 1.0)
     if "pmml" in formats:
@@ -563,7 +576,7 @@ def main(argv=None) -> int:
             stages["export-pmml"] = run_stage(["--stage", "export-pmml", *_common(args)], limit)
             console.print(stages["export-pmml"])
         if pmml_file.exists():
-            files["pmml"] = (pmml_file, None, args.trees / args.pmml_trees)
+            files["pmml"] = (pmml_file, None, args.trees / min(args.pmml_trees, args.trees))
     report["files"] = {fmt: {"path": str(p), "bytes": p.stat().st_size, "scaled_by": scale}
                        for fmt, (p, _, scale) in files.items()}
     results = report["results"] = {}
@@ -594,7 +607,8 @@ def main(argv=None) -> int:
 
 def _common(args) -> list[str]:
     return ["--trees", str(args.trees), "--leaves", str(args.leaves), "--rows", str(args.rows),
-            "--train-jobs", str(args.train_jobs), "--pmml-trees", str(args.pmml_trees)]
+            "--train-jobs", str(args.train_jobs), "--pmml-trees", str(args.pmml_trees),
+            "--onnx-trees", str(args.onnx_trees)]
 
 
 def _print_table(report: dict, console) -> None:
@@ -604,7 +618,8 @@ def _print_table(report: dict, console) -> None:
     out = Console(width=200)
     sizes = [int(s) for s in report["settings"]["batch_sizes"].split(",")]
     table = Table(title=f"random forest {report['settings']['trees']} trees × ~{2 * report['settings']['leaves']:,} "
-                        f"nodes: one worker (PMML: {report['settings']['pmml_trees']} trees measured, × scaled)")
+                        f"nodes: one worker (ONNX: {report['settings']['onnx_trees']}, PMML: "
+                        f"{report['settings']['pmml_trees']} trees measured, ×N scaled)")
     for col in ("format", "file GB", "load s", "RSS GiB", "PSS GiB", "peak RSS GiB", *[f"rows/s @{b}" for b in sizes],
                 "2 workers PSS GiB", "forked ×2 PSS GiB"):
         table.add_column(col, justify="left" if col == "format" else "right")
@@ -624,8 +639,8 @@ def _print_table(report: dict, console) -> None:
                       str(r.get("fork_shared", {}).get("total_pss_gib", "-")))
     out.print(table)
     out.print("memory: the worker process (and its PMML JVM) after loading and scoring; 'before' (interpreter and "
-              "imports) is in the JSON. PMML rows marked ×N: measured on the first trees only; multiply memory "
-              "and load time, divide rows/s by N for the whole forest (an estimate).")
+              "imports) and after malloc_trim are in the JSON. Rows marked ×N: measured on the first trees only; "
+              "multiply memory and load time, divide rows/s by N for the whole forest (an estimate).")
 
 
 def _finish(report: dict, args, console) -> int:
