@@ -81,8 +81,8 @@ def tree_memory(pid: int) -> dict:
 
 
 class MemoryGuard:
-    """Samples the summed RSS of some processes and their descendants; kills them all when it goes
-    above ``limit`` bytes. ``procs`` may grow after the guard starts (a second worker)."""
+    """Samples the summed PSS (RSS where PSS cannot be read) of some processes and their
+    descendants; kills them all when it goes above ``limit`` bytes. ``procs`` may grow after the guard starts (a second worker)."""
 
     def __init__(self, procs: list[subprocess.Popen], limit: int) -> None:
         self.procs, self.limit = procs, limit
@@ -111,11 +111,14 @@ class MemoryGuard:
 
         while not self._stop.wait(0.2):
             procs, rss = self._tree(), 0
-            for p in procs:
+            for p in procs:      # PSS: pages shared after a fork count once, not once per process
                 try:
-                    rss += p.memory_info().rss
-                except psutil.NoSuchProcess:
-                    pass
+                    rss += p.memory_full_info().pss
+                except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
+                    try:
+                        rss += p.memory_info().rss
+                    except psutil.NoSuchProcess:
+                        pass
             self.peak_rss = max(self.peak_rss, rss)
             if rss > self.limit:
                 self.exceeded = True
