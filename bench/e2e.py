@@ -12,6 +12,8 @@ prediction per event), each read back by the same OutputReader:
   flink-source  the same job with kafka.source: flink (Flink's own KafkaSource; streamscore's Java
            RecordBatcher groups records into micro-batches; one Python operator decodes each)
   loop     a plain single-process Python loop calling the same steps (the practical ceiling)
+  echo     the loop's Kafka plumbing with no work: each record copied to the output as a minimal
+           prediction (no features, no model): the broker's and clients' own latency, the floor
   naive    PyFlink written one event per record in Python maps (the baseline to beat 10x)
   beam     the job's steps as stock Beam transforms (Enrichment, RunInference) on the DirectRunner
   quix     Quix Streams (.venv-bench)         bytewax  Bytewax (.venv-bench)
@@ -70,6 +72,7 @@ class Runner:
     bench_venv: bool = False    # needs .venv-bench (make bench-deps)
     overrides: tuple = ()       # job config overrides of this runner: ((section__key, value), ...)
     needs_kafka: bool = False   # runs only on the embedded Apache Kafka (--broker kafka)
+    scores: bool = True         # False: copies records without scoring (echo: the floor, not a competitor)
 
 
 RUNNERS = {
@@ -82,6 +85,8 @@ RUNNERS = {
     "flink-source": Runner("jobs.score_stream", "the PyFlink job, kafka.source flink: Flink's KafkaSource + "
                            "a Java micro-batcher, decoded in Python", overrides=(("kafka__source", "flink"),)),
     "loop": Runner("bench.plain_loop", "one Python process, the job's steps, no engine, no checkpoints"),
+    "echo": Runner("bench.echo", "the loop's polling and writer with no work: Kafka → Kafka copy (the floor)",
+                   scores=False),
     "beam": Runner("jobs.beam_score", "Beam DirectRunner: stock Enrichment + RunInference over Arrow micro-batches"),
     "naive": Runner("bench.naive_flink", "PyFlink, one event per record in Python maps; checkpoints 2 s"),
     "quix": Runner("bench.quix_runner", "Quix Streams: sdf.apply per message (no batch API); commits 2 s",
@@ -129,25 +134,49 @@ class TreeCpu:
         return {name: round(t, 2) for name, t in spent.items()}
 
 
+class MachineLoad:
+    """What the whole machine did during a run: the 1-minute load average at its start and end, and
+    the CPU busy over the run in cores (every process, the runner's included; psutil)."""
+
+    def __init__(self) -> None:
+        self._load = os.getloadavg()[0]
+        self._cpu = psutil.cpu_times()
+        self._t = time.monotonic()
+
+    @staticmethod
+    def _busy(t) -> float:
+        return sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
+
+    def report(self, runner_cpu_s: float | None = None) -> dict:
+        busy = self._busy(psutil.cpu_times()) - self._busy(self._cpu)
+        seconds = max(time.monotonic() - self._t, 1e-9)
+        out = {"load_1m_start": round(self._load, 2), "load_1m_end": round(os.getloadavg()[0], 2),
+               "busy_cores": round(busy / seconds, 2), "cores": psutil.cpu_count()}
+        if runner_cpu_s is not None:   # what everything but the runner took meanwhile
+            out["others_busy_cores"] = round(max(busy - runner_cpu_s, 0.0) / seconds, 2)
+        return out
+
+
 def cpu_per_1k(cpu_s: float, events: int) -> float:
     return round(cpu_s / events * 1000, 4) if events else float("nan")
 
 
-def _start(stack, name: str, runner: Runner, tag: str):
-    """Start a runner on fresh topics and wait until it scores warm-up events."""
-    cfg = stack.job_config(f"bench-{name}-{tag}", partitions=2, **{**OVERRIDES, **dict(runner.overrides)})
+def _start(stack, name: str, runner: Runner, tag: str, partitions: int = 2):
+    """Start a runner on fresh topics of ``partitions`` partitions and wait until it scores warm-up events."""
+    cfg = stack.job_config(f"bench-{name}-{tag}", partitions=partitions, **{**OVERRIDES, **dict(runner.overrides)})
     job, reader = stack.start_job(cfg, module=runner.module)
     return cfg, job, reader
 
 
-def warm_up(stack) -> None:
+def warm_up(stack, name: str = "flink") -> None:
     """Before the first runner: right after the stack starts, the broker is still cold (Apache Kafka
     logs "coordinator load in progress" while idempotent producers wait for their ids), and the
     first Flink job of a run pays for the JVM's and the jars' cold start; that fell on whichever
     runner came first (the later of flink / flink-inline had the better p99 in 7 of 8 runs, also
     after a plain-loop warm-up). One throwaway run of the Flink job on topics of its own, scoring
-    a few thousand events, takes that hit."""
-    cfg, job, reader = _start(stack, "warmup", RUNNERS["flink"], "warm")
+    a few thousand events, takes that hit. ``name``: the runner to warm up with (a run without
+    Flink jobs, e.g. the floor's echo and loop, needs only the broker warm)."""
+    cfg, job, reader = _start(stack, "warmup", RUNNERS[name], "warm")
     try:
         coords = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic,
                          demo_data.events(5000, stack.entities, seed=13, prefix="warmup"), encode=demo_data.encode)
@@ -157,14 +186,15 @@ def warm_up(stack) -> None:
         job.stop()
 
 
-def throughput(stack, name: str, runner: Runner, n: int) -> dict:
+def throughput(stack, name: str, runner: Runner, n: int, partitions: int = 2) -> dict:
     """Fill the input topic while the runner is paused, then measure how fast it drains it."""
-    cfg, job, reader = _start(stack, name, runner, "tput")
+    cfg, job, reader = _start(stack, name, runner, "tput", partitions)
     try:
         job.pause()
         coords = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic,
                          demo_data.events(n, stack.entities, seed=17), encode=demo_data.encode)
         cpu = TreeCpu(job.pid).start()      # paused: nothing spent until resume
+        machine = MachineLoad()
         started = time.time()
         job.resume()
         tally = reader.wait_for(set(coords), timeout_s=900, stall_s=120, check=job.check_alive)
@@ -174,7 +204,8 @@ def throughput(stack, name: str, runner: Runner, n: int) -> dict:
         missing = len(tally.missing(set(coords)))
         return {"events": n, "missing": missing, "seconds": round(last / 1000 - started, 3),
                 "events_per_s": round(n / (last / 1000 - started), 1),
-                "cpu_s": round(cpu_s, 2), "cpu_s_per_1k_events": cpu_per_1k(cpu_s, n), "cpu_s_by_process": cpu_by_process}
+                "cpu_s": round(cpu_s, 2), "cpu_s_per_1k_events": cpu_per_1k(cpu_s, n), "cpu_s_by_process": cpu_by_process,
+                "partitions": partitions, "machine": machine.report(cpu_s)}
     finally:
         reader.stop()
         job.stop()
@@ -200,10 +231,11 @@ def latency_stats(tally: Tally, inputs: list[str]) -> dict:
 
 
 def latency(stack, name: str, runner: Runner, rate: float, seconds: float, ramp_seconds: float,
-            reader_fetch_wait_ms: int) -> dict:
+            reader_fetch_wait_ms: int, partitions: int = 2) -> dict:
     """Events at ``rate`` for ``ramp_seconds`` + ``seconds`` from a producer process; the latency of
-    each prediction after the ramp (every event must still come out)."""
-    cfg, job, warm_reader = _start(stack, name, runner, "lat")
+    each prediction after the ramp (every event must still come out). The producer and the reader
+    that stamps arrivals are processes of their own: neither shares this process's GIL."""
+    cfg, job, warm_reader = _start(stack, name, runner, "lat", partitions)
     warm_reader.stop()
     k = cfg.kafka
     reader = OutputReader(k.bootstrap_servers, k.output_topic, k.dead_letter_topic,
@@ -214,6 +246,7 @@ def latency(stack, name: str, runner: Runner, rate: float, seconds: float, ramp_
         reader.wait_for(set(warm), timeout_s=120, stall_s=120, check=job.check_alive)
         n, ramp = int(rate * seconds), int(rate * ramp_seconds)
         cpu = TreeCpu(job.pid).start()
+        machine = MachineLoad()
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as producer:
             coords = producer.submit(produce, k.bootstrap_servers, k.input_topic,
                                      demo_data.events(ramp + n, stack.entities, seed=19), rate=rate,
@@ -225,7 +258,7 @@ def latency(stack, name: str, runner: Runner, rate: float, seconds: float, ramp_
         ramp_stats = latency_stats(tally, coords[:ramp]) if ramp else {}
         return {"rate_eps": rate, "events": n, "missing": len(tally.missing(set(coords))),
                 "cpu_s": round(cpu_s, 2), "cpu_s_per_1k_events": cpu_per_1k(cpu_s, len(coords)),
-                "cpu_s_by_process": cpu_by_process,
+                "cpu_s_by_process": cpu_by_process, "partitions": partitions, "machine": machine.report(cpu_s),
                 **latency_stats(tally, coords[ramp:]),
                 "ramp": {"events": ramp, **{key: v for key, v in ramp_stats.items() if key != "hops"}}}
     finally:
@@ -268,23 +301,40 @@ def targets(results: dict) -> dict:
     return {key: {"value": v, "met": None if v is None else bool(checks[key](v))} for key, v in out.items()}
 
 
-def print_report(results: dict, runners: dict[str, Runner], rate: float, met: dict) -> None:
+def floor(results: dict, broker: str) -> dict | None:
+    """The latency floor on this broker: the echo runner's p50/p99 (broker, clients, polling: no
+    work) and the plain loop's (+ the job's steps, no engine), with the machine load of each run."""
+    out = {}
+    for name in ("echo", "loop"):
+        lat = results.get(name, {}).get("latency")
+        if lat:
+            out[name] = {"p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "machine": lat.get("machine")}
+    return {"broker": broker, **out} if out else None
+
+
+def print_report(results: dict, runners: dict[str, Runner], rate: float, met: dict,
+                 broker: str = "tansu") -> None:
     out = Console(width=200)
     table = Table(title="end to end: Kafka → Plasma (32 features) → GBM ONNX → Kafka")
     for col in ("runner", "events/s", "vs loop", "CPU s/1k ev", f"p50 ms @{rate:.0f}/s", f"p99 ms @{rate:.0f}/s",
-                f"CPU s/1k ev @{rate:.0f}/s", "missing", "how"):
+                f"CPU s/1k ev @{rate:.0f}/s", "missing", "load (busy cores) drain / rated", "how"):
         table.add_column(col, justify="left" if col == "how" else "right")
 
     def cpu(run: dict) -> str:
         value = run.get("cpu_s_per_1k_events")
         return "-" if value is None or value != value else f"{value:.3f}"
 
+    def load(run: dict) -> str:
+        m = run.get("machine")
+        return "-" if not m else f"{m['load_1m_end']:.1f} ({m['busy_cores']:.1f})"
+
     for name, r in results.items():
         eps, lat = r["throughput"]["events_per_s"], r["latency"]
         ratio = _ratio(results, name, "loop")
         table.add_row(name, f"{eps:,.0f}", "-" if ratio is None else f"{ratio:.2f}", cpu(r["throughput"]),
                       str(lat["p50_ms"]), str(lat["p99_ms"]), cpu(lat),
-                      str(r["throughput"]["missing"] + lat["missing"]), runners[name].how)
+                      str(r["throughput"]["missing"] + lat["missing"]), f"{load(r['throughput'])} / {load(lat)}",
+                      runners[name].how)
     out.print(table)
     hops = Table(title=f"latency by hop at {rate:.0f} events/s, p50 / p99 ms")
     hops.add_column("runner")
@@ -298,7 +348,14 @@ def print_report(results: dict, runners: dict[str, Runner], rate: float, met: di
               "workers included) per 1,000 events, over the drain / the rated run.")
     out.print("latency = event creation (producer stamp) → prediction read back (reader stamp), one clock, "
               "after a ramp at the same rate; event→scored includes the input topic and polling, scored→read "
-              "the output topic. Timings depend on what else the machine runs (check the load in the JSON).")
+              "the output topic. Timings depend on what else the machine runs: load = 1-minute load average at "
+              "the run's end, busy cores = the machine's CPU use over the run (all processes).")
+    low = floor(results, broker)
+    if low:
+        parts = [f"{name} p50 {low[name]['p50_ms']} / p99 {low[name]['p99_ms']} ms" for name in ("echo", "loop")
+                 if name in low]
+        out.print(f"floor on {broker} at {rate:.0f}/s: " + "; ".join(parts) + " (echo: broker + clients + polling, "
+                  "no work; loop: + the job's steps, no engine)")
     for key, t in met.items():
         if t["value"] is not None:
             out.print(f"target {key}: {t['value']} — {'met' if t['met'] else 'NOT met'}")
@@ -320,6 +377,10 @@ def main() -> int:
                         help="job config override for every runner, e.g. batch.poll_timeout_ms=10 or "
                              "kafka.consumer.fetch.wait.max.ms=10")
     parser.add_argument("--skip-throughput", action="store_true", help="only the latency runs")
+    parser.add_argument("--warm-up-runner", default="flink", choices=sorted(RUNNERS),
+                        help="the throwaway run before the measured ones (default flink: the JVM's and the "
+                             "broker's cold start; echo is enough for runs without Flink jobs)")
+    parser.add_argument("--partitions", type=int, default=2, help="input topic partitions of every run (default 2)")
     parser.add_argument("--reader-fetch-wait-ms", type=int, default=5,
                         help="fetch.wait.max.ms of the reader that stamps arrivals (the embedded broker "
                              "holds every fetch this long; below ~3 ms its fetches stall, see "
@@ -331,24 +392,24 @@ def main() -> int:
     runners = _selected(args.runners, args.broker)
     results: dict[str, dict] = {}
     with EmbeddedStack(say=lambda m: console.print(m), broker=args.broker) as stack:
-        console.print("warming the stack up (a throwaway run of the Flink job)…")
-        warm_up(stack)
+        console.print(f"warming the stack up (a throwaway run of {args.warm_up_runner})…")
+        warm_up(stack, args.warm_up_runner)
         for name, runner in runners.items():
             results.setdefault(name, {})["throughput"] = {"events_per_s": float("nan"), "missing": 0}
             if not args.skip_throughput:
                 console.print(f"[bold]{name}[/]: throughput over {args.events:,} events…")
-                results[name]["throughput"] = throughput(stack, name, runner, args.events)
+                results[name]["throughput"] = throughput(stack, name, runner, args.events, args.partitions)
             console.print(f"[bold]{name}[/]: latency at {args.rate:,.0f} events/s for "
                           f"{args.ramp_seconds:.0f} + {args.latency_seconds:.0f} s…")
             results[name]["latency"] = latency(stack, name, runner, args.rate, args.latency_seconds,
-                                               args.ramp_seconds, args.reader_fetch_wait_ms)
+                                               args.ramp_seconds, args.reader_fetch_wait_ms, args.partitions)
     met = targets(results)
-    print_report(results, runners, args.rate, met)
+    print_report(results, runners, args.rate, met, args.broker)
     report = {"benchmark": "e2e", "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                               "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
               "settings": vars(args) | {"out": str(args.out)},
               "runners": {name: {"module": r.module, "how": r.how} for name, r in runners.items()},
-              "results": results, "targets": met}
+              "results": results, "targets": met, "floor": floor(results, args.broker)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     console.print(f"wrote {args.out}")

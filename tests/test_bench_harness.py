@@ -89,8 +89,21 @@ def test_latency_stats_per_hop():
     assert stats["hops"]["scored→read"]["max_ms"] == 100
 
 
+def test_echo_copies_coordinates_and_creation_time_without_scoring():
+    from bench.echo import echo_records
+    from connectors.kafka.partition_reader import RecordChunk
+
+    chunk = RecordChunk("in", 1, [orjson.dumps({"id": "e-1", "ts": 123, "amount": 1.0}), b"not json", None], [7, 8, 9])
+    values, dead = echo_records(chunk)
+    assert [orjson.loads(v)["prediction_id"] for v in values] == ["in/1/7"]
+    first = orjson.loads(values[0])
+    assert first["event_id"] == "e-1" and first["event_ts"] == 123 and first["scored_ts"] >= 123
+    assert [(d.source, d.reason) for d in dead] == [("in/1/8", "invalid_json"), ("in/1/9", "invalid_json")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in RUNNERS if RUNNERS[n].module != "jobs.score_stream"])   # the job: its own tests
+@pytest.mark.parametrize("name", [n for n in RUNNERS if RUNNERS[n].module != "jobs.score_stream"   # the job: its own tests
+                                  and RUNNERS[n].scores])
 def test_runner_scores_like_the_model_offline(stack, name):
     runner = RUNNERS[name]
     if runner.bench_venv and not competitors.venv_ready():
