@@ -13,9 +13,8 @@ import time
 import orjson
 
 from connectors.dead_letter import DeadLetter, Reason
-from connectors.kafka.clients import consumer_config, partitions_of, producer_config
-from connectors.kafka.partition_reader import PartitionReader, RecordChunk
-from connectors.kafka.writer import KafkaBatchWriter
+from bench.plain_loop import poll_and_write
+from connectors.kafka.partition_reader import RecordChunk
 from jobs.config import load_config
 
 
@@ -38,19 +37,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True)
     cfg = load_config(parser.parse_args().config)
-    k = cfg.kafka
-    writer = KafkaBatchWriter(producer_config(k.bootstrap_servers, k.producer), k.output_topic, k.dead_letter_topic)
-    readers = {p: PartitionReader(consumer_config(k.bootstrap_servers, k.group_id, k.consumer), k.input_topic, p, k.start_from)
-               for p in partitions_of(k.bootstrap_servers, k.input_topic)}
-    offsets: dict[int, int | None] = {p: None for p in readers}
-    while True:
-        for p, reader in readers.items():
-            chunk = reader.read(offsets[p], cfg.batch.max_events, 0.001)
-            if not chunk.offsets:
-                continue
-            offsets[p] = chunk.next_offset
-            values, dead = echo_records(chunk)
-            writer.write(values, None, dead)
+
+    def records_of(chunk: RecordChunk) -> tuple[list[bytes], None, list[DeadLetter]]:
+        values, dead = echo_records(chunk)
+        return values, None, dead
+    poll_and_write(cfg, records_of)
 
 
 if __name__ == "__main__":

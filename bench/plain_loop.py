@@ -4,6 +4,7 @@ very same steps. Runs until killed. ``python -m bench.plain_loop --config job.ya
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 
 from connectors.feature_store import open_store
 from connectors.kafka.clients import consumer_config, partitions_of, producer_config
@@ -33,12 +34,11 @@ class ChunkScorer:
         return steps.score_batch(batch, self.model, self.schema)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", required=True)
-    cfg = load_config(parser.parse_args().config)
+def poll_and_write(cfg: JobConfig, records_of: Callable[[RecordChunk], tuple[list, list | None, list]]) -> None:
+    """Poll every input partition in turn and write what ``records_of(chunk)`` makes of each
+    chunk (values, keys, dead letters) through one KafkaBatchWriter, until killed: the loop's
+    plumbing, shared with ``bench.echo`` so its floor measures exactly this."""
     k = cfg.kafka
-    score = ChunkScorer(cfg)
     writer = KafkaBatchWriter(producer_config(k.bootstrap_servers, k.producer), k.output_topic, k.dead_letter_topic)
     readers = {p: PartitionReader(consumer_config(k.bootstrap_servers, k.group_id, k.consumer), k.input_topic, p, k.start_from)
                for p in partitions_of(k.bootstrap_servers, k.input_topic)}
@@ -49,8 +49,22 @@ def main() -> None:
             if not chunk.offsets:
                 continue
             offsets[p] = chunk.next_offset
-            scored = score(chunk)
-            writer.write(*steps.prediction_records(scored), scored.dead_letters)
+            writer.write(*records_of(chunk))
+
+
+def scored_records(score: ChunkScorer) -> Callable[[RecordChunk], tuple[list, list | None, list]]:
+    """The job's steps on a chunk, as Kafka records: predictions (values, keys) and dead letters."""
+    def records_of(chunk: RecordChunk) -> tuple[list, list | None, list]:
+        scored = score(chunk)
+        return (*steps.prediction_records(scored), scored.dead_letters)
+    return records_of
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True)
+    cfg = load_config(parser.parse_args().config)
+    poll_and_write(cfg, scored_records(ChunkScorer(cfg)))
 
 
 if __name__ == "__main__":

@@ -125,3 +125,21 @@ def test_runner_scores_like_the_model_offline(stack, name):
     np.testing.assert_allclose([p["score"] for p in predictions], expected, rtol=1e-5, atol=1e-6)
     assert {p["model"] for p in predictions} == {demo_data.DEMO_MODEL_NAME}
     assert all(p["event_ts"] <= p["scored_ts"] for p in predictions)
+
+
+@pytest.mark.slow
+def test_echo_runner_copies_every_input_through_the_loops_plumbing(stack):
+    """bench.echo runs bench.plain_loop's polling and writer with no work: every input comes out
+    once, named by its coordinates, with its event's id and creation time."""
+    cfg = stack.job_config(f"runner-echo-{uuid.uuid4().hex[:6]}", partitions=2)
+    job, reader = stack.start_job(cfg, module=RUNNERS["echo"].module)
+    try:
+        events = demo_data.events(300, stack.entities, seed=42)
+        coords = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic, events, encode=demo_data.encode)
+        tally = reader.wait_for(set(coords), timeout_s=300, stall_s=120, check=job.check_alive)
+    finally:
+        reader.stop()
+        job.stop()
+    assert not tally.missing(set(coords))
+    assert [tally.predictions[c]["event_id"] for c in coords] == [e["id"] for e in events]
+    assert tally.duplicate_predictions == 0 and not tally.dead_letters
