@@ -1,6 +1,9 @@
 """Helpers for tests that run the scoring job against the shared embedded stack."""
 from __future__ import annotations
 
+import time
+from typing import Callable
+
 import numpy as np
 import onnxruntime as ort
 import orjson
@@ -59,3 +62,17 @@ def produce_and_account(cfg, job, reader, records: list, reasons: dict[int, str]
     assert not tally.missing(set(coords)) and not tally.duplicate_ids & set(coords)
     assert sorted(tally.dead_letters[coords[i]] for i in reasons) == sorted(reasons.values())
     return coords, tally, [c for c in coords if c in tally.predictions]
+
+
+def probe_until(cfg, entities: int, done: Callable[[], bool], what: str, *, events: int, seed: int,
+                timeout_s: float = 120) -> None:
+    """Produce ``events`` probe events a second into the job's input until ``done()`` (a job's
+    challengers load on threads of their own after it starts); fail saying ``what`` never happened."""
+    from jobs.producer import produce
+
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, what
+        produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic,
+                demo_data.events(events, entities, seed=seed, prefix="probe"), encode=demo_data.encode)
+        time.sleep(1)

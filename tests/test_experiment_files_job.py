@@ -19,7 +19,7 @@ from connectors.kafka.clients import ensure_topics
 from jobs import demo_data
 from jobs.config import CanarySettings
 from jobs.producer import produce
-from job_helpers import decode_events, offline_scores, produce_and_account, read_committed
+from job_helpers import decode_events, offline_scores, probe_until, produce_and_account, read_committed
 from operators.experiments import canary_mask
 from test_experiment_job import TopicReader
 
@@ -46,12 +46,9 @@ def test_shadows_and_canary_from_model_files(stack, tmp_path):
     job, reader = stack.start_job(cfg)
     try:
         name = "demo-fraud-gbm"
-        deadline = time.monotonic() + 120     # the shadows load on their own threads after the start
-        while not [p for p in topics.get(k.shadow_topic_name()) if p["model_version"] == "2"]:
-            assert time.monotonic() < deadline, "the shadow never scored"
-            produce(k.bootstrap_servers, k.input_topic, demo_data.events(10, stack.entities, seed=3, prefix="probe"),
-                    encode=demo_data.encode)
-            time.sleep(1)
+        probe_until(cfg, stack.entities,
+                    lambda: any(p["model_version"] == "2" for p in topics.get(k.shadow_topic_name())),
+                    "the shadow never scored", events=10, seed=3)
         records, reasons = demo_data.with_bad_events(demo_data.events(2000, stack.entities, seed=77, prefix="f"),
                                                      stack.entities, every=101)
         coords, tally, predicted = produce_and_account(cfg, job, reader, records, reasons)

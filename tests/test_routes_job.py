@@ -14,7 +14,7 @@ import pytest
 
 from jobs import demo_data
 from jobs.config import DefaultRouteSettings, RouteCondition, RouteSettings
-from job_helpers import decode_events, offline_scores, produce_and_account
+from job_helpers import decode_events, offline_scores, probe_until, produce_and_account
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +81,6 @@ def test_shadow_and_canary_run_on_the_route_serving_the_champion(stack, tmp_path
     from beam_helpers import onnx_variant
     from connectors.kafka.clients import ensure_topics
     from jobs.config import CanarySettings
-    from jobs.producer import produce
     from job_helpers import read_committed
     from operators.experiments import canary_mask
     from test_experiment_job import TopicReader
@@ -103,13 +102,9 @@ def test_shadow_and_canary_run_on_the_route_serving_the_champion(stack, tmp_path
     topics = TopicReader(k.bootstrap_servers, [k.shadow_topic_name()])
     job, reader = stack.start_job(cfg)
     try:
-        deadline = time.monotonic() + 120     # the challengers load on their own threads after the start
-        while not (topics.get(k.shadow_topic_name()) and
-                   any(p["role"] == "canary" for p in reader.snapshot().predictions.values())):
-            assert time.monotonic() < deadline, "the shadow or the canary never scored"
-            produce(k.bootstrap_servers, k.input_topic, demo_data.events(20, stack.entities, seed=5, prefix="probe"),
-                    encode=demo_data.encode)
-            time.sleep(1)
+        probe_until(cfg, stack.entities, lambda: bool(topics.get(k.shadow_topic_name())) and
+                    any(p["role"] == "canary" for p in reader.snapshot().predictions.values()),
+                    "the shadow or the canary never scored", events=20, seed=5)
         records, reasons = demo_data.with_bad_events(demo_data.events(2000, stack.entities, seed=79, prefix="x"),
                                                      stack.entities, every=97)
         coords, tally, predicted = produce_and_account(cfg, job, reader, records, reasons)
