@@ -564,22 +564,21 @@ def main(argv=None) -> int:
         if "error" in stages["train"]:
             return _finish(report, args, console)
     files = {}
-    if "onnx" in formats:
-        if not onnx_file.exists() or onnx_file.stat().st_mtime < forest_file.stat().st_mtime:
-            console.print(f"building the ONNX model (first {args.onnx_trees} trees)…")
-            stages["export-onnx"] = run_stage(["--stage", "export-onnx", *_common(args)], limit)
-            console.print(stages["export-onnx"])
-        if onnx_file.exists():
-            files["onnx"] = (onnx_file, None, args.trees / min(args.onnx_trees, args.trees))
-    if "sklearn" in formats:
-        files["sklearn"] = (forest_file, sha256(forest_file), 1.0)
-    if "pmml" in formats:
-        if not pmml_file.exists() or pmml_file.stat().st_mtime < forest_file.stat().st_mtime:
-            console.print(f"writing the PMML model (first {args.pmml_trees} trees)…")
-            stages["export-pmml"] = run_stage(["--stage", "export-pmml", *_common(args)], limit)
-            console.print(stages["export-pmml"])
-        if pmml_file.exists():
-            files["pmml"] = (pmml_file, None, args.trees / min(args.pmml_trees, args.trees))
+    exports = {"onnx": (onnx_file, args.onnx_trees, "building the ONNX model"),      # subsets of the forest
+               "pmml": (pmml_file, args.pmml_trees, "writing the PMML model")}
+    for fmt in ("onnx", "sklearn", "pmml"):
+        if fmt not in formats:
+            continue
+        if fmt == "sklearn":
+            files[fmt] = (forest_file, sha256(forest_file), 1.0)
+            continue
+        path, trees, what = exports[fmt]
+        if not path.exists() or path.stat().st_mtime < forest_file.stat().st_mtime:
+            console.print(f"{what} (first {trees} trees)…")
+            stages[f"export-{fmt}"] = run_stage(["--stage", f"export-{fmt}", *_common(args)], limit)
+            console.print(stages[f"export-{fmt}"])
+        if path.exists():
+            files[fmt] = (path, None, args.trees / min(trees, args.trees))
     report["files"] = {fmt: {"path": str(p), "bytes": p.stat().st_size, "scaled_by": scale}
                        for fmt, (p, _, scale) in files.items()}
     results = report["results"] = {}
