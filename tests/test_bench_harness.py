@@ -101,6 +101,20 @@ def test_echo_copies_coordinates_and_creation_time_without_scoring():
     assert [(d.source, d.reason) for d in dead] == [("in/1/8", "invalid_json"), ("in/1/9", "invalid_json")]
 
 
+def run_runner(stack, name: str, seed: int, n: int = 300):
+    """Start bench runner ``name`` on fresh topics, produce ``n`` demo events and read its output
+    until every input is accounted for (or it stalls): (events, input coordinates, tally)."""
+    cfg = stack.job_config(f"runner-{name}-{uuid.uuid4().hex[:6]}", partitions=2)
+    job, reader = stack.start_job(cfg, module=RUNNERS[name].module)
+    try:
+        events = demo_data.events(n, stack.entities, seed=seed)
+        coords = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic, events, encode=demo_data.encode)
+        return events, coords, reader.wait_for(set(coords), timeout_s=300, stall_s=120, check=job.check_alive)
+    finally:
+        reader.stop()
+        job.stop()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in RUNNERS if RUNNERS[n].module != "jobs.score_stream"   # the job: its own tests
                                   and RUNNERS[n].scores])
@@ -108,15 +122,7 @@ def test_runner_scores_like_the_model_offline(stack, name):
     runner = RUNNERS[name]
     if runner.bench_venv and not competitors.venv_ready():
         pytest.skip(f"{competitors.VENV} is missing: run `{competitors.SETUP}`")
-    cfg = stack.job_config(f"runner-{name}-{uuid.uuid4().hex[:6]}", partitions=2)
-    job, reader = stack.start_job(cfg, module=runner.module)
-    try:
-        events = demo_data.events(300, stack.entities, seed=41)
-        coords = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic, events, encode=demo_data.encode)
-        tally = reader.wait_for(set(coords), timeout_s=300, stall_s=120, check=job.check_alive)
-    finally:
-        reader.stop()
-        job.stop()
+    events, coords, tally = run_runner(stack, name, seed=41)
     assert not tally.missing(set(coords))
     by_id = {e["id"]: e for e in events}
     predictions = [tally.predictions[c] for c in coords]
@@ -131,15 +137,7 @@ def test_runner_scores_like_the_model_offline(stack, name):
 def test_echo_runner_copies_every_input_through_the_loops_plumbing(stack):
     """bench.echo runs bench.plain_loop's polling and writer with no work: every input comes out
     once, named by its coordinates, with its event's id and creation time."""
-    cfg = stack.job_config(f"runner-echo-{uuid.uuid4().hex[:6]}", partitions=2)
-    job, reader = stack.start_job(cfg, module=RUNNERS["echo"].module)
-    try:
-        events = demo_data.events(300, stack.entities, seed=42)
-        coords = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic, events, encode=demo_data.encode)
-        tally = reader.wait_for(set(coords), timeout_s=300, stall_s=120, check=job.check_alive)
-    finally:
-        reader.stop()
-        job.stop()
+    events, coords, tally = run_runner(stack, "echo", seed=42)
     assert not tally.missing(set(coords))
     assert [tally.predictions[c]["event_id"] for c in coords] == [e["id"] for e in events]
     assert tally.duplicate_predictions == 0 and not tally.dead_letters
