@@ -25,7 +25,10 @@ Prints a table, writes bench/results/e2e.json.
 
 Latency is event creation (the producer stamps ``ts`` into each event as it sends it) → the
 prediction read back from the output topic (stamped on arrival), on one clock (one machine), in
-steady state: the first --ramp-seconds at the same rate are left out of the percentiles.
+steady state: the first --ramp-seconds (30 s) at the same rate are left out of the percentiles and
+reported as the warm-up p99 beside them; the JSON also has the p99 of every 10 s from the start and
+the slowest 100 ms windows (a tail spread over the run is a slow path, a few windows are stalls).
+Throughput runs drain --warm-events first, unmeasured, so every runner is measured warm.
 The rate-limited producer runs in its own process and is warmed up before the clock starts (a
 new idempotent producer holds its first records ~0.5 s); the reader consumes and stamps in a
 child process of its own, so neither the producer nor the bench's bookkeeping delays a stamp.
@@ -172,7 +175,7 @@ def warm_up(stack, name: str = "flink") -> None:
     """Before the first runner: right after the stack starts, the broker is still cold (Apache Kafka
     logs "coordinator load in progress" while idempotent producers wait for their ids), and the
     first Flink job of a run pays for the JVM's and the jars' cold start; that fell on whichever
-    runner came first (the later of flink / flink-inline had the better p99 in 7 of 8 runs, also
+    runner came first (the later of two Flink runners had the better p99 in 7 of 8 runs, also
     after a plain-loop warm-up). One throwaway run of the Flink job on topics of its own, scoring
     a few thousand events, takes that hit. ``name``: the runner to warm up with (a run without
     Flink jobs, e.g. the floor's echo and loop, needs only the broker warm)."""
@@ -186,10 +189,17 @@ def warm_up(stack, name: str = "flink") -> None:
         job.stop()
 
 
-def throughput(stack, name: str, runner: Runner, n: int, partitions: int = 2) -> dict:
-    """Fill the input topic while the runner is paused, then measure how fast it drains it."""
+def throughput(stack, name: str, runner: Runner, n: int, partitions: int = 2, warm_events: int = 0) -> dict:
+    """Fill the input topic while the runner is paused, then measure how fast it drains it.
+    ``warm_events``: drained first, unmeasured, so every runner is measured warm (a JVM compiles
+    its hot paths in the first tens of seconds, Python fills its caches)."""
     cfg, job, reader = _start(stack, name, runner, "tput", partitions)
     try:
+        if warm_events:
+            warm = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic,
+                           demo_data.events(warm_events, stack.entities, seed=31, prefix="warm"),
+                           encode=demo_data.encode)
+            reader.wait_for(set(warm), timeout_s=600, stall_s=120, check=job.check_alive)
         job.pause()
         coords = produce(cfg.kafka.bootstrap_servers, cfg.kafka.input_topic,
                          demo_data.events(n, stack.entities, seed=17), encode=demo_data.encode)
@@ -202,7 +212,7 @@ def throughput(stack, name: str, runner: Runner, n: int, partitions: int = 2) ->
         cpu_s = sum(cpu_by_process.values())
         last = tally.last_arrival_ms(set(coords))
         missing = len(tally.missing(set(coords)))
-        return {"events": n, "missing": missing, "seconds": round(last / 1000 - started, 3),
+        return {"events": n, "warm_events": warm_events, "missing": missing, "seconds": round(last / 1000 - started, 3),
                 "events_per_s": round(n / (last / 1000 - started), 1),
                 "cpu_s": round(cpu_s, 2), "cpu_s_per_1k_events": cpu_per_1k(cpu_s, n), "cpu_s_by_process": cpu_by_process,
                 "partitions": partitions, "machine": machine.report(cpu_s)}
@@ -227,7 +237,39 @@ def latency_stats(tally: Tally, inputs: list[str]) -> dict:
 
     stats = _percentiles(column("_arrived_ms") - column("event_ts"))
     stats["hops"] = {hop: _percentiles(column(b) - column(a)) for hop, (a, b) in HOPS.items()}
+    stats["slowest_windows"] = slowest_windows(column("event_ts"), column("_arrived_ms") - column("event_ts"))
     return stats
+
+
+SLICE_S = 10
+
+
+def p99_by_slice(tally: Tally, inputs: list[str], per_slice: int) -> list[float | None]:
+    """The p99 of each consecutive ``per_slice`` inputs (``SLICE_S`` seconds at the rate), ramp
+    included: how long a runner takes to settle (a JVM compiles its hot paths in the first tens of
+    seconds)."""
+    out = []
+    for start in range(0, len(inputs), per_slice):
+        values = tally.latencies_ms(set(inputs[start:start + per_slice]))
+        out.append(round(float(np.percentile(values, 99)), 1) if len(values) else None)
+    return out
+
+
+def slowest_windows(event_ts: np.ndarray, latency_ms: np.ndarray, window_ms: float = 100, top: int = 8) -> dict:
+    """Where a tail comes from: the run cut into ``window_ms`` windows of event time, the ``top``
+    windows with the highest latency (seconds since the first event, their max and p50), and how
+    many windows had any event above 50 ms. A tail spread over every window is a slow path; a
+    few windows are stalls (a pause in one process: GC, a checkpoint, a poll that waited)."""
+    windows = ((event_ts - event_ts.min()) // window_ms).astype(np.int64)
+    order = np.argsort(windows, kind="stable")
+    ids, starts = np.unique(windows[order], return_index=True)
+    groups = np.split(latency_ms[order], starts[1:])
+    worst = sorted(zip(ids, groups), key=lambda g: -g[1].max())[:top]
+    return {"window_ms": window_ms, "windows": len(ids),
+            "windows_above_50ms": int(sum(g.max() > 50 for g in groups)),
+            "top": [{"at_s": round(i * window_ms / 1000, 1), "max_ms": round(float(g.max()), 1),
+                     "p50_ms": round(float(np.median(g)), 1), "events": len(g)} for i, g in worst],
+            "max_ms_by_window": [round(float(g.max())) for g in groups]}
 
 
 def latency(stack, name: str, runner: Runner, rate: float, seconds: float, ramp_seconds: float,
@@ -256,11 +298,14 @@ def latency(stack, name: str, runner: Runner, rate: float, seconds: float, ramp_
         cpu_by_process = cpu.by_process()
         cpu_s = sum(cpu_by_process.values())
         ramp_stats = latency_stats(tally, coords[:ramp]) if ramp else {}
+        by_slice = p99_by_slice(tally, coords, int(rate * SLICE_S))
         return {"rate_eps": rate, "events": n, "missing": len(tally.missing(set(coords))),
                 "cpu_s": round(cpu_s, 2), "cpu_s_per_1k_events": cpu_per_1k(cpu_s, len(coords)),
                 "cpu_s_by_process": cpu_by_process, "partitions": partitions, "machine": machine.report(cpu_s),
                 **latency_stats(tally, coords[ramp:]),
-                "ramp": {"events": ramp, **{key: v for key, v in ramp_stats.items() if key != "hops"}}}
+                "ramp": {"events": ramp, "seconds": ramp_seconds,
+                         **{key: v for key, v in ramp_stats.items() if key not in ("hops", "slowest_windows")}},
+                f"p99_ms_by_{SLICE_S}s_from_start": by_slice}
     finally:
         reader.stop()
         job.stop()
@@ -317,6 +362,7 @@ def print_report(results: dict, runners: dict[str, Runner], rate: float, met: di
     out = Console(width=200)
     table = Table(title="end to end: Kafka → Plasma (32 features) → GBM ONNX → Kafka")
     for col in ("runner", "events/s", "vs loop", "CPU s/1k ev", f"p50 ms @{rate:.0f}/s", f"p99 ms @{rate:.0f}/s",
+                "p99 ms warm-up",
                 f"CPU s/1k ev @{rate:.0f}/s", "missing", "load (busy cores) drain / rated", "how"):
         table.add_column(col, justify="left" if col == "how" else "right")
 
@@ -332,7 +378,7 @@ def print_report(results: dict, runners: dict[str, Runner], rate: float, met: di
         eps, lat = r["throughput"]["events_per_s"], r["latency"]
         ratio = _ratio(results, name, "loop")
         table.add_row(name, f"{eps:,.0f}", "-" if ratio is None else f"{ratio:.2f}", cpu(r["throughput"]),
-                      str(lat["p50_ms"]), str(lat["p99_ms"]), cpu(lat),
+                      str(lat["p50_ms"]), str(lat["p99_ms"]), str(lat.get("ramp", {}).get("p99_ms", "-")), cpu(lat),
                       str(r["throughput"]["missing"] + lat["missing"]), f"{load(r['throughput'])} / {load(lat)}",
                       runners[name].how)
     out.print(table)
@@ -364,11 +410,15 @@ def print_report(results: dict, runners: dict[str, Runner], rate: float, met: di
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=100_000, help="events for the throughput runs")
+    parser.add_argument("--warm-events", type=int, default=50_000,
+                        help="events each throughput run drains first, unmeasured (warm-up)")
     parser.add_argument("--rate", type=float, default=5000, help="input rate of the latency runs (events/s)")
     parser.add_argument("--latency-seconds", type=float, default=20, help="duration of the latency runs")
-    parser.add_argument("--ramp-seconds", type=float, default=2,
+    parser.add_argument("--ramp-seconds", type=float, default=30,
                         help="the latency runs start with this long at the same rate, left out of the "
-                             "percentiles (first real load: JIT, buffers); their events must still come out")
+                             "steady-state percentiles and reported on their own (warm-up: the JVMs compile "
+                             "their hot paths; the Flink job's tail settles 20-35 s after it starts on this "
+                             "2-core box); their events must still come out")
     parser.add_argument("--runners", default=",".join(n for n, r in RUNNERS.items() if not r.needs_kafka),
                         help=f"comma-separated subset of {', '.join(RUNNERS)} (default: all but flink-eos)")
     parser.add_argument("--broker", choices=["tansu", "kafka"], default="tansu",
@@ -377,6 +427,7 @@ def main() -> int:
                         help="job config override for every runner, e.g. batch.poll_timeout_ms=10 or "
                              "kafka.consumer.fetch.wait.max.ms=10")
     parser.add_argument("--skip-throughput", action="store_true", help="only the latency runs")
+    parser.add_argument("--skip-latency", action="store_true", help="only the throughput runs")
     parser.add_argument("--warm-up-runner", default="flink", choices=sorted(RUNNERS),
                         help="the throwaway run before the measured ones (default flink: the JVM's and the "
                              "broker's cold start; echo is enough for runs without Flink jobs)")
@@ -398,11 +449,22 @@ def main() -> int:
             results.setdefault(name, {})["throughput"] = {"events_per_s": float("nan"), "missing": 0}
             if not args.skip_throughput:
                 console.print(f"[bold]{name}[/]: throughput over {args.events:,} events…")
-                results[name]["throughput"] = throughput(stack, name, runner, args.events, args.partitions)
+                results[name]["throughput"] = throughput(stack, name, runner, args.events, args.partitions,
+                                                           args.warm_events)
+            results[name]["latency"] = {"p50_ms": float("nan"), "p99_ms": float("nan"), "missing": 0, "hops": {}}
+            if args.skip_latency:
+                continue
             console.print(f"[bold]{name}[/]: latency at {args.rate:,.0f} events/s for "
                           f"{args.ramp_seconds:.0f} + {args.latency_seconds:.0f} s…")
             results[name]["latency"] = latency(stack, name, runner, args.rate, args.latency_seconds,
                                                args.ramp_seconds, args.reader_fetch_wait_ms, args.partitions)
+            lat = results[name]["latency"]
+            slow = lat.get("slowest_windows")
+            if slow:
+                console.print(f"  p99 {lat['p99_ms']} ms (warm-up {lat['ramp'].get('p99_ms', '-')} ms); p99 per "
+                              f"{SLICE_S} s from the start: {lat[f'p99_ms_by_{SLICE_S}s_from_start']}; "
+                              f"{slow['windows_above_50ms']} of {slow['windows']} windows of {slow['window_ms']:.0f} "
+                              "ms had an event above 50 ms")
     met = targets(results)
     print_report(results, runners, args.rate, met, args.broker)
     report = {"benchmark": "e2e", "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

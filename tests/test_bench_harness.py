@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # bench/ is not an installed package
 
 from bench import competitors  # noqa: E402
-from bench.e2e import RUNNERS, latency_stats  # noqa: E402
+from bench.e2e import RUNNERS, latency_stats, p99_by_slice, slowest_windows  # noqa: E402
 from connectors.dead_letter import DeadLetter  # noqa: E402
 from connectors.kafka.clients import consumer_config, ensure_topics, producer_config  # noqa: E402
 from connectors.kafka.partition_reader import PartitionReader  # noqa: E402
@@ -87,6 +87,23 @@ def test_latency_stats_per_hop():
     assert stats["p50_ms"] == 100 and stats["max_ms"] == 200
     assert stats["hops"]["event→scored"]["p50_ms"] == 50
     assert stats["hops"]["scored→read"]["max_ms"] == 100
+
+
+def test_slowest_windows_find_a_stall_and_p99_by_slice_shows_the_warm_up():
+    from jobs.tally import Tally
+
+    event_ts = np.arange(0, 2000, 2.0)                 # 1,000 events over 2 s
+    latency = np.full(len(event_ts), 10.0)
+    latency[(event_ts >= 1200) & (event_ts < 1300)] = 400.0 - (event_ts[(event_ts >= 1200) & (event_ts < 1300)] - 1200)
+    slow = slowest_windows(event_ts, latency, window_ms=100, top=2)
+    assert slow["windows"] == 20 and slow["windows_above_50ms"] == 1
+    assert slow["top"][0] == {"at_s": 1.2, "max_ms": 400.0, "p50_ms": 351.0, "events": 50}
+    assert slow["top"][1]["max_ms"] == 10.0 and len(slow["max_ms_by_window"]) == 20
+
+    keys = [f"k{i}" for i in range(300)]
+    t = Tally(predictions={k: {"event_ts": 0.0, "_arrived_ms": 500.0 if i < 100 else 20.0}
+                           for i, k in enumerate(keys[:250])})   # the last 50 never arrived
+    assert p99_by_slice(t, keys, 100) == [500.0, 20.0, 20.0]
 
 
 def test_echo_copies_coordinates_and_creation_time_without_scoring():
