@@ -6,6 +6,7 @@ schema read from the model file itself.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 from dataclasses import dataclass, field
 from typing import Mapping, Protocol, Sequence, runtime_checkable
@@ -23,6 +24,16 @@ Batch = pa.RecordBatch | Mapping[str, np.ndarray]
 
 class ModelLoadError(Exception):
     """A model file is missing, corrupt, hostile or of an unsupported format."""
+
+
+def release_freed_heap() -> None:
+    """Hand the memory a model load freed (parsed copies, unpickling temporaries) back to the OS.
+    glibc keeps freed heap in its arenas, so without this a worker stays at its load peak: about
+    twice a large forest's size (bench/large_model.py). A no-op where libc has no ``malloc_trim``."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,13 @@ The extension chooses, and the file's first bytes must agree with it: a pickle r
 """
 from __future__ import annotations
 
+import functools
 import os
 import zipfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from model_formats.base import Model, ModelLoadError
+from model_formats.base import Model, ModelLoadError, release_freed_heap
 
 ONNX_SUFFIXES = (".onnx",)
 PMML_SUFFIXES = (".pmml", ".xml")
@@ -69,6 +70,17 @@ FORMAT_OPTIONS = {
 }
 
 
+def _then_release_freed_heap(load):
+    """``load``, then the heap it freed handed back to the OS (:func:`release_freed_heap`)."""
+    @functools.wraps(load)
+    def loading(*args, **kwargs):
+        model = load(*args, **kwargs)
+        release_freed_heap()
+        return model
+    return loading
+
+
+@_then_release_freed_heap
 def load_model(path_or_uri: str | os.PathLike, *, trust_pickle: bool = False, sha256: str | None = None,
                intra_op_num_threads: int | None = 1, trusted_types: list[str] | None = None,
                name: str | None = None, version: str | None = None, input_names: list[str] | None = None,

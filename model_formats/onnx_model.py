@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -78,12 +79,17 @@ class OnnxModel(ModelBase):
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
         self._zipmap_labels = _cut_zipmaps(proto)  # {probability tensor: class labels}
-        source = str(p)
+        source: str | bytes = str(p)
         if self._zipmap_labels:
             self.metadata["zipmap"] = "cut at load: scored from the probability tensor it reads"
             if _has_external_data(proto):
                 onnx.load_external_data_for_model(proto, str(p.resolve().parent))  # paths checked above
             source = proto.SerializeToString()
+        # what the schema needs from the graph, taken before the parsed copy is dropped: onnxruntime
+        # builds its own, and a large tree ensemble's parsed copy is as big as the file again
+        graph = _GraphFacts(trees_route_missing_values=_trees_route_missing_values(proto),
+                            classes=_classes_from_graph(proto))
+        del proto
         try:
             self._session = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
@@ -95,14 +101,15 @@ class OnnxModel(ModelBase):
                                  "scikit-learn, `streamscore models export` writes a file onnxruntime scores "
                                  "(float inputs, probability tensor, schema in metadata)") from exc
 
-        self._build_schema(proto, input_names)
+        del source
+        self._build_schema(graph, input_names)
 
     # -- schema -----------------------------------------------------------------------------
 
-    def _build_schema(self, proto, input_names: list[str] | None) -> None:
+    def _build_schema(self, graph: "_GraphFacts", input_names: list[str] | None) -> None:
         inputs = self._session.get_inputs()
         allow_nan = set(_json_list(self.metadata.get("allow_nan", "")) or [])
-        nan_everywhere = "allow_nan" not in self.metadata and _trees_route_missing_values(proto)
+        nan_everywhere = "allow_nan" not in self.metadata and graph.trees_route_missing_values
         if nan_everywhere:
             self.metadata["allow_nan_from"] = "tree ensemble routes missing values (nodes_missing_value_tracks_true)"
         feature_names = _json_list(self.metadata.get("feature_names", ""))
@@ -175,7 +182,7 @@ class OnnxModel(ModelBase):
             self._output_names = [label_out.name, prob_out.name]  # only what predict reads
             self._label_idx, self._prob_idx = 0, 1
             classes = (_json_list(self.metadata.get("classes", "")) or self._zipmap_labels.get(prob_out.name)
-                       or _classes_from_graph(proto))
+                       or graph.classes)
             if classes is None:
                 w = prob_out.shape[-1] if prob_out.shape and isinstance(prob_out.shape[-1], int) else None
                 if w is None:
@@ -231,6 +238,13 @@ class OnnxModel(ModelBase):
 
 
 # ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _GraphFacts:
+    """What the schema is built from besides the session's inputs and outputs."""
+    trees_route_missing_values: bool
+    classes: list | None
+
 
 def _cut_zipmaps(proto) -> dict[str, list]:
     """Replace every graph output produced by a ZipMap with the probability tensor the ZipMap
