@@ -6,6 +6,7 @@ prediction per event), each read back by the same OutputReader:
   flink    the PyFlink job (MiniCluster, process mode, Arrow micro-batches, checkpoints every 2 s)
   flink-inline  the same job with features.lookup: inline (the lookup in a plain map, chained with
            polling, scoring and the sink into one Python operator) instead of PyFlink's async I/O
+  flink-bundle100  the same job with flink.bundle_size: 100 (the backlog setting: faster drains, a higher p99)
   flink-eos  the same job with kafka.delivery: exactly_once (Flink's transactional KafkaSink; output
            visible to the read_committed reader only when the checkpoint commits: latency >= the
            checkpoint interval). Needs --broker kafka (Tansu's transactions do not isolate)
@@ -82,6 +83,8 @@ RUNNERS = {
     "flink": Runner("jobs.score_stream", "PyFlink job: Arrow micro-batches, async lookup; checkpoints 2 s"),
     "flink-inline": Runner("jobs.score_stream", "the PyFlink job with features.lookup inline: poll, lookup, "
                            "score and sink chained into one Python operator", overrides=(("features__lookup", "inline"),)),
+    "flink-bundle100": Runner("jobs.score_stream", "the PyFlink job with flink.bundle_size 100: faster drains, a "
+                              "higher p99", overrides=(("flink__bundle_size", 100),)),
     "flink-eos": Runner("jobs.score_stream", "the PyFlink job, kafka.delivery exactly_once: transactional "
                         "KafkaSink committed per checkpoint (2 s)", overrides=(("kafka__delivery", "exactly_once"),),
                         needs_kafka=True),
